@@ -1,0 +1,108 @@
+"""Turn encoded image bytes into what a model is fed: their size, or RGB pixels.
+
+Pillow does the work; it releases the GIL while decoding, so a thread pool scales.
+EXIF orientation is ignored on purpose: boxes refer to the pixel grid as stored in the
+file, which is what TensorFlow's `decode_image` (inside TF OD API exports) and
+torchvision's decoders see, so every backend and input kind agrees.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from .records import Record
+
+# The job enforces its own, configurable pixel limit before decoding (see `check_size`).
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+_CHANNELS_TO_RGB = {1: lambda a: np.repeat(a, 3, axis=2), 3: lambda a: a, 4: lambda a: a[:, :, :3]}
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image Pillow can decode, or the image is damaged."""
+
+
+class ImageTooLarge(ValueError):
+    """The image declares more pixels than the job allows (a decompression bomb guard)."""
+
+
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise ImageDecodeError("empty image bytes")
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from None
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError(f"not a decodable image: no known image format in its first bytes {data[:8]!r}") from None
+    except Exception as exc:  # Pillow raises several types for bytes that are not an image
+        raise ImageDecodeError(f"not a decodable image: {exc}") from None
+
+
+def probe(record: Record, max_pixels: int) -> Record:
+    """Fill in the size from the image header alone, for models that decode for themselves."""
+    if record.array is not None:
+        return record
+    image = _open(record.encoded or b"")
+    record.width, record.height = image.size
+    check_size(record.width, record.height, max_pixels)
+    return record
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """HxWx3 uint8 from any Pillow mode: grey, palette, alpha, CMYK and 16-bit included."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: keep the high byte, as an 8-bit export of the same image would.
+        wide = np.asarray(image, dtype=np.uint32)
+        return to_uint8_rgb((wide >> 8).clip(0, 255).astype(np.uint8))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def to_uint8_rgb(array: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 from an HxW, HxWx1, HxWx3 or HxWx4 array of 0..255 values."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in _CHANNELS_TO_RGB:
+        raise ImageDecodeError(f"expected an HxWx3 image array, got shape {list(array.shape)}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageDecodeError(f"image array has no pixels (shape {list(array.shape)})")
+    return np.ascontiguousarray(_CHANNELS_TO_RGB[array.shape[2]](array))
+
+
+def decode(record: Record, max_pixels: int) -> Record:
+    """Decode to RGB pixels, for models fed image tensors."""
+    if record.array is None:
+        image = _open(record.encoded or b"")
+        check_size(*image.size, max_pixels)
+        try:
+            image.load()
+            record.array = to_rgb_array(image)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageDecodeError(f"damaged image: {exc}") from None
+        record.encoded = None
+    record.height, record.width = record.array.shape[:2]
+    check_size(record.width, record.height, max_pixels)
+    return record
+
+
+def encode_png(record: Record) -> Record:
+    """Encode an array record losslessly, for models that take encoded strings."""
+    if record.array is not None:
+        buffer = io.BytesIO()
+        Image.fromarray(record.array).save(buffer, format="PNG", compress_level=1)
+        record.height, record.width = record.array.shape[:2]
+        record.encoded, record.array = buffer.getvalue(), None
+    return record

@@ -1,0 +1,39 @@
+"""The one interface every model backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
+
+from ..records import Detections, Record
+
+InputKind = Literal["encoded", "image"]
+
+
+class ModelLoadError(ValueError):
+    """The model cannot be found, read or understood; the message says which and why."""
+
+
+class PredictError(RuntimeError):
+    """A batch failed inside the model. Keeps the framework's error type for the error line."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class Model(Protocol):
+    """A detector that turns a batch of records into detections in original-image pixels.
+
+    `input_kind` says what records must carry: `"encoded"` bytes (the model decodes) or
+    `"image"` RGB arrays. `same_size_batches` says whether one batch must hold images of a
+    single size, as for a TF OD API `image_tensor` signature fed native-size images.
+    """
+
+    input_kind: InputKind
+    same_size_batches: bool
+    labels: Mapping[int, str]
+
+    def predict(self, records: Sequence[Record]) -> list[Detections]: ...
+
+    def describe(self) -> dict[str, object]: ...

@@ -1,0 +1,74 @@
+"""The units of data that flow between pipeline stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class Record:
+    """One input instance: encoded image bytes, or an already-decoded HxWx3 uint8 array."""
+
+    key: str
+    source: str
+    index: int
+    encoded: bytes | None = None
+    array: np.ndarray | None = None
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(slots=True)
+class RecordError:
+    """An input instance that could not be read, decoded or predicted: one error line."""
+
+    key: str
+    source: str
+    index: int
+    error_type: str
+    message: str
+    stage: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "source": self.source,
+            "record_index": self.index,
+            "error_type": self.error_type,
+            "message": self.message,
+            "stage": self.stage,
+        }
+
+    @classmethod
+    def of(cls, record: Record, exc: BaseException, stage: str) -> "RecordError":
+        error_type = getattr(exc, "error_type", type(exc).__name__)
+        return cls(record.key, record.source, record.index, error_type, str(exc), stage)
+
+
+@dataclass(slots=True)
+class Detections:
+    """A model's findings for one image, in original-image pixels (x1, y1, x2, y2)."""
+
+    boxes: np.ndarray  # (N, 4) float32
+    scores: np.ndarray  # (N,) float32
+    classes: np.ndarray  # (N,) int64
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Prediction:
+    """A record and what the model found in it: one result line."""
+
+    record: Record
+    detections: Detections
+
+
+Outcome = Union[Prediction, RecordError]
+
+
+def default_key(source: str, index: int) -> str:
+    """The key of a record that brings none: stable across runs and unique in a job."""
+    return f"{source}:{index}"

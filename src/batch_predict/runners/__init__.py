@@ -1,0 +1,1 @@
+"""Ways to run a job: in this process (`local`); later, across machines."""

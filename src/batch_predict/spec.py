@@ -1,0 +1,85 @@
+"""The job spec: every setting of one batch-predict job, built once and passed down.
+
+Nothing below the CLI reads flags or environment variables; it reads a `JobSpec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+InputFormat = Literal["json", "tfrecord", "tfrecord_gzip"]
+INPUT_FORMATS: tuple[str, ...] = ("json", "tfrecord", "tfrecord_gzip")
+
+#: Failed fraction above which a finished job still exits non-zero. 5% tolerates the
+#: scattered corrupt files of a real collection, yet stops a job whose records mostly fail
+#: (a wrong format or a wrong model), which otherwise "succeeds" with empty results.
+DEFAULT_MAX_ERROR_RATE = 0.05
+
+#: Decompression-bomb guard: images declaring more pixels than this are refused before
+#: their pixels are allocated (about 16k x 11k; a 100 MP photo passes).
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+
+
+class SpecError(ValueError):
+    """A job setting is invalid; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to read, which model to run, and where to write."""
+
+    input_file_patterns: tuple[str, ...]
+    input_file_format: InputFormat
+    model_dir: str
+    output_result_prefix: str
+    output_error_prefix: str
+    batch_size: int = 32
+    signature_name: str = "serving_default"
+    label_map: str | None = None
+    score_threshold: float = 0.3
+    num_output_shards: int = 1
+    device: str = "auto"
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    output_raw: bool = False
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    num_decode_workers: int = 0
+    queue_depth: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.input_file_patterns or not all(p.strip() for p in self.input_file_patterns):
+            raise SpecError("--input_file_patterns: give at least one non-empty pattern")
+        if self.input_file_format not in INPUT_FORMATS:
+            raise SpecError(
+                f"--input_file_format: unknown format {self.input_file_format!r}; "
+                f"expected one of {', '.join(INPUT_FORMATS)}"
+            )
+        for name in ("model_dir", "output_result_prefix", "output_error_prefix"):
+            if not getattr(self, name):
+                raise SpecError(f"--{name}: required")
+        _check_range("batch_size", self.batch_size, 1, 1 << 16)
+        _check_range("num_output_shards", self.num_output_shards, 1, 100_000)
+        _check_range("score_threshold", self.score_threshold, 0.0, 1.0)
+        _check_range("max_error_rate", self.max_error_rate, 0.0, 1.0)
+        _check_range("max_image_pixels", self.max_image_pixels, 1, 1 << 40)
+        _check_range("num_decode_workers", self.num_decode_workers, 0, 1024)
+        _check_range("queue_depth", self.queue_depth, 1, 1024)
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith(("cuda", "gpu")):
+            raise SpecError(f"--device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def replace(self, **changes: object) -> "JobSpec":
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise SpecError(f"--{name}: {value} is outside [{low}, {high}]")
+
+
+def split_patterns(values: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """Patterns as the Kubeflow job took them: comma-separated, and here also repeatable."""
+    if isinstance(values, str):
+        values = [values]
+    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
