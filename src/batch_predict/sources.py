@@ -68,12 +68,12 @@ def read_file(file: InputFile, input_format: str) -> Iterator[Record | RecordErr
     """The records of one file in order, errors included."""
     reader = _read_json_lines if input_format == "json" else _read_tfrecords
     compression = "gzip" if input_format == "tfrecord_gzip" else None
-    index = 0
+    index = 0  # of the next record, which is where an unreadable stretch starts
     try:
         with file.fs.open(file.path, "rb", compression=compression) as stream:
-            for index, item in enumerate(reader(file.url, stream)):
+            for item in reader(file.url, stream):
+                index = item.index + 1
                 yield item
-            index += 1
     except _READ_ERRORS as exc:
         # What follows a framing error cannot be located, so it is one error line.
         yield RecordError(

@@ -1,0 +1,138 @@
+import base64
+import gzip
+import json
+
+import fsspec
+import numpy as np
+import pytest
+
+from batch_predict.example import build_example
+from batch_predict.records import Record, RecordError
+from batch_predict.sources import NoInputError, expand_patterns, image_from_tfrecord, parse_instance, read_file
+from batch_predict.tfrecord import write_record
+
+from images import encode, gradient
+
+JPEG = encode(gradient())
+
+
+def _records(path, fmt):
+    (file,) = expand_patterns([str(path)])
+    return list(read_file(file, fmt))
+
+
+def test_patterns_expand_globs_commas_and_dedupe(tmp_path):
+    for name in ("a-1.tfrecord", "a-2.tfrecord", "b.tfrecord", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    files = expand_patterns([f"{tmp_path}/a-*.tfrecord", f"{tmp_path}/a-[12].tfrecord", str(tmp_path / "b.tfrecord")])
+    assert [f.url.rsplit("/", 1)[1] for f in files] == ["a-1.tfrecord", "a-2.tfrecord", "b.tfrecord"]
+
+
+def test_a_pattern_matching_nothing_fails_naming_it(tmp_path):
+    (tmp_path / "x.tfrecord").write_bytes(b"")
+    with pytest.raises(NoInputError, match="missing-"):
+        expand_patterns([str(tmp_path / "x.tfrecord"), str(tmp_path / "missing-*.tfrecord")])
+
+
+def test_fsspec_urls_are_read_through_their_file_system():
+    with fsspec.open("memory://bucket/imgs-0.tfrecord", "wb") as f:
+        write_record(f, JPEG)
+    (file,) = expand_patterns(["memory://bucket/imgs-*.tfrecord"])
+    assert file.url.startswith("memory://") and file.url.endswith("/bucket/imgs-0.tfrecord")
+    (record,) = read_file(file, "tfrecord")
+    assert record.encoded == JPEG and record.key == f"{file.url}:0"
+
+
+def test_tfrecords_hold_raw_bytes_or_examples_keyed_by_source_id(tmp_path):
+    path = tmp_path / "mixed.tfrecord.gz"
+    with gzip.open(path, "wb") as f:
+        write_record(f, JPEG)
+        write_record(f, build_example({"image/encoded": JPEG, "image/source_id": b"photo-7"}))
+        write_record(f, build_example({"image/encoded": JPEG, "image/filename": b"cat.jpg"}))
+    records = _records(path, "tfrecord_gzip")
+    assert [r.key for r in records] == [f"{path}:0", "photo-7", "cat.jpg"]
+    assert all(r.encoded == JPEG for r in records)
+
+
+def test_bytes_that_are_neither_image_nor_example_pass_through_for_the_decoder_to_judge():
+    assert image_from_tfrecord(b"plain text") == (b"plain text", None)
+
+
+def test_a_corrupt_data_crc_is_one_error_and_reading_goes_on(tmp_path):
+    path = tmp_path / "crc.tfrecord"
+    with open(path, "wb") as f:
+        for _ in range(3):
+            write_record(f, JPEG)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    items = _records(path, "tfrecord")
+    assert [type(i) for i in items] == [Record, RecordError, Record]
+    assert items[1].error_type == "TFRecordDataCorruption" and items[1].index == 1
+
+
+def test_a_truncated_file_yields_its_complete_records_then_one_error(tmp_path):
+    path = tmp_path / "cut.tfrecord"
+    with open(path, "wb") as f:
+        write_record(f, JPEG)
+        write_record(f, JPEG)
+    path.write_bytes(path.read_bytes()[:-10])
+    first, error = _records(path, "tfrecord")
+    assert isinstance(first, Record)
+    assert isinstance(error, RecordError) and error.index == 1 and error.error_type == "TFRecordCorruption"
+
+
+def test_a_gzip_format_file_that_is_not_gzip_is_one_error(tmp_path):
+    path = tmp_path / "plain.tfrecord"
+    with open(path, "wb") as f:
+        write_record(f, JPEG)
+    (error,) = _records(path, "tfrecord_gzip")
+    assert isinstance(error, RecordError) and error.error_type == "BadGzipFile" and error.stage == "read"
+
+
+def test_json_lines_accept_every_cloud_ml_instance_form(tmp_path):
+    b64 = base64.b64encode(JPEG).decode()
+    pixels = gradient(4, 3)
+    lines = [
+        {"b64": b64},
+        {"key": "given", "inputs": {"b64": b64}},
+        {"image_bytes": {"b64": b64}, "key": 17},
+        {"inputs": pixels.tolist()},
+        pixels.tolist(),
+    ]
+    path = tmp_path / "instances.json"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    records = _records(path, "json")
+    assert [r.key for r in records] == [f"{path}:0", "given", "17", f"{path}:3", f"{path}:4"]
+    assert all(r.encoded == JPEG for r in records[:3])
+    for record in records[3:]:
+        np.testing.assert_array_equal(record.array, pixels)
+        assert (record.width, record.height) == (4, 3)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "Expecting property name"),
+        ('{"b64": "###"}', "invalid base64"),
+        ('{"inputs": [[1, 2], [3]]}', "not rectangular"),
+        ('{"inputs": [[[1, 2, 3, 4, 5]]]}', "HxWx3"),
+        ('{"inputs": [[[1, 2, 300]]]}', "0..255"),
+        ('{"inputs": [[[1.5, 2, 3]]]}', "non-integer"),
+        ('{"inputs": [[["a", "b", "c"]]]}', "numbers"),
+        ('{"a": 1, "b": 2}', "one image field"),
+        ('{"key": "only a key"}', "one image field"),
+        ('"a string"', "unrecognised instance"),
+    ],
+)
+def test_each_bad_json_line_is_one_error_naming_the_problem(tmp_path, line, message):
+    path = tmp_path / "bad.json"
+    path.write_text(f'{{"b64": "{base64.b64encode(JPEG).decode()}"}}\n{line}\n')
+    good, error = _records(path, "json")
+    assert isinstance(good, Record)
+    assert isinstance(error, RecordError) and error.index == 1 and message in error.message
+
+
+def test_nan_in_an_array_is_refused():
+    with pytest.raises(ValueError, match="NaN"):
+        parse_instance({"inputs": [[[float("nan"), 0, 0]]]})
