@@ -113,29 +113,26 @@ def _read_json_lines(source: str, stream: Any) -> Iterator[Record | RecordError]
         key = default_key(source, index)
         try:
             instance = json.loads(line)
-            given_key, image = parse_instance(instance)
+            if isinstance(instance, dict) and "key" in instance:
+                instance = dict(instance)
+                key = str(instance.pop("key"))
+            image = parse_instance(instance)
         except (ValueError, TypeError) as exc:
             yield RecordError(key, source, index, type(exc).__name__, str(exc), "read")
             continue
-        if given_key is not None:
-            key = given_key
         if isinstance(image, bytes):
             yield Record(key, source, index, encoded=image)
         else:
             yield Record(key, source, index, array=image, height=image.shape[0], width=image.shape[1])
 
 
-def parse_instance(instance: Any) -> tuple[str | None, bytes | np.ndarray]:
-    """(key or None, encoded bytes or HxWx3 uint8) of one Cloud ML style instance.
+def parse_instance(instance: Any) -> bytes | np.ndarray:
+    """The encoded bytes or HxWx3 uint8 pixels of one Cloud ML style instance, its key removed.
 
     Accepts `{"b64": ...}`, `{"<input name>": {"b64": ...}}`, `{"<input name>": [[[r,g,b]...]...]}`
-    and a bare nested list, each dict with an optional `"key"`.
+    and a bare nested list.
     """
-    key = None
     if isinstance(instance, dict):
-        instance = dict(instance)
-        if "key" in instance:
-            key = str(instance.pop("key"))
         if "b64" not in instance:
             if len(instance) != 1:
                 raise ValueError(f"expected one image field besides 'key', got {sorted(instance) or 'none'}")
@@ -145,11 +142,11 @@ def parse_instance(instance: Any) -> tuple[str | None, bytes | np.ndarray]:
         if not isinstance(value, str):
             raise ValueError("'b64' must be a base64 string")
         try:
-            return key, base64.b64decode(value, validate=True)
+            return base64.b64decode(value, validate=True)
         except binascii.Error as exc:
             raise ValueError(f"invalid base64: {exc}") from None
     if isinstance(instance, list):
-        return key, _uint8_array(instance)
+        return _uint8_array(instance)
     raise ValueError(f"unrecognised instance: expected {{'b64': ...}} or a nested uint8 list, got {type(instance).__name__}")
 
 
