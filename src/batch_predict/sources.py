@@ -27,7 +27,7 @@ from .tfrecord import TFRecordCorruption, TFRecordDataCorruption, read_records
 _GLOB_CHARS = frozenset("*?[")
 _IMAGE_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
 _KEY_FEATURES = ("image/key/sha256", "image/source_id", "image/filename")
-_READ_ERRORS = (OSError, EOFError, gzip.BadGzipFile, zlib.error, TFRecordCorruption, UnicodeDecodeError)
+_READ_ERRORS = (OSError, EOFError, gzip.BadGzipFile, zlib.error, TFRecordCorruption)
 
 
 class NoInputError(FileNotFoundError):
