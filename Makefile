@@ -15,7 +15,7 @@ $(VENV)/.demo-deps: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.demo-deps
-	$(PIP) -e '.[tf,torch,onnx,test]'
+	$(PIP) -e '.[tf,torch,onnx,test,deploy]'
 	touch $@
 
 test: $(VENV)/.test-deps
