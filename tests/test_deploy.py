@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 SINGLE_JOB = KUBERNETES / "batch-predict.yaml"
-INDEXED_PATCH = KUBERNETES / "indexed" / "indexed-job.yaml"
 EXAMPLE_OVERLAY = ROOT / "deploy" / "overlays" / "example"
 RAYJOB = ROOT / "deploy" / "ray" / "rayjob.yaml"
 
@@ -178,19 +177,10 @@ def test_dockerignore_keeps_only_what_the_install_needs():
 # --- Kubernetes schemas -----------------------------------------------------------------------
 
 
-def _schema_cases() -> list[tuple[str, Path | None]]:
-    return [
-        ("batch-predict.yaml", SINGLE_JOB),
-        ("indexed patch", INDEXED_PATCH),
-        ("base, rendered", None),
-        ("example overlay, rendered", None),
-    ]
-
-
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("name,path", _schema_cases(), ids=[case[0] for case in _schema_cases()])
-def test_manifests_match_the_strict_kubernetes_schemas(name, path, version, rendered_base, rendered_example):
-    docs = _load_all(path) if path else {"base, rendered": rendered_base}.get(name, rendered_example)
+@pytest.mark.parametrize("source", ["batch-predict.yaml", "indexed/indexed-job.yaml", "rendered_base", "rendered_example"])
+def test_manifests_match_the_strict_kubernetes_schemas(source, version, request):
+    docs = request.getfixturevalue(source) if source.startswith("rendered_") else _load_all(KUBERNETES / source)
     assert docs
     for doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)
