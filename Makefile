@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c const
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# The demo needs TensorFlow only; the tests need every backend.
+# The demo needs TensorFlow only; the tests need every backend and the deploy checkers (hadolint, kubectl, schemas).
 $(VENV)/.demo-deps: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e '.[tf]'
 	touch $@
