@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .pack import IMAGES_PER_SHARD, RECORD_KINDS
 from .spec import DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, INPUT_FORMATS, JobSpec, SpecError, split_patterns
 
 EXIT_JOB_FAILED = 1
@@ -86,6 +87,48 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, **settings) ->
             f"({summary.error_rate:.1%} > --max_error_rate {spec.max_error_rate:.1%}); see {spec.output_error_prefix}-*",
             err=True,
         )
+        sys.exit(EXIT_JOB_FAILED)
+
+
+@cli.command("pack")
+@click.argument("inputs", nargs=-1)
+@_flag("input_list", multiple=True,
+       help="A text file of image paths or URLs, one a line ('#' starts a comment); each line is also its key. Repeatable.")
+@_flag("output_prefix", required=True, help="Shards go to <prefix>-NNNNN-of-NNNNN.<tfrecord|tfrecord.gz|jsonl>.")
+@_flag("output_format", type=click.Choice(INPUT_FORMATS), default="tfrecord", show_default=True,
+       help="The --input_file_format the job will read the shards with.")
+@_flag("record", type=click.Choice(RECORD_KINDS), default="example", show_default=True,
+       help="TFRecords only: a tf.train.Example keyed by image/source_id, or the image bytes alone (keyed by position).")
+@_flag("num_shards", type=int, default=0, show_default=True,
+       help=f"Number of output files; 0 means about {IMAGES_PER_SHARD} images per shard.")
+@_flag("num_workers", type=int, default=16, show_default=True, help="Threads reading images.")
+def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_prefix: str, output_format: str,
+                 record: str, num_shards: int, num_workers: int) -> None:
+    """Pack image files into sharded TFRecords or JSON lines for the job.
+
+    INPUTS are folders (their .jpg .jpeg .png .gif .bmp .webp files, keyed by their path
+    below the folder), globs (keyed by their path below the glob's fixed folder) or files
+    (keyed by their name); local paths or fsspec URLs.
+    """
+    from .pack import PackError, find_images, pack
+
+    try:
+        items = find_images(inputs, input_list)
+        summary = pack(items, output_prefix, output_format, record_kind=record, num_shards=num_shards,
+                       num_workers=num_workers, progress=sys.stderr.isatty())
+    except PackError as exc:
+        click.echo(f"batch-predict pack: error: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETUP)
+    shards = len(summary.shards)
+    click.echo(f"packed {summary.images} images ({summary.bytes_read / 2**20:.1f} MiB) into {shards} "
+               f"shard{'s' if shards > 1 else ''} in {summary.wall_time_s:.1f} s; read them with:")
+    click.echo(f"  batch-predict --input_file_patterns '{output_prefix}-*-of-{shards:05d}.*' "
+               f"--input_file_format {output_format} ...")
+    for url, why in list(summary.failed.items())[:10]:
+        click.echo(f"batch-predict pack: cannot read {url}: {why}", err=True)
+    if summary.failed:
+        click.echo(f"batch-predict pack: error: {len(summary.failed)} of {len(items)} images could not be read "
+                   "and were left out", err=True)
         sys.exit(EXIT_JOB_FAILED)
 
 
