@@ -132,5 +132,26 @@ def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_pr
         sys.exit(EXIT_JOB_FAILED)
 
 
+@cli.command("inspect")
+@click.argument("model_dir")
+@_flag("signature_name", default="serving_default", show_default=True, help="SavedModel signature to show.")
+@_flag("label_map", default=None, help="As for the job: else label_map.pbtxt or labels.txt inside MODEL_DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def inspect_command(model_dir: str, signature_name: str, label_map: str | None, as_json: bool) -> None:
+    """Show a model's backend, signature, input, outputs and labels, and what the job will feed it."""
+    import json
+
+    from .inspect_model import format_description, inspect_model
+    from .labels import LabelMapError
+    from .models import ModelLoadError
+
+    try:
+        info = inspect_model(model_dir, signature_name=signature_name, label_map=label_map)
+    except (ModelLoadError, LabelMapError) as exc:
+        click.echo(f"batch-predict inspect: error: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETUP)
+    click.echo(json.dumps(info, indent=2) if as_json else format_description(info))
+
+
 def main() -> None:
     cli(prog_name="batch-predict")
