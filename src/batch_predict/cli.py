@@ -61,10 +61,14 @@ def cli() -> None:
 @_flag("max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True,
        help="Refuse images declaring more pixels than this, before decoding them (decompression bombs).")
 @_flag("num_decode_workers", type=int, default=0, show_default=True, help="Decode threads; 0 means one per CPU core.")
+@_flag("ground_truth", default=None,
+       help="A COCO instances.json: after the job, score the results (mAP, mAP@0.5, AP per class) into the summary. "
+            "Results match its images by key: the image's file_name, its last path part, or its id.")
 @_flag("log_level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
 def predict(input_file_patterns: tuple[str, ...], log_level: str, **settings) -> None:
     """Predict every record of the input files; write results, errors and a summary."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from .evaluate import EvaluationError, GroundTruthError
     from .models import ModelLoadError
     from .runners.local import run
     from .sinks import OutputError
@@ -74,9 +78,12 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, **settings) ->
     try:
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
         summary = run(spec)
-    except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError) as exc:
+    except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, GroundTruthError) as exc:
         click.echo(f"batch-predict: error: {exc}", err=True)
         sys.exit(EXIT_BAD_SETUP)
+    except EvaluationError as exc:
+        click.echo(f"batch-predict: error: the job ran, but its results cannot be evaluated: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
     click.echo(
         f"records read {summary.records_read}, predicted {summary.predicted}, failed {summary.failed}, "
         f"detections {summary.detections}, {summary.wall_time_s:.1f} s, {summary.images_per_second:.1f} images/s"
@@ -151,6 +158,28 @@ def inspect_command(model_dir: str, signature_name: str, label_map: str | None, 
         click.echo(f"batch-predict inspect: error: {exc}", err=True)
         sys.exit(EXIT_BAD_SETUP)
     click.echo(json.dumps(info, indent=2) if as_json else format_description(info))
+
+
+@cli.command("evaluate")
+@click.argument("output_result_prefix")
+@_flag("ground_truth", required=True, help="A COCO instances.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def evaluate_command(output_result_prefix: str, ground_truth: str, as_json: bool) -> None:
+    """Score a finished job's results against COCO ground truth: mAP, mAP@0.5, AP per class.
+
+    Results match ground-truth images by key: the image's file_name, its last path part, or its id.
+    """
+    import json
+
+    from .evaluate import EvaluationError, GroundTruthError, evaluate_outputs, format_evaluation, load_ground_truth
+    from .job_outputs import JobOutputsError
+
+    try:
+        evaluation = evaluate_outputs(output_result_prefix, load_ground_truth(ground_truth))
+    except (GroundTruthError, EvaluationError, JobOutputsError) as exc:
+        click.echo(f"batch-predict evaluate: error: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETUP)
+    click.echo(json.dumps(evaluation.to_json(), indent=2) if as_json else format_evaluation(evaluation))
 
 
 def main() -> None:
