@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -61,7 +60,7 @@ def test_results_equal_to_the_ground_truth_score_one(ground_truth):
 
 
 def test_a_missed_class_scores_zero_and_a_loose_box_counts_only_at_loose_iou(ground_truth):
-    (person, dog), (other_person,) = truth(9), truth(25)
+    (other_person,) = truth(25)
     shifted = (1, [30, 20, 100, 200], 0.9)  # IoU 2/3 with the person: a hit at IoU 0.5, a miss at 0.7 and above
     evaluation = evaluate([result("000000000009.jpg", shifted), result("000000000025.jpg", other_person)], ground_truth)
     assert evaluation.per_class_AP["dog"] == 0.0
@@ -102,7 +101,7 @@ def test_existing_outputs_are_scored_and_the_summary_gains_the_scores(tmp_path, 
 
 
 def test_the_text_lists_classes_best_first(ground_truth):
-    (person, dog), (other_person,) = truth(9), truth(25)
+    (_, dog), (other_person,) = truth(9), truth(25)
     text = format_evaluation(evaluate([result("000000000009.jpg", dog), result("000000000025.jpg", other_person)],
                                       ground_truth))
     assert text.splitlines()[0].startswith("mAP ") and "on 2 images" in text.splitlines()[0]

@@ -182,5 +182,28 @@ def evaluate_command(output_result_prefix: str, ground_truth: str, as_json: bool
     click.echo(json.dumps(evaluation.to_json(), indent=2) if as_json else format_evaluation(evaluation))
 
 
+@cli.command("report")
+@click.argument("output_result_prefix")
+@_flag("output_error_prefix", default=None, help="Where the job wrote errors; default: as its summary says.")
+@click.option("--output", "-o", default=None, help="The HTML file to write; default <OUTPUT_RESULT_PREFIX>-report.html.")
+@_flag("samples", type=int, default=12, show_default=True, help="Images to show with their detections drawn.")
+@_flag("input_file_format", type=click.Choice(INPUT_FORMATS), default=None,
+       help="How to read the sample images back from their source files; default: guessed from their first bytes.")
+def report_command(output_result_prefix: str, output_error_prefix: str | None, output: str | None, samples: int,
+                   input_file_format: str | None) -> None:
+    """Write a self-contained HTML page about a finished job: counts, throughput, scores,
+    classes, errors and sample images with their detections drawn."""
+    from .job_outputs import JobOutputsError
+    from .report import write_report
+
+    try:
+        path = write_report(output_result_prefix, output, error_prefix=output_error_prefix, num_samples=samples,
+                            input_format=input_file_format)
+    except (JobOutputsError, OSError) as exc:
+        click.echo(f"batch-predict report: error: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETUP)
+    click.echo(f"wrote {path}")
+
+
 def main() -> None:
     cli(prog_name="batch-predict")
