@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
 import click
 
-from .pack import IMAGES_PER_SHARD, RECORD_KINDS
+from .pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, find_images, pack
 from .spec import DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, INPUT_FORMATS, JobSpec, SpecError, split_patterns
 
 EXIT_JOB_FAILED = 1
@@ -35,7 +36,9 @@ def cli() -> None:
     """Run object-detection models over large image collections as one batch job."""
 
 
-@cli.command("predict")
+@cli.command("predict", epilog="Other commands: pack (images into TFRecords or JSON lines), inspect (a model), "
+                                "report (an HTML page of a finished job), evaluate (COCO mAP of a finished job). "
+                                "See batch-predict COMMAND --help.")
 @_flag("input_file_patterns", multiple=True, required=True,
        help="Input files: local paths or fsspec URLs (gs://, s3://, memory://) with * ? [] wildcards. "
             "Comma-separated, or repeat the flag.")
@@ -117,8 +120,6 @@ def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_pr
     below the folder), globs (keyed by their path below the glob's fixed folder) or files
     (keyed by their name); local paths or fsspec URLs.
     """
-    from .pack import PackError, find_images, pack
-
     try:
         items = find_images(inputs, input_list)
         summary = pack(items, output_prefix, output_format, record_kind=record, num_shards=num_shards,
@@ -146,8 +147,6 @@ def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_pr
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def inspect_command(model_dir: str, signature_name: str, label_map: str | None, as_json: bool) -> None:
     """Show a model's backend, signature, input, outputs and labels, and what the job will feed it."""
-    import json
-
     from .inspect_model import format_description, inspect_model
     from .labels import LabelMapError
     from .models import ModelLoadError
@@ -169,8 +168,6 @@ def evaluate_command(output_result_prefix: str, ground_truth: str, as_json: bool
 
     Results match ground-truth images by key: the image's file_name, its last path part, or its id.
     """
-    import json
-
     from .evaluate import EvaluationError, GroundTruthError, evaluate_outputs, format_evaluation, load_ground_truth
     from .job_outputs import JobOutputsError
 
