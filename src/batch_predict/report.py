@@ -84,7 +84,9 @@ def collect(result_prefix: str, error_prefix: str | None = None, num_samples: in
         _reservoir(with_found if found else without, line, num_samples, data.with_detections if found
                    else data.predicted - data.with_detections, rng)
     data.samples = (with_found + without)[:num_samples]
-    for error in read_lines(_error_files(data, error_prefix)):
+    error_files = shard_files(error_prefix) if error_prefix else (summary or {}).get("error_files")
+    data.error_files_known = error_files is not None
+    for error in read_lines(error_files or []):
         data.failed += 1
         data.error_types[error["error_type"]] += 1
         if len(data.error_examples[error["error_type"]]) < ERROR_EXAMPLES:
@@ -98,15 +100,6 @@ def _reservoir(kept: list, item: Any, size: int, seen: int, rng: random.Random) 
         kept.append(item)
     elif (slot := rng.randrange(seen)) < size:
         kept[slot] = item
-
-
-def _error_files(data: ReportData, error_prefix: str | None) -> list[str]:
-    if error_prefix:
-        return shard_files(error_prefix)
-    if data.summary and "error_files" in data.summary:
-        return data.summary["error_files"]
-    data.error_files_known = False
-    return []
 
 
 def load_samples(results: Iterable[dict[str, Any]], input_format: str | None = None,
