@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
 import click
 
+from .pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, find_images, pack
 from .spec import DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, INPUT_FORMATS, JobSpec, SpecError, split_patterns
 
 EXIT_JOB_FAILED = 1
@@ -34,7 +36,9 @@ def cli() -> None:
     """Run object-detection models over large image collections as one batch job."""
 
 
-@cli.command("predict")
+@cli.command("predict", epilog="Other commands: pack (images into TFRecords or JSON lines), inspect (a model), "
+                                "report (an HTML page of a finished job), evaluate (COCO mAP of a finished job). "
+                                "See batch-predict COMMAND --help.")
 @_flag("input_file_patterns", multiple=True, required=True,
        help="Input files: local paths or fsspec URLs (gs://, s3://, memory://) with * ? [] wildcards. "
             "Comma-separated, or repeat the flag.")
@@ -60,10 +64,14 @@ def cli() -> None:
 @_flag("max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True,
        help="Refuse images declaring more pixels than this, before decoding them (decompression bombs).")
 @_flag("num_decode_workers", type=int, default=0, show_default=True, help="Decode threads; 0 means one per CPU core.")
+@_flag("ground_truth", default=None,
+       help="A COCO instances.json: after the job, score the results (mAP, mAP@0.5, AP per class) into the summary. "
+            "Results match its images by key: the image's file_name, its last path part, or its id.")
 @_flag("log_level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
 def predict(input_file_patterns: tuple[str, ...], log_level: str, **settings) -> None:
     """Predict every record of the input files; write results, errors and a summary."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from .evaluate import EvaluationError, GroundTruthError
     from .models import ModelLoadError
     from .runners.local import run
     from .sinks import OutputError
@@ -73,9 +81,12 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, **settings) ->
     try:
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
         summary = run(spec)
-    except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError) as exc:
+    except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, GroundTruthError) as exc:
         click.echo(f"batch-predict: error: {exc}", err=True)
         sys.exit(EXIT_BAD_SETUP)
+    except EvaluationError as exc:
+        click.echo(f"batch-predict: error: the job ran, but its results cannot be evaluated: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
     click.echo(
         f"records read {summary.records_read}, predicted {summary.predicted}, failed {summary.failed}, "
         f"detections {summary.detections}, {summary.wall_time_s:.1f} s, {summary.images_per_second:.1f} images/s"
@@ -87,6 +98,108 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, **settings) ->
             err=True,
         )
         sys.exit(EXIT_JOB_FAILED)
+
+
+@cli.command("pack")
+@click.argument("inputs", nargs=-1)
+@_flag("input_list", multiple=True,
+       help="A text file of image paths or URLs, one a line ('#' starts a comment); each line is also its key. Repeatable.")
+@_flag("output_prefix", required=True, help="Shards go to <prefix>-NNNNN-of-NNNNN.<tfrecord|tfrecord.gz|jsonl>.")
+@_flag("output_format", type=click.Choice(INPUT_FORMATS), default="tfrecord", show_default=True,
+       help="The --input_file_format the job will read the shards with.")
+@_flag("record", type=click.Choice(RECORD_KINDS), default="example", show_default=True,
+       help="TFRecords only: a tf.train.Example keyed by image/source_id, or the image bytes alone (keyed by position).")
+@_flag("num_shards", type=int, default=0, show_default=True,
+       help=f"Number of output files; 0 means about {IMAGES_PER_SHARD} images per shard.")
+@_flag("num_workers", type=int, default=16, show_default=True, help="Threads reading images.")
+def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_prefix: str, output_format: str,
+                 record: str, num_shards: int, num_workers: int) -> None:
+    """Pack image files into sharded TFRecords or JSON lines for the job.
+
+    INPUTS are folders (their .jpg .jpeg .png .gif .bmp .webp files, keyed by their path
+    below the folder), globs (keyed by their path below the glob's fixed folder) or files
+    (keyed by their name); local paths or fsspec URLs.
+    """
+    try:
+        items = find_images(inputs, input_list)
+        summary = pack(items, output_prefix, output_format, record_kind=record, num_shards=num_shards,
+                       num_workers=num_workers, progress=sys.stderr.isatty())
+    except PackError as exc:
+        click.echo(f"batch-predict pack: error: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETUP)
+    shards = len(summary.shards)
+    click.echo(f"packed {summary.images} images ({summary.bytes_read / 2**20:.1f} MiB) into {shards} "
+               f"shard{'s' if shards > 1 else ''} in {summary.wall_time_s:.1f} s; read them with:")
+    click.echo(f"  batch-predict --input_file_patterns '{output_prefix}-*-of-{shards:05d}.*' "
+               f"--input_file_format {output_format} ...")
+    for url, why in list(summary.failed.items())[:10]:
+        click.echo(f"batch-predict pack: cannot read {url}: {why}", err=True)
+    if summary.failed:
+        click.echo(f"batch-predict pack: error: {len(summary.failed)} of {len(items)} images could not be read "
+                   "and were left out", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+
+
+@cli.command("inspect")
+@click.argument("model_dir")
+@_flag("signature_name", default="serving_default", show_default=True, help="SavedModel signature to show.")
+@_flag("label_map", default=None, help="As for the job: else label_map.pbtxt or labels.txt inside MODEL_DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def inspect_command(model_dir: str, signature_name: str, label_map: str | None, as_json: bool) -> None:
+    """Show a model's backend, signature, input, outputs and labels, and what the job will feed it."""
+    from .inspect_model import format_description, inspect_model
+    from .labels import LabelMapError
+    from .models import ModelLoadError
+
+    try:
+        info = inspect_model(model_dir, signature_name=signature_name, label_map=label_map)
+    except (ModelLoadError, LabelMapError) as exc:
+        click.echo(f"batch-predict inspect: error: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETUP)
+    click.echo(json.dumps(info, indent=2) if as_json else format_description(info))
+
+
+@cli.command("evaluate")
+@click.argument("output_result_prefix")
+@_flag("ground_truth", required=True, help="A COCO instances.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def evaluate_command(output_result_prefix: str, ground_truth: str, as_json: bool) -> None:
+    """Score a finished job's results against COCO ground truth: mAP, mAP@0.5, AP per class.
+
+    Results match ground-truth images by key: the image's file_name, its last path part, or its id.
+    """
+    from .evaluate import EvaluationError, GroundTruthError, evaluate_outputs, format_evaluation, load_ground_truth
+    from .job_outputs import JobOutputsError
+
+    try:
+        evaluation = evaluate_outputs(output_result_prefix, load_ground_truth(ground_truth))
+    except (GroundTruthError, EvaluationError, JobOutputsError) as exc:
+        click.echo(f"batch-predict evaluate: error: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETUP)
+    click.echo(json.dumps(evaluation.to_json(), indent=2) if as_json else format_evaluation(evaluation))
+
+
+@cli.command("report")
+@click.argument("output_result_prefix")
+@_flag("output_error_prefix", default=None, help="Where the job wrote errors; default: as its summary says.")
+@click.option("--output", "-o", default=None, help="The HTML file to write; default <OUTPUT_RESULT_PREFIX>-report.html.")
+@_flag("samples", type=int, default=12, show_default=True, help="Images to show with their detections drawn.")
+@_flag("input_file_format", type=click.Choice(INPUT_FORMATS), default=None,
+       help="How to read the sample images back from their source files; default: guessed from their first bytes.")
+def report_command(output_result_prefix: str, output_error_prefix: str | None, output: str | None, samples: int,
+                   input_file_format: str | None) -> None:
+    """Write a self-contained HTML page about a finished job: counts, throughput, scores,
+    classes, errors and sample images with their detections drawn."""
+    from .job_outputs import JobOutputsError
+    from .report import write_report
+
+    try:
+        path = write_report(output_result_prefix, output, error_prefix=output_error_prefix, num_samples=samples,
+                            input_format=input_file_format)
+    except (JobOutputsError, OSError) as exc:
+        click.echo(f"batch-predict report: error: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETUP)
+    click.echo(f"wrote {path}")
 
 
 def main() -> None:

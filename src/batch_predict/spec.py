@@ -45,6 +45,7 @@ class JobSpec:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     num_decode_workers: int = 0
     queue_depth: int = 4
+    ground_truth: str | None = None
 
     def __post_init__(self) -> None:
         if not self.input_file_patterns or not all(p.strip() for p in self.input_file_patterns):

@@ -52,6 +52,10 @@ def _clean_tf_message(message: str) -> str:
     return " ".join(lines) or message
 
 
+def _tensor_spec(name: str, spec) -> dict[str, str]:
+    return {"name": name, "dtype": spec.dtype.name, "shape": str(spec.shape)}
+
+
 class TFSavedModel:
     """A SavedModel signature with one input: `[None]` encoded strings, or uint8 images.
 
@@ -107,8 +111,9 @@ class TFSavedModel:
         return {
             "backend": "tensorflow-savedmodel",
             "signature": self._signature_name,
-            "input": {"name": self._input_name, "dtype": self._input_spec.dtype.name, "shape": str(self._input_spec.shape)},
-            "outputs": sorted(self._fn.structured_outputs),
+            "signatures": sorted(self._loaded.signatures),
+            "input": _tensor_spec(self._input_name, self._input_spec),
+            "outputs": [_tensor_spec(name, spec) for name, spec in sorted(self._fn.structured_outputs.items())],
             "input_kind": self.input_kind,
             "labels": len(self.labels),
         }

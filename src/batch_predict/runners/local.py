@@ -6,7 +6,7 @@ import itertools
 import logging
 import time
 
-from .. import sources
+from .. import evaluate, sources
 from ..models import load_model
 from ..pipeline import run_pipeline
 from ..sinks import JobOutputs, JobSummary
@@ -24,6 +24,7 @@ def run(spec: JobSpec) -> JobSummary:
     """
     started = time.perf_counter()
     files = sources.expand_patterns(spec.input_file_patterns)
+    ground_truth = evaluate.load_ground_truth(spec.ground_truth) if spec.ground_truth else None
     model = load_model(spec)
     outputs = JobOutputs(spec.output_result_prefix, spec.output_error_prefix, spec.num_output_shards, model.labels)
     log.info("batch-predict: %d input files, model %s", len(files), model.describe())
@@ -43,4 +44,6 @@ def run(spec: JobSpec) -> JobSummary:
         summary.records_read, summary.predicted, summary.failed, summary.detections,
         summary.wall_time_s, summary.images_per_second,
     )
+    if ground_truth is not None:
+        evaluate.evaluate_job(spec.output_result_prefix, ground_truth)
     return summary
