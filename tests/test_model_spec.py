@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend_helpers import run_cli
 from batch_predict.models.model_spec import ModelSpecError, build_spec, load_spec, parse_options
 from conftest import REPO
 
@@ -114,3 +115,18 @@ def test_a_spec_that_contradicts_the_model_names_the_field_and_both_values():
 def test_incomplete_input_settings_fail_naming_the_missing_field(fields, field):
     with pytest.raises(ModelSpecError, match=rf"model spec s\.yaml: {field}: "):
         build_spec(fields, {}, source="s.yaml", base=None).resolve_input(None, None)
+
+
+def test_the_cli_fails_fast_on_a_bad_spec_with_exit_status_2(tmp_path, yolox_dir):
+    spec = _write(tmp_path, "input: {size: 416, resize: squash}\noutput: {decoder: yolox}\n")
+    (tmp_path / "in.tfrecord").write_bytes(b"")
+    result = run_cli(
+        "--input_file_patterns", str(tmp_path / "in.tfrecord"), "--input_file_format", "tfrecord",
+        "--model_dir", str(yolox_dir / "yolox_nano_torchscript.pt"), "--model_spec", spec,
+        "--output_result_prefix", str(tmp_path / "r"), "--output_error_prefix", str(tmp_path / "e"),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"batch-predict: error: model spec {spec}: input.resize: "
+        "expected one of letterbox, stretch, keep_ratio, none; got 'squash'"
+    )
