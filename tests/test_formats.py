@@ -68,3 +68,10 @@ def test_a_folder_is_a_savedmodel_or_holds_a_spec_naming_its_model(tmp_path, yol
         locate(str(tmp_path), build_spec({}, {}, source="t", base=None))
     with pytest.raises(ModelLoadError, match="does not exist"):
         locate(str(tmp_path / "missing"), build_spec({}, {}, source="t", base=None))
+
+
+def test_a_model_file_named_without_a_folder_lies_in_the_working_folder(tmp_path, monkeypatch, yolox_dir):
+    (tmp_path / "detector.onnx").write_bytes((yolox_dir / "yolox_nano.onnx").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    located = locate("detector.onnx", build_spec({}, {}, source="t", base=None))
+    assert (located.format, located.folder) == ("onnx", ".")

@@ -108,6 +108,7 @@ def test_a_spec_that_contradicts_the_model_names_the_field_and_both_values():
     [
         ({}, "input.size"),
         ({"input.resize": "keep_ratio"}, "input.max_side"),
+        ({"input.resize": "keep_ratio", "input.max_side": 800, "input.size": 640}, "input.max_side"),
         ({"input.resize": "none", "input.layout": "NHWC"}, "input.layout"),
         ({"input.size": 8, "input.dtype": "uint8", "input.std": 58}, "input.dtype"),
     ],

@@ -102,7 +102,7 @@ def locate(model_dir: str, spec: ModelSpec) -> Located:
     if not fs.exists(root):
         raise ModelLoadError(f"--model_dir: {model_dir!r} does not exist")
     if not fs.isdir(root):
-        return Located(identify_file(model_dir), model_dir, posixpath.dirname(model_dir))
+        return Located(identify_file(model_dir), model_dir, posixpath.dirname(model_dir) or ".")
     if is_savedmodel(model_dir):
         return Located("savedmodel", model_dir, model_dir)
     if spec.model is None:

@@ -35,7 +35,7 @@ def check_plain_archive(data: bytes, path: str) -> None:
                     f"--model_dir: {path!r} stores {len(pickled)} pickled object(s) ({', '.join(pickled[:3])}); "
                     "refusing to unpickle them. Re-export the program with plain tensors"
                 )
-        elif "/data/weights/" in name and name.endswith(".pt") or "/data/constants/" in name and name.endswith(".pt"):
+        elif name.endswith(".pt") and ("/data/weights/" in name or "/data/constants/" in name):
             raise ModelLoadError(f"--model_dir: {path!r} is a legacy .pt2 archive that stores pickles; re-export it")
         elif "/data/sample_inputs/" in name:
             try:
