@@ -17,10 +17,17 @@ from batch_predict.models.model_spec import build_spec
 from batch_predict.models.torchvision_arch import build, read_state_dict
 
 ARCHITECTURE = "fasterrcnn_mobilenet_v3_large_fpn"
-# Small inputs keep the CPU test quick; a zero box threshold makes random weights detect.
+# Small inputs and few proposals keep the CPU test quick; a zero box threshold makes random
+# weights detect.
 SPEC = f"""
 architecture: {ARCHITECTURE}
-architecture_args: {{num_classes: 91, min_size: 320, max_size: 320, box_score_thresh: 0.0}}
+architecture_args:
+  num_classes: 91
+  min_size: 320
+  max_size: 320
+  rpn_pre_nms_top_n_test: 100
+  rpn_post_nms_top_n_test: 100
+  box_score_thresh: 0.0
 model: weights.pth
 """
 DETECTION_KEYS = {"box", "box_normalized", "score", "class_id", "label"}
