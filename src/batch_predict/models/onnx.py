@@ -4,6 +4,7 @@ the job runs on a GPU, else on the CPU provider."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+
 import numpy as np
 import torch
 

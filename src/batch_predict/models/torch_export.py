@@ -19,7 +19,7 @@ from torch.export.passes import move_to_device_pass
 from ..spec import JobSpec
 from .base import ModelLoadError
 from .formats import Located, read_bytes
-from .model_spec import ModelSpec
+from .model_spec import DTYPES, ModelSpec
 from .tensor_model import FixedBatchRunner, Runner, TensorModel, torch_device
 
 
@@ -81,7 +81,7 @@ def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], job: JobS
     program = move_to_device_pass(program, device)
     shape, dtype = _declared_input(program)
     batch = shape[0] if shape else None
-    resolved = spec.resolve_input(shape, dtype if dtype in ("float32", "float16", "bfloat16", "uint8") else None)
+    resolved = spec.resolve_input(shape, dtype if dtype in DTYPES else None)
     runner: Runner = ExportedRunner(program)
     if batch is not None:
         runner = FixedBatchRunner(runner, batch)
