@@ -15,11 +15,11 @@ EXIT_JOB_FAILED = 1
 EXIT_BAD_SETUP = 2
 
 
-def _flag(name: str, **kwargs):
+def _flag(name: str, dest: str | None = None, **kwargs):
     """An option spelled the Kubeflow way (`--batch_size`), also accepted as `--batch-size`."""
     dashed = name.replace("_", "-")
     names = [f"--{name}"] + ([f"--{dashed}"] if dashed != name else [])
-    return click.option(*names, name, **kwargs)
+    return click.option(*names, dest or name, **kwargs)
 
 
 class _DefaultToPredict(click.Group):
@@ -45,7 +45,15 @@ def cli() -> None:
 @_flag("input_file_format", type=click.Choice(INPUT_FORMATS), required=True,
        help="tfrecord / tfrecord_gzip: records of encoded JPEG/PNG bytes or tf.train.Examples with image/encoded. "
             "json: JSON lines of Cloud ML instances ({\"b64\": ...}, {\"inputs\": {\"b64\": ...}}, nested uint8 arrays).")
-@_flag("model_dir", required=True, help="The model: a TensorFlow SavedModel directory (TF Object Detection API signature).")
+@_flag("model_dir", required=True,
+       help="The model, recognised by content: a TensorFlow SavedModel directory, a TorchScript file, a torch.export "
+            ".pt2 file, an ONNX file, or a state-dict file of a torchvision architecture named in the model spec.")
+@_flag("model_spec", default=None,
+       help="Model spec YAML (input size, resize, pixel values, decoder, thresholds, labels; see docs/models.md). "
+            "Default: <model file stem>.yaml or model.yaml beside --model_dir, or inside it.")
+@_flag("model_option", "model_options", multiple=True,
+       help="Set one model spec field, KEY=VALUE with a YAML value, e.g. input.size=640; repeatable; "
+            "overrides the spec file.")
 @_flag("batch_size", type=int, default=32, show_default=True, help="Records per model call.")
 @_flag("output_result_prefix", required=True,
        help="Results go to <prefix>-NNNNN-of-NNNNN.jsonl, one line per predicted record; summary to <prefix>-summary.json.")
@@ -54,8 +62,9 @@ def cli() -> None:
 @_flag("signature_name", default="serving_default", show_default=True, help="SavedModel signature to call.")
 @_flag("label_map", default=None,
        help="Class names: a TF OD API label_map.pbtxt or an 'id name' text file. "
-            "Default: label_map.pbtxt or labels.txt inside --model_dir, if present.")
-@_flag("score_threshold", type=float, default=0.3, show_default=True, help="Drop detections scoring below this.")
+            "Default: the model spec's labels, else label_map.pbtxt or labels.txt in (or beside) --model_dir.")
+@_flag("score_threshold", type=float, default=None,
+       help="Drop detections scoring below this. Default: the model spec's thresholds.score, else 0.3.")
 @_flag("num_output_shards", type=int, default=1, show_default=True, help="Number of result (and error) files.")
 @_flag("device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @_flag("max_error_rate", type=float, default=DEFAULT_MAX_ERROR_RATE, show_default=True,

@@ -37,7 +37,7 @@ class JobSpec:
     batch_size: int = 32
     signature_name: str = "serving_default"
     label_map: str | None = None
-    score_threshold: float = 0.3
+    score_threshold: float | None = None  # None: the model spec's, else 0.3
     num_output_shards: int = 1
     device: str = "auto"
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
@@ -46,6 +46,8 @@ class JobSpec:
     num_decode_workers: int = 0
     queue_depth: int = 4
     ground_truth: str | None = None
+    model_spec: str | None = None
+    model_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.input_file_patterns or not all(p.strip() for p in self.input_file_patterns):
@@ -60,7 +62,8 @@ class JobSpec:
                 raise SpecError(f"--{name}: required")
         _check_range("batch_size", self.batch_size, 1, 1 << 16)
         _check_range("num_output_shards", self.num_output_shards, 1, 100_000)
-        _check_range("score_threshold", self.score_threshold, 0.0, 1.0)
+        if self.score_threshold is not None:
+            _check_range("score_threshold", self.score_threshold, 0.0, 1.0)
         _check_range("max_error_rate", self.max_error_rate, 0.0, 1.0)
         _check_range("max_image_pixels", self.max_image_pixels, 1, 1 << 40)
         _check_range("num_decode_workers", self.num_decode_workers, 0, 1024)

@@ -1,39 +1,67 @@
-"""Model backends, chosen by what `--model_dir` holds."""
+"""Model backends, chosen by what `--model_dir` holds; one module per backend.
+
+Adding a backend is one module with a `load(located, spec, labels, job) -> Model` function
+and one entry in `_BACKENDS`. Each is imported only when used, so the TF path never imports
+PyTorch and the PyTorch paths never import TensorFlow.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import fsspec
 
 from ..labels import load_label_map
 from ..spec import JobSpec
 from .base import InputKind, Model, ModelLoadError, PredictError
+from .formats import Located, find_spec_file, locate
+from .model_spec import ModelSpec, ModelSpecError, load_spec
 
-__all__ = ["InputKind", "Model", "ModelLoadError", "PredictError", "load_model", "find_labels"]
+__all__ = [
+    "InputKind", "Model", "ModelLoadError", "ModelSpec", "ModelSpecError", "PredictError", "find_labels", "load_model",
+]
 
 _LABEL_FILES = ("label_map.pbtxt", "labels.txt")
 
+#: format -> (module, the extra that installs what it needs)
+_BACKENDS = {
+    "savedmodel": ("tf_savedmodel", "tf"),
+    "torchscript": ("torchscript", "torch"),
+    "torch_export": ("torch_export", "torch"),
+    "onnx": ("onnx", "onnx"),
+    "state_dict": ("torchvision_arch", "torch"),
+}
 
-def find_labels(spec: JobSpec) -> dict[int, str]:
-    """The job's label map: `--label_map`, else one that ships inside the model directory."""
-    if spec.label_map:
-        return load_label_map(spec.label_map)
-    fs, root = fsspec.core.url_to_fs(spec.model_dir)
+
+def find_labels(job: JobSpec, spec: ModelSpec, located: Located) -> dict[int, str]:
+    """{class id: name}, in the order given: `--label_map`, else the spec's `labels`, else a
+    label_map.pbtxt or labels.txt that ships beside the model."""
+    if job.label_map:
+        return load_label_map(job.label_map)
+    if isinstance(spec.labels, tuple):
+        return dict(enumerate(spec.labels))
+    if isinstance(spec.labels, str):
+        return load_label_map(spec.path(spec.labels))
+    fs, root = fsspec.core.url_to_fs(located.folder)
     for name in _LABEL_FILES:
         if fs.isfile(f"{root.rstrip('/')}/{name}"):
-            return load_label_map(f"{spec.model_dir.rstrip('/')}/{name}")
+            return load_label_map(f"{located.folder.rstrip('/')}/{name}")
     return {}
 
 
-def load_model(spec: JobSpec) -> Model:
-    """Load the model that `spec.model_dir` holds, or raise `ModelLoadError` saying why not."""
-    fs, root = fsspec.core.url_to_fs(spec.model_dir)
-    if not fs.exists(root):
-        raise ModelLoadError(f"--model_dir: {spec.model_dir!r} does not exist")
-    if fs.isdir(root) and any(fs.isfile(f"{root.rstrip('/')}/{n}") for n in ("saved_model.pb", "saved_model.pbtxt")):
-        from .tf_savedmodel import TFSavedModel
-
-        return TFSavedModel(spec, labels=find_labels(spec))
-    raise ModelLoadError(
-        f"--model_dir: {spec.model_dir!r} holds no model this build can load "
-        "(expected a TensorFlow SavedModel directory with saved_model.pb)"
-    )
+def load_model(job: JobSpec) -> Model:
+    """Load the model `job.model_dir` holds, with its spec, or raise `ModelLoadError` saying why not."""
+    spec = load_spec(job.model_spec or find_spec_file(job.model_dir), job.model_options, job.score_threshold)
+    located = locate(job.model_dir, spec)
+    labels = find_labels(job, spec, located)
+    if spec.class_ids == "label_order" and not labels:
+        raise spec.error("class_ids", "label_order maps output k to the k-th label, but no labels were found")
+    module_name, extra = _BACKENDS[located.format]
+    try:
+        backend = importlib.import_module(f"{__name__}.{module_name}")
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"--model_dir: {located.path!r} is a {located.format} model, but {exc.name} is not installed: "
+            f"pip install 'batch-predict[{extra}]'"
+        ) from None
+    return backend.load(located, spec, labels, job)

@@ -1,0 +1,169 @@
+"""Model outputs to padded detections, batched on the model's device.
+
+One function per output convention (`tfod`, `torchvision`, `yolox`, `boxes`). Each ends in
+`_pad`, which selects, runs class-aware NMS over the whole batch in one
+`torchvision.ops.batched_nms` call, keeps the best `max_detections` per image, and copies
+the result to the host once per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from .detections import PaddedDetections, tfod_to_padded
+from .model_spec import ModelSpec, Thresholds
+
+
+@dataclass(frozen=True)
+class DecodeContext:
+    """What a decoder needs besides the outputs: the batch size and input size, and the spec."""
+
+    count: int
+    input_size: tuple[int, int] | None  # (height, width); None when images went in as a list
+    image_sizes: np.ndarray  # (N, 2) width, height of each model input
+    spec: ModelSpec
+
+
+Decoder = Callable[[Any, DecodeContext], PaddedDetections]
+
+
+def pick_output(outputs: Any, name: str | None) -> Any:
+    """The output named `name`, else the only (or first) one."""
+    if isinstance(outputs, Mapping):
+        if name is not None:
+            if name not in outputs:
+                raise ValueError(f"output.name: the model has no output {name!r}; it has {sorted(outputs)}")
+            return outputs[name]
+        return next(iter(outputs.values()))
+    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0]
+    return outputs
+
+
+def decode_yolox(outputs: Any, context: DecodeContext) -> PaddedDetections:
+    """The raw YOLOX head (N, anchors, 5 + classes): grid decode, objectness x class score, NMS."""
+    head = pick_output(outputs, context.spec.output.name).float()
+    if context.input_size is None:
+        raise ValueError("decoder yolox needs a fixed input size (input.resize letterbox, stretch or keep_ratio)")
+    cells, strides = _yolox_grid(context.input_size, context.spec.output.strides, head.device)
+    if head.ndim != 3 or head.shape[1] != len(cells) or head.shape[2] < 6:
+        raise ValueError(
+            f"decoder yolox: output shape {list(head.shape)} does not fit input {list(context.input_size)} with "
+            f"strides {list(context.spec.output.strides)}: expected [N, {len(cells)}, 5 + classes]"
+        )
+    centres = (head[..., :2] + cells) * strides
+    half = torch.exp(head[..., 2:4]) * strides / 2
+    boxes = torch.cat([centres - half, centres + half], dim=-1)
+    scores = head[..., 4:5] * head[..., 5:]
+    return _select_and_pad(boxes, scores, context.spec.thresholds)
+
+
+def _yolox_grid(size: tuple[int, int], strides: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anchors, 2) cell x, y and (anchors, 1) strides, for each stride's grid in row-major order."""
+    cells, scales = [], []
+    for stride in strides:
+        rows, cols = size[0] // stride, size[1] // stride
+        y, x = torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
+        cells.append(torch.stack([x.reshape(-1), y.reshape(-1)], dim=1))
+        scales.append(torch.full((rows * cols, 1), stride, device=device))
+    return torch.cat(cells).float(), torch.cat(scales).float()
+
+
+def decode_boxes(outputs: Any, context: DecodeContext) -> PaddedDetections:
+    """Rows of x1, y1, x2, y2, score, class: (N, K, 6), or (M, 7) led by the image index.
+
+    Rows are taken as final detections; `output.nms: true` runs class-aware NMS over them too.
+    """
+    rows = pick_output(outputs, context.spec.output.name).float()
+    if rows.ndim == 3 and rows.shape[2] == 6:
+        image = torch.arange(rows.shape[0], device=rows.device).repeat_interleave(rows.shape[1])
+        rows = rows.reshape(-1, 6)
+    elif rows.ndim == 2 and rows.shape[1] == 7:
+        image, rows = rows[:, 0].long(), rows[:, 1:]
+    else:
+        raise ValueError(f"decoder boxes: expected output [N, K, 6] or [M, 7]; got {list(rows.shape)}")
+    return _pad_candidates(
+        image, rows[:, :4], rows[:, 4], rows[:, 5].long(), context.count, context.spec.thresholds, context.spec.output.nms
+    )
+
+
+def decode_torchvision(outputs: Any, context: DecodeContext) -> PaddedDetections:
+    """torchvision detection outputs: a list of {"boxes", "scores", "labels"} per image (also as
+    the second item of the `(losses, detections)` pair that scripted torchvision models return)."""
+    if isinstance(outputs, tuple) and len(outputs) == 2 and isinstance(outputs[1], list):
+        outputs = outputs[1]
+    if not isinstance(outputs, list) or len(outputs) != context.count or not all(isinstance(o, Mapping) for o in outputs):
+        raise ValueError("decoder torchvision: expected one dict with boxes, scores and labels per image")
+    image = torch.cat([torch.full((len(o["scores"]),), i, dtype=torch.long) for i, o in enumerate(outputs)])
+    found = {key: torch.cat([o[key] for o in outputs]) for key in ("boxes", "scores", "labels")}
+    return _pad_candidates(
+        image.to(found["scores"].device), found["boxes"].float(), found["scores"].float(), found["labels"].long(),
+        context.count, context.spec.thresholds, context.spec.output.nms,
+    )
+
+
+def decode_tfod(outputs: Any, context: DecodeContext) -> PaddedDetections:
+    """TF OD API outputs: normalized ymin, xmin, ymax, xmax boxes of the model input."""
+    if not isinstance(outputs, Mapping) or "detection_boxes" not in outputs or "detection_scores" not in outputs:
+        raise ValueError("decoder tfod: expected named outputs detection_boxes and detection_scores")
+    arrays = {k: v.detach().cpu().numpy() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+    return tfod_to_padded(arrays, context.image_sizes)
+
+
+DECODERS: dict[str, Decoder] = {
+    "tfod": decode_tfod, "torchvision": decode_torchvision, "yolox": decode_yolox, "boxes": decode_boxes,
+}
+
+
+def _select_and_pad(boxes: torch.Tensor, scores: torch.Tensor, thresholds: Thresholds) -> PaddedDetections:
+    """Dense (N, A, 4) boxes with (N, A, C) class scores: every (box, class) pair scoring at least
+    the threshold is a candidate (as in TF's CombinedNonMaxSuppression), at most `pre_nms_top_k`
+    of them per image, then class-aware NMS."""
+    count, anchors, classes = scores.shape
+    flat = scores.reshape(count, anchors * classes)
+    top_scores, top_index = flat.topk(min(thresholds.pre_nms_top_k, flat.shape[1]), dim=1)
+    image, rank = (top_scores >= thresholds.score).nonzero(as_tuple=True)
+    index = top_index[image, rank]
+    anchor, label = index // classes, index % classes
+    return _pad_candidates(
+        image, boxes[image, anchor], top_scores[image, rank], label, count, thresholds, nms=True
+    )
+
+
+def _pad_candidates(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    count: int,
+    thresholds: Thresholds,
+    nms: bool,
+) -> PaddedDetections:
+    """Flat candidates of a whole batch to padded (N, max_detections) rows, best first."""
+    keep = scores >= thresholds.score
+    image, boxes, scores, labels = image[keep], boxes[keep], scores[keep], labels[keep]
+    if nms:
+        # One call for the batch: each (image, class) pair is its own NMS group.
+        order = batched_nms(boxes, scores, image * (int(labels.max()) + 1 if len(labels) else 1) + labels, thresholds.nms_iou)
+    else:
+        order = torch.argsort(scores, descending=True)
+    order = order[torch.sort(image[order], stable=True).indices]  # by image, best first within each
+    image = image[order]
+    per_image = torch.bincount(image, minlength=count)
+    starts = torch.cumsum(per_image, 0) - per_image
+    rank = torch.arange(len(image), device=image.device) - starts[image]
+    fits = rank < thresholds.max_detections
+    slots = thresholds.max_detections
+    rows = torch.zeros((count, slots, 6), dtype=torch.float32, device=boxes.device)
+    rows[image[fits], rank[fits]] = torch.cat(
+        [boxes[order][fits], scores[order][fits, None], labels[order][fits, None].float()], dim=1
+    )
+    host = rows.cpu().numpy()
+    counts = per_image.clamp(max=slots).cpu().numpy()
+    return PaddedDetections(host[:, :, :4], host[:, :, 4], host[:, :, 5].astype(np.int64), counts)

@@ -1,0 +1,150 @@
+"""Images to a model's input tensor, batched, on the model's device.
+
+Decode (JPEGs in one batched call, on the GPU through nvjpeg when the device is CUDA),
+resize, pad, reorder channels, normalize, lay out. Images of one size are resized together
+in one call, so a batch of same-size photos costs one interpolation, not one per image.
+
+Resizing follows TensorFlow's `ResizeBilinear` with half-pixel centres and no antialiasing
+(what `F.interpolate(..., align_corners=False)` computes), and letterbox sizes round half to
+even in float32 as TF does, so the same image becomes the same tensor as in a TF OD export.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+from .detections import Geometry
+from .model_spec import InputSpec
+
+_JPEG_MAGIC = b"\xff\xd8"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "uint8": torch.uint8}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch ready for the model, and where each image was placed in it."""
+
+    inputs: torch.Tensor | list[torch.Tensor]
+    geometry: Geometry
+    input_size: tuple[int, int] | None  # (height, width) of the batch tensor; None for lists
+    image_sizes: np.ndarray  # (N, 2) width, height of each original image
+
+
+def placements(sizes: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For (N, 2) original (height, width): resized (height, width), (y, x) offsets, canvas size.
+
+    All in integer pixels. The canvas is the model input's (height, width); for resize
+    `none` it is each image's own size.
+    """
+    sizes = sizes.astype(np.int64)
+    if spec.resize == "none":
+        return sizes, np.zeros_like(sizes), sizes
+    if spec.resize == "stretch":
+        target = np.broadcast_to(np.array(spec.size, np.int64), sizes.shape)
+        return target.copy(), np.zeros_like(sizes), target.copy()
+    if spec.resize == "letterbox":
+        canvas = np.array(spec.size, np.int64)
+        ratio = np.min(canvas.astype(np.float32) / sizes.astype(np.float32), axis=1)
+    else:  # keep_ratio: shrink so the longest side is at most max_side; never enlarge
+        canvas = np.array(spec.size or (spec.max_side, spec.max_side), np.int64)
+        ratio = np.minimum(np.float32(1.0), np.float32(spec.max_side) / sizes.max(axis=1).astype(np.float32))
+    resized = np.rint(sizes.astype(np.float32) * ratio[:, None]).astype(np.int64)
+    resized = np.clip(resized, 1, canvas)
+    offsets = (canvas - resized) // 2 if spec.placement == "center" else np.zeros_like(sizes)
+    return resized, offsets, np.broadcast_to(canvas, sizes.shape).copy()
+
+
+class Preprocessor:
+    """Turns decoded images (or encoded bytes) into the model's input as `InputSpec` says."""
+
+    def __init__(self, spec: InputSpec, device: torch.device) -> None:
+        self.spec = spec
+        self.device = device
+        self._dtype = _DTYPES[spec.dtype or "float32"]
+        order = [2, 1, 0] if spec.channels == "BGR" else [0, 1, 2]
+        self._order = torch.tensor(order, device=device)
+        low, high = spec.value_range
+        std = torch.tensor(spec.std, dtype=torch.float32, device=device)
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
+        # pixel p in 0..255 -> ((low + p / 255 * (high - low)) - mean) / std, folded into p * a + b.
+        self._a = ((high - low) / 255.0 / std).view(1, 3, 1, 1)
+        self._b = ((low - mean) / std).view(1, 3, 1, 1)
+
+    def from_arrays(self, arrays: Sequence[np.ndarray]) -> Prepared:
+        """HxWx3 uint8 RGB arrays (decoded by the pipeline's workers)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # decoded arrays are read-only; they are only read
+            images = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1) for a in arrays]
+        return self.prepare([image.to(self.device, non_blocking=True) for image in images])
+
+    def from_encoded(self, encoded: Sequence[bytes]) -> Prepared:
+        """Encoded images: JPEGs decoded in one batched call on the device, others one by one."""
+        return self.prepare(decode_batch(encoded, self.device))
+
+    def prepare(self, images: Sequence[torch.Tensor]) -> Prepared:
+        """3xHxW uint8 RGB images on the device to the model's input."""
+        sizes = np.array([image.shape[1:] for image in images], dtype=np.int64).reshape(-1, 2)
+        resized, offsets, canvas = placements(sizes, self.spec)
+        geometry = Geometry(
+            scale=(sizes / resized)[:, ::-1].astype(np.float32),
+            offset=offsets[:, ::-1].astype(np.float32),
+        )
+        if self.spec.resize == "none":
+            inputs = [self._finish(image[None].float())[0] for image in images]
+            return Prepared(inputs, geometry, None, sizes[:, ::-1])
+        height, width = (int(v) for v in canvas[0])
+        batch = torch.full((len(images), 3, height, width), float(self.spec.pad_value), device=self.device)
+        for key, members in _groups(sizes, resized, offsets).items():
+            (source_h, source_w), (new_h, new_w), (top, left) = key
+            group = torch.stack([images[i] for i in members]).float()
+            if (new_h, new_w) != (source_h, source_w):
+                group = F.interpolate(group, size=(new_h, new_w), mode="bilinear", align_corners=False)
+            index = torch.tensor(members, device=self.device)
+            batch[index, :, top : top + new_h, left : left + new_w] = group
+        return Prepared(self._finish(batch), geometry, (height, width), sizes[:, ::-1])
+
+    def _finish(self, batch: torch.Tensor) -> torch.Tensor:
+        """Channel order, value range and normalization, dtype and layout of a float 0..255 batch."""
+        if self._dtype == torch.uint8:
+            batch = batch[:, self._order].round_().clamp_(0, 255).to(torch.uint8)
+        else:
+            batch = (batch[:, self._order] * self._a + self._b).to(self._dtype)
+        if self.spec.layout == "NHWC":
+            batch = batch.permute(0, 2, 3, 1)
+        return batch.contiguous()
+
+
+def _groups(sizes: np.ndarray, resized: np.ndarray, offsets: np.ndarray) -> dict[tuple, list[int]]:
+    """Image indices by (original size, resized size, offset): each group is one resize call."""
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(map(tuple, sizes.tolist()), map(tuple, resized.tolist()), map(tuple, offsets.tolist()))):
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def decode_batch(encoded: Sequence[bytes], device: torch.device) -> list[torch.Tensor]:
+    """3xHxW uint8 RGB images on `device`. JPEGs go through one batched `decode_jpeg` (nvjpeg on
+    CUDA); other formats, and any JPEG batch nvjpeg refuses (CMYK, say), decode on the CPU."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # bytes are read-only; torch warns, and only reads them
+        data = [torch.frombuffer(memoryview(b), dtype=torch.uint8) for b in encoded]
+    jpegs = [i for i, b in enumerate(encoded) if b[:2] == _JPEG_MAGIC]
+    images: list[torch.Tensor | None] = [None] * len(data)
+    if jpegs:
+        try:
+            decoded = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            decoded = [None] * len(jpegs)
+        for i, image in zip(jpegs, decoded):
+            images[i] = image
+    return [
+        image if image is not None else decode_image(data[i], mode=ImageReadMode.RGB).to(device)
+        for i, image in enumerate(images)
+    ]

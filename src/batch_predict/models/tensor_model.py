@@ -1,0 +1,166 @@
+"""A detector that takes tensors and returns tensors: every backend but the TF OD API one.
+
+A backend only loads its weights and calls them (a `Runner`). Everything around the call is
+here and the same for all: decode and preprocess the batch on the device, run, decode the
+head with NMS, copy back once, map boxes to original pixels. The stages are separate methods
+so that a pipeline can overlap them (preparing batch n+1 while batch n runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..records import Detections, Record
+from .base import InputKind, ModelLoadError
+from .decoders import DECODERS, DecodeContext
+from .detections import PaddedDetections, to_detections
+from .model_spec import ModelSpec
+from .preprocess import Prepared, Preprocessor
+
+
+class Runner(Protocol):
+    """Calls the loaded weights on a prepared batch (a tensor, or a list for resize `none`)."""
+
+    def __call__(self, inputs: Any) -> Any: ...
+
+    def describe(self) -> dict[str, object]: ...
+
+
+def torch_device(requested: str) -> torch.device:
+    """The torch device for `--device`: `auto` is the first GPU when PyTorch sees one."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cpu":
+        return torch.device("cpu")
+    index = requested.partition(":")[2] or "0"
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {requested}: PyTorch sees no GPU")
+    if not index.isdigit() or int(index) >= torch.cuda.device_count():
+        raise ModelLoadError(f"--device {requested}: PyTorch sees {torch.cuda.device_count()} GPU(s)")
+    return torch.device(f"cuda:{index}")
+
+
+class TensorModel:
+    """`Model` for any `Runner`, with pre- and post-processing as its `ModelSpec` says.
+
+    On CUDA the model takes encoded bytes (`input_kind` "encoded") and decodes JPEGs on the
+    GPU in batches; on the CPU the pipeline's workers decode and it takes pixels ("image").
+    """
+
+    same_size_batches = False
+
+    def __init__(
+        self,
+        runner: Runner,
+        spec: ModelSpec,
+        labels: Mapping[int, str],
+        device: torch.device,
+        *,
+        backend: str,
+        decode_on_device: bool | None = None,
+    ) -> None:
+        self.labels = dict(labels)
+        self.spec = spec
+        self.device = device
+        self._runner = runner
+        self._backend = backend
+        self._decoder_name = spec.require_decoder()
+        self._decoder = DECODERS[self._decoder_name]
+        self._preprocessor = Preprocessor(spec.input, device)
+        self._class_ids = np.array(list(self.labels), np.int64) if spec.class_ids == "label_order" else None
+        on_device = device.type == "cuda" if decode_on_device is None else decode_on_device
+        self.input_kind: InputKind = "encoded" if on_device else "image"
+        self._check_fit()
+
+    def _check_fit(self) -> None:
+        """Run one small blank image through every stage, so a spec that does not fit the model
+        fails at load, with one message, rather than as an error line for every record."""
+        blank = torch.zeros((3, 64, 64), dtype=torch.uint8, device=self.device)
+        try:
+            with torch.inference_mode():
+                prepared = self._preprocessor.prepare([blank])
+                self.decode(self._runner(prepared.inputs), prepared)
+        except Exception as exc:  # any failure here means the spec and the model disagree
+            message = " ".join(str(exc).split())[:600]
+            raise ModelLoadError(
+                f"{self._backend}: the model and its spec ({self.spec.source}) do not fit: {type(exc).__name__}: {message}"
+            ) from None
+
+    def prepare(self, records: Sequence[Record]) -> Prepared:
+        if self.input_kind == "encoded":
+            return self._preprocessor.from_encoded([r.encoded or b"" for r in records])
+        return self._preprocessor.from_arrays([r.array for r in records])
+
+    def infer(self, prepared: Prepared) -> Any:
+        return self._runner(prepared.inputs)
+
+    def decode(self, outputs: Any, prepared: Prepared) -> PaddedDetections:
+        count = len(prepared.geometry.scale)
+        if prepared.input_size is None:
+            input_sizes = np.array([image.shape[-1:-3:-1] for image in prepared.inputs], np.float32)
+        else:
+            input_sizes = np.tile(np.array(prepared.input_size[::-1], np.float32), (count, 1))
+        context = DecodeContext(count, prepared.input_size, input_sizes, self.spec)
+        return self._decoder(outputs, context)
+
+    def predict(self, records: Sequence[Record]) -> list[Detections]:
+        with torch.inference_mode():
+            prepared = self.prepare(records)
+            padded = self.decode(self.infer(prepared), prepared)
+        return to_detections(
+            padded, prepared.geometry, prepared.image_sizes, self.spec.thresholds.score, self._class_ids
+        )
+
+    def describe(self) -> dict[str, object]:
+        spec = self.spec
+        return {
+            "backend": self._backend,
+            **self._runner.describe(),
+            "device": str(self.device),
+            "input_kind": self.input_kind,
+            "input": {
+                "size": spec.input.size, "resize": spec.input.resize, "layout": spec.input.layout,
+                "dtype": spec.input.dtype, "channels": spec.input.channels,
+            },
+            "decoder": self._decoder_name,
+            "thresholds": vars(spec.thresholds),
+            "labels": len(self.labels),
+            "spec": spec.source,
+        }
+
+
+class FixedBatchRunner:
+    """A runner for a model whose batch size was fixed at export: chunks of `batch`, the last
+    one padded with zeros, outputs joined and trimmed back to the real images."""
+
+    def __init__(self, runner: Runner, batch: int) -> None:
+        self._runner = runner
+        self._batch = batch
+
+    def __call__(self, inputs: torch.Tensor) -> Any:
+        count = inputs.shape[0]
+        outputs = []
+        for start in range(0, count, self._batch):
+            chunk = inputs[start : start + self._batch]
+            if len(chunk) < self._batch:
+                chunk = torch.cat([chunk, chunk.new_zeros((self._batch - len(chunk), *chunk.shape[1:]))])
+            outputs.append(self._runner(chunk))
+        return _join(outputs, count)
+
+    def describe(self) -> dict[str, object]:
+        return {**self._runner.describe(), "fixed_batch": self._batch}
+
+
+def _join(chunks: list[Any], count: int) -> Any:
+    first = chunks[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(chunks)[:count]
+    if isinstance(first, Mapping):
+        return {key: _join([c[key] for c in chunks], count) for key in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_join([c[i] for c in chunks], count) for i in range(len(first)))
+    raise TypeError(f"cannot join model outputs of type {type(first).__name__}")
