@@ -181,7 +181,7 @@ def test_too_many_failures_exit_non_zero_after_writing_everything(tmp_path, phot
     [
         ({"inputs": "{root}/nothing-*.tfrecord"}, "no input file matches"),
         ({"model": "{root}/no-model"}, "does not exist"),
-        ({"model": "{root}"}, "holds no model"),
+        ({"model": "{root}"}, "holds no SavedModel"),
         ({"out": "{root}/blocker/out"}, "cannot write output files"),
         ({"fmt": "csv"}, "'csv' is not one of"),
         ({"extra": ["--batch_size", "0"]}, "--batch_size"),

@@ -32,7 +32,7 @@ def test_an_image_tensor_savedmodel_is_fed_decoded_pixels_in_same_size_batches()
 
 
 def test_a_signature_the_job_cannot_feed_fails_as_the_job_would():
-    with pytest.raises(ModelLoadError, match="'images' is float32"):
+    with pytest.raises(ModelLoadError, match="'images': float32"):
         inspect_model(str(shared_file("models/yolox_nano/raw_savedmodel")))
 
 
