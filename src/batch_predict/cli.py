@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import click
@@ -11,6 +12,11 @@ from .spec import DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, INPUT_FORMAT
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_SETUP = 2
+#: Kubernetes stops a pod with SIGTERM; 30 s later it sends SIGKILL. The unit in progress
+#: gets most of that to commit, and the process still exits before the kill.
+DEFAULT_TERMINATION_GRACE_S = 20.0
+
+log = logging.getLogger("batch_predict")
 
 
 def _flag(name: str, **kwargs):
@@ -52,7 +58,10 @@ def cli() -> None:
        help="Class names: a TF OD API label_map.pbtxt or an 'id name' text file. "
             "Default: label_map.pbtxt or labels.txt inside --model_dir, if present.")
 @_flag("score_threshold", type=float, default=0.3, show_default=True, help="Drop detections scoring below this.")
-@_flag("num_output_shards", type=int, default=1, show_default=True, help="Number of result (and error) files.")
+@_flag("num_output_shards", type=int, default=0, show_default=True,
+       help="Number of result (and error) files, which is also the number of work units: each shard is written "
+            "and committed whole by one unit, and a rerun skips committed units. With fewer shards than input files, "
+            "a shard covers whole files; with more, files are split into byte ranges. 0: one shard per input file.")
 @_flag("device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @_flag("max_error_rate", type=float, default=DEFAULT_MAX_ERROR_RATE, show_default=True,
        help="Exit non-zero when more than this fraction of records failed (all outputs are still written).")
@@ -60,22 +69,53 @@ def cli() -> None:
 @_flag("max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True,
        help="Refuse images declaring more pixels than this, before decoding them (decompression bombs).")
 @_flag("num_decode_workers", type=int, default=0, show_default=True, help="Decode threads; 0 means one per CPU core.")
+@_flag("overwrite", is_flag=True, default=False,
+       help="Start over: delete the outputs and commit records of an earlier run under the output prefixes. "
+            "Without it, a rerun with the same arguments resumes, and one with other arguments is refused.")
+@_flag("termination_grace_seconds", type=float, default=DEFAULT_TERMINATION_GRACE_S, show_default=True,
+       help="On SIGTERM, start no new unit and give the unit in progress this long to commit before abandoning it "
+            "(keep it below the pod's terminationGracePeriodSeconds). SIGINT or a second SIGTERM abandons at once.")
 @_flag("log_level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
-def predict(input_file_patterns: tuple[str, ...], log_level: str, **settings) -> None:
-    """Predict every record of the input files; write results, errors and a summary."""
+def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_grace_seconds: float, **settings) -> None:
+    """Predict every record of the input files; write results, errors and a summary.
+
+    Rerunning the same command after a failure or a kill resumes the job: units already
+    committed are skipped, and the outputs end as an uninterrupted run's.
+    """
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from .jobstate import JobConflict
+    from .labels import LabelMapError
     from .models import ModelLoadError
-    from .runners.local import run
+    from .pipeline import Stopped
+    from .runners.local import UnitsFailed, run
+    from .runners.stopping import Stopping
     from .sinks import OutputError
     from .sources import NoInputError
-    from .labels import LabelMapError
 
+    stopping = Stopping()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        grace = termination_grace_seconds if signum == signal.SIGTERM else 0.0
+        log.warning("batch-predict: %s received: stopping (the unit in progress has %.0f s to commit)",
+                    signal.Signals(signum).name, grace)
+        stopping.request(grace)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
-        summary = run(spec)
-    except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError) as exc:
+        summary = run(spec, stopping=stopping)
+    except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, JobConflict) as exc:
         click.echo(f"batch-predict: error: {exc}", err=True)
         sys.exit(EXIT_BAD_SETUP)
+    except Stopped as exc:
+        click.echo(f"batch-predict: {exc}", err=True)
+        sys.exit(128 + (received[0] if received else signal.SIGTERM))
+    except UnitsFailed as exc:
+        click.echo(f"batch-predict: error: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
     click.echo(
         f"records read {summary.records_read}, predicted {summary.predicted}, failed {summary.failed}, "
         f"detections {summary.detections}, {summary.wall_time_s:.1f} s, {summary.images_per_second:.1f} images/s"
