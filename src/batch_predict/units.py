@@ -9,14 +9,15 @@ the others.
 
 With N shards and F input files:
 - N <= F: each unit reads a contiguous run of whole files, runs balanced by bytes;
-- N > F: each unit reads one byte range of one file; a file gets ranges in proportion to
-  its size (a gzip file cannot be split and gets one; shards left over stay empty).
+- N > F: each unit reads one byte range of one file; files are cut so that the largest
+  range is as small as can be (a gzip file cannot be split; shards left over stay empty).
 A record belongs to the range its first byte lies in and keeps its index in the whole file,
 so keys, and the union of all shards, do not depend on N.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -105,19 +106,19 @@ def _group_files(files: Sequence[InputFile], count: int) -> list[list[InputFile]
 
 
 def _split_files(files: Sequence[InputFile], count: int, splittable: bool) -> list[tuple[Slice, ...]]:
-    """`count` units from fewer files: each file in byte ranges, as many as its share of the bytes."""
-    weights = [f.size if splittable else 0 for f in files]
+    """`count` units from fewer files: each file in byte ranges, as equal in size as whole ranges allow.
+
+    Every file starts with one range; each further unit goes to the file whose ranges are
+    then the largest, which minimises the largest range.
+    """
     parts = [1] * len(files)
-    total = sum(weights)
-    if total:
-        extra = count - len(files)
-        quotas = [extra * w / total for w in weights]
-        for i, quota in enumerate(quotas):
-            parts[i] += int(quota)
-        # Largest remainders get the units that rounding down left over.
-        left = extra - sum(int(q) for q in quotas)
-        for i in sorted(range(len(files)), key=lambda i: (int(quotas[i]) - quotas[i], i))[:left]:
+    if splittable:
+        heap = [(-f.size, i) for i, f in enumerate(files) if f.size > 0]
+        heapq.heapify(heap)
+        for _ in range(count - len(files) if heap else 0):
+            _, i = heapq.heappop(heap)
             parts[i] += 1
+            heapq.heappush(heap, (-files[i].size / parts[i], i))
     units: list[tuple[Slice, ...]] = []
     for file, k in zip(files, parts):
         bounds = [file.size * j // k for j in range(k)] + [None]
