@@ -173,10 +173,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class BatchLimit:
     """The largest batch the device has shown it can take, learnt from running out of memory.
 
-    Unlimited at first. A batch that runs out of memory is split and retried (like any
-    failing batch); the largest part that then succeeds becomes the size later batches
-    are cut to, so the job pays for an out-of-memory failure once, not on every batch.
-    A record that runs out of memory alone becomes an error line.
+    Unlimited at first. A batch that runs out of memory is bisected like any failing
+    batch; the largest part of it that then succeeds becomes the size later batches are
+    cut to, so the job pays for running out of memory about once, not on every batch. A
+    record too large on its own becomes an error line, and since the other half of its
+    batch still succeeds whole, it halves the batch size once at most.
     """
 
     def __init__(self) -> None:
@@ -201,7 +202,7 @@ class BatchLimit:
         """End of one batch: adopt what its out-of-memory recovery, if any, found to work."""
         if self._recovering and self._largest_success:
             self.size = self._largest_success
-            log.warning("later batches are cut to %d records; a lower --batch_size avoids the retries", self.size)
+            log.warning("batches are now cut to %d records; a lower --batch_size avoids the retries", self.size)
         self._recovering = False
 
 
