@@ -210,3 +210,178 @@ def test_missing_or_corrupt_model_dir_is_one_clear_message_and_exit_2(damage, da
     (message,) = [line for line in done.stderr.splitlines() if line.startswith("batch-predict: error:")]
     assert "--model_dir" in message and expected in message
     assert "Traceback" not in done.stderr
+
+
+def _encode(image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def odd_images() -> dict[str, bytes]:
+    """Real photos in every odd form a collection holds, keyed by what they are."""
+    import numpy as np
+    from PIL import Image
+
+    jpeg = shared_file("data/photos/bus.jpg").read_bytes()
+    bus = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    png = _encode(bus, "PNG")
+    return {
+        "bus": jpeg,
+        "grey-png": _encode(bus.convert("L"), "PNG"),
+        "rgba-png": _encode(bus.convert("RGBA"), "PNG"),
+        "16bit-png": _encode(Image.fromarray(np.asarray(bus.convert("L")).astype(np.uint16) * 257), "PNG"),
+        "cmyk-jpeg": _encode(bus.convert("CMYK"), "JPEG", quality=95),
+        "exif-rotated-jpeg": _encode(bus, "JPEG", quality=95, exif=exif.tobytes()),
+        "exif-plain-jpeg": _encode(bus, "JPEG", quality=95),
+        "not-an-image": b"<html>404 Not Found</html>",
+        "zero-bytes": b"",
+        "truncated-jpeg": jpeg[: len(jpeg) // 2],
+        "truncated-png": png[: len(png) // 2],
+        "png-bomb": _png_declaring(60_000, 60_000),
+    }
+
+
+def _labels(line: dict) -> list[str]:
+    return [d["label"] for d in line["detections"]]
+
+
+def _lines(out: Path, kind: str) -> dict[str, dict]:
+    return {line["key"]: line for p in sorted(out.glob(f"{kind}-*.jsonl")) for line in map(json.loads, p.open())}
+
+
+EXPECTED_IMAGE_ERRORS = {
+    "not-an-image": ("ImageDecodeError", "decode", "no known image format"),
+    "zero-bytes": ("ImageDecodeError", "decode", "empty image bytes"),
+    "png-bomb": ("ImageTooLarge", "decode", "60000x60000 = 3600000000 pixels exceeds the limit"),
+}
+
+
+def test_bad_and_odd_images_in_tfrecords_through_the_cli(odd_images, model_dir, tmp_path):
+    """Encoded-image model: the model decodes, so truncated files fail in it and are bisected out."""
+    stream = io.BytesIO()
+    for key, data in odd_images.items():
+        write_record(stream, build_example({"image/encoded": data, "image/source_id": key.encode()}))
+    (tmp_path / "odd.tfrecord").write_bytes(stream.getvalue())
+    framed = bytearray(_framed_photos(3))
+    (tmp_path / "bad-length-crc.tfrecord").write_bytes(bytes(framed[:8]) + bytes([framed[8] ^ 1]) + bytes(framed[9:]))
+    (tmp_path / "truncated-last.tfrecord").write_bytes(bytes(framed[:-10]))
+    out = tmp_path / "out"
+    done = run_cli(
+        "--input_file_patterns", str(tmp_path / "*.tfrecord"), "--input_file_format", "tfrecord",
+        "--model_dir", model_dir, "--label_map", str(shared_file("models/yolox_nano/labels.txt")),
+        "--batch_size", "4", "--output_result_prefix", str(out / "results"), "--output_error_prefix", str(out / "errors"),
+        "--max_error_rate", "1",
+    )
+    assert done.returncode == 0, done.stderr
+    results, errors = _lines(out, "results"), _lines(out, "errors")
+    expected = {
+        **EXPECTED_IMAGE_ERRORS,
+        "truncated-jpeg": ("InvalidArgumentError", "predict", "Invalid JPEG data"),
+        "truncated-png": ("InvalidArgumentError", "predict", "Invalid PNG data"),
+    }
+    for key, (error_type, stage, message) in expected.items():
+        assert (errors[key]["error_type"], errors[key]["stage"]) == (error_type, stage), errors[key]
+        assert message in errors[key]["message"]
+    crc = errors.pop(next(k for k in errors if k.endswith("bad-length-crc.tfrecord:0")))
+    assert crc["error_type"] == "TFRecordCorruption" and "length CRC mismatch" in crc["message"]
+    cut = errors.pop(next(k for k in errors if k.endswith("truncated-last.tfrecord:2")))
+    assert cut["error_type"] == "TFRecordCorruption" and "truncated record" in cut["message"]
+    assert set(errors) == set(expected)
+    # Every other form of the photo is predicted, and the bus is found in each.
+    for key in ("bus", "grey-png", "rgba-png", "16bit-png", "cmyk-jpeg", "exif-rotated-jpeg"):
+        assert "bus" in _labels(results[key]) and _labels(results[key]).count("person") >= 3, (key, results[key])
+    assert len(results) == len(odd_images) - len(expected) + 2  # + the two intact records before truncation
+    _assert_exif_ignored(results)
+    summary = json.loads((out / "results-summary.json").read_text())
+    assert summary["records_read"] == summary["predicted"] + summary["failed"] == len(results) + len(expected) + 2
+
+
+def _framed_photos(count: int) -> bytes:
+    stream = io.BytesIO()
+    for path in sorted(shared_file("data/photos").glob("*.jpg"))[:count]:
+        write_record(stream, path.read_bytes())
+    return stream.getvalue()
+
+
+def _assert_exif_ignored(results: dict[str, dict]) -> None:
+    """Boxes of an EXIF-rotated photo are in its stored pixel grid, as if the tag were absent."""
+    rotated, plain = results["exif-rotated-jpeg"], results.get("exif-plain-jpeg", results["bus"])
+    assert (rotated["width"], rotated["height"]) == (810, 1080)
+    bus_box = lambda line: next(d["box"] for d in line["detections"] if d["label"] == "bus")  # noqa: E731
+    assert bus_box(rotated) == pytest.approx(bus_box(plain), abs=2.0)
+
+
+def test_bad_json_lines_and_odd_images_through_the_cli_with_an_image_tensor_model(odd_images, tmp_path):
+    """Image-tensor model: the job decodes with Pillow, so every image fault is caught before the model."""
+    import base64
+
+    import numpy as np
+    from PIL import Image
+
+    small = Image.open(io.BytesIO(odd_images["bus"])).convert("RGB").resize((203, 270))
+    pixels = np.asarray(small)
+    lines = [json.dumps({"key": key, "image_bytes": {"b64": base64.b64encode(data).decode()}})
+             for key, data in odd_images.items()]
+    lines += [
+        json.dumps({"key": "array-rgb", "inputs": pixels.tolist()}),
+        json.dumps({"key": "array-grey-1-channel", "inputs": pixels[:, :, :1].tolist()}),
+        json.dumps({"key": "array-rgba-4-channels", "inputs": np.dstack([pixels, pixels[:, :, :1]]).tolist()}),
+        json.dumps({"key": "../../../escaped", "b64": base64.b64encode(odd_images["bus"]).decode()}),
+        json.dumps({"key": "/etc/passwd", "b64": base64.b64encode(odd_images["bus"]).decode()}),
+        '{"key": "not-json", "b64": ',
+        json.dumps({"key": "missing-image"}),
+        json.dumps({"key": "wrong-shape", "inputs": [[[1, 2], [3, 4]]]}),
+        json.dumps({"key": "not-uint8", "inputs": [[[300, 0, 0]]]}),
+        '{"key": "nan", "inputs": [[[NaN, 0, 0]]]}',
+    ]
+    (tmp_path / "in.json").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    done = run_cli(
+        "--input_file_patterns", str(tmp_path / "in.json"), "--input_file_format", "json",
+        "--model_dir", str(shared_file("models/yolox_nano/tfod_image_savedmodel")),
+        "--label_map", str(shared_file("models/yolox_nano/labels.txt")),
+        "--batch_size", "4", "--output_result_prefix", str(out / "results"), "--output_error_prefix", str(out / "errors"),
+        "--max_error_rate", "1",
+    )
+    assert done.returncode == 0, done.stderr
+    results, errors = _lines(out, "results"), _lines(out, "errors")
+    expected = {
+        **EXPECTED_IMAGE_ERRORS,
+        "truncated-jpeg": ("ImageDecodeError", "decode", "image file is truncated"),
+        "truncated-png": ("ImageDecodeError", "decode", "image file is truncated"),
+        "missing-image": ("ValueError", "read", "expected one image field besides 'key'"),
+        "wrong-shape": ("ImageDecodeError", "read", "expected an HxWx3 image array, got shape [1, 2, 2]"),
+        "not-uint8": ("ValueError", "read", "values must be in 0..255"),
+        "nan": ("ValueError", "read", "non-integer or NaN"),
+    }
+    # A line that is not JSON has no key to give: it gets the file's.
+    not_json = errors.pop(f"{tmp_path / 'in.json'}:{len(odd_images) + 5}")
+    assert not_json["error_type"] == "JSONDecodeError"
+    for key, (error_type, stage, message) in expected.items():
+        assert (errors[key]["error_type"], errors[key]["stage"]) == (error_type, stage), errors[key]
+        assert message in errors[key]["message"]
+    assert set(errors) == set(expected)
+    for key in ("bus", "grey-png", "rgba-png", "16bit-png", "cmyk-jpeg", "exif-rotated-jpeg", "array-rgb",
+                "array-grey-1-channel", "array-rgba-4-channels"):
+        assert "bus" in _labels(results[key]), (key, results[key])
+    _assert_exif_ignored(results)
+    # Keys are data, never file names: the hostile ones are carried verbatim, and only
+    # the job's own files exist under the output folder.
+    assert results["../../../escaped"]["source"] == str(tmp_path / "in.json") and "/etc/passwd" in results
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["errors-00000-of-00001.jsonl", "results-00000-of-00001.jsonl", "results-job", "results-summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json", "out"]

@@ -119,6 +119,12 @@ BAD_JSON_LINES = {
 }
 
 
+def test_error_line_of_a_bad_json_instance_keeps_its_given_key(tmp_path):
+    (tmp_path / "in.json").write_text(json.dumps({"key": "mine", "inputs": [1, 2]}) + "\n")
+    (error,) = _read(tmp_path / "in.json", "json")
+    assert (error.key, error.index, error.stage) == ("mine", 0, "read")
+
+
 def test_each_bad_json_line_is_one_error_line_naming_the_problem(tmp_path, jpegs):
     good = json.dumps({"key": "good", "b64": base64.b64encode(jpegs[0]).decode()})
     lines = [good, *BAD_JSON_LINES, good.replace('"good"', '"good2"')]

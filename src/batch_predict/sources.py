@@ -136,12 +136,12 @@ def _read_json_lines(source: str, stream: Any, start: int, end: int | None) -> I
         key = default_key(source, index)
         try:
             instance = json.loads(line)
-            given_key, image = parse_instance(instance)
+            if isinstance(instance, dict) and "key" in instance:
+                key = str(instance["key"])  # so that an error line names the instance as its user does
+            _, image = parse_instance(instance)
         except (ValueError, TypeError) as exc:
             yield RecordError(key, source, index, type(exc).__name__, str(exc), "read")
             continue
-        if given_key is not None:
-            key = given_key
         if isinstance(image, bytes):
             yield Record(key, source, index, encoded=image)
         else:
