@@ -4,50 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
 import torch
 
 from batch_predict.pipeline import BatchLimit, Stopped, is_out_of_memory, predict_isolating, run_pipeline
-from batch_predict.records import Detections, Outcome, Prediction, Record, RecordError
+from batch_predict.records import Outcome, Prediction, Record, RecordError
 
 from conftest import shared_file
-
-
-class BrightnessModel:
-    """A real, if simple, detector: one whole-image box scored by mean brightness.
-
-    Raises on records whose key is in `poison`, and, like a GPU with little memory,
-    raises torch's out-of-memory error for batches larger than `memory`.
-    """
-
-    input_kind = "image"
-    same_size_batches = False
-    labels: dict[int, str] = {}
-
-    def __init__(self, poison: set[str] = frozenset(), memory: int | None = None, too_big: set[str] = frozenset()):
-        self.poison, self.memory, self.too_big = poison, memory, too_big
-        self.calls: list[int] = []
-
-    def predict(self, records: Sequence[Record]) -> list[Detections]:
-        self.calls.append(len(records))
-        if (self.memory is not None and len(records) > self.memory) or self.too_big & {r.key for r in records}:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        if bad := self.poison & {r.key for r in records}:
-            raise ValueError(f"cannot handle {sorted(bad)}")
-        return [
-            Detections(
-                boxes=np.array([[0, 0, r.width, r.height]], np.float32),
-                scores=np.array([r.array.mean() / 255], np.float32),
-                classes=np.array([1]),
-            )
-            for r in records
-        ]
-
-    def describe(self) -> dict[str, object]:
-        return {"backend": "brightness"}
+from toymodels import BrightnessModel
 
 
 class ListSink:
@@ -78,7 +44,7 @@ def _run(model, records, batch_size=8, **options) -> ListSink:
 
 
 def test_a_record_that_breaks_the_model_fails_alone(photos):
-    model = BrightnessModel(poison={"photo-5"})
+    model = BrightnessModel(poison=frozenset({"photo-5"}))
     sink = _run(model, _records(photos))
     errors = [o for o in sink.outcomes if isinstance(o, RecordError)]
     assert [(e.key, e.error_type, e.stage) for e in errors] == [("photo-5", "ValueError", "predict")]
@@ -101,7 +67,7 @@ def test_out_of_memory_batches_are_split_and_later_batches_cut_to_what_worked(ph
 
 def test_a_record_too_big_for_memory_alone_is_an_error_and_does_not_shrink_batches(photos):
     limit = BatchLimit()
-    model = BrightnessModel(too_big={"photo-3"})
+    model = BrightnessModel(too_big=frozenset({"photo-3"}))
     records = _records(photos)[:16]
     for record in records:
         record.array, record.width, record.height = np.zeros((4, 4, 3), np.uint8), 4, 4
@@ -132,14 +98,7 @@ def _wait_until_no_pipeline_threads() -> None:
 
 def test_abandon_stops_before_the_next_batch_and_stops_every_thread(photos):
     abandon = threading.Event()
-    model = BrightnessModel()
-    original = model.predict
-
-    def predict_then_ask_to_stop(records):
-        abandon.set()
-        return original(records)
-
-    model.predict = predict_then_ask_to_stop
+    model = BrightnessModel(on_predict=lambda _: abandon.set())
     endless = (r for _ in range(1000) for r in _records(photos))
     with pytest.raises(Stopped):
         run_pipeline(endless, model, ListSink(), batch_size=4, max_image_pixels=10**8,

@@ -11,7 +11,7 @@ import time
 
 from .. import sources
 from ..jobstate import JobState
-from ..models import load_model
+from ..models import Model, load_model
 from ..pipeline import BatchLimit, Stopped
 from ..sinks import JobSummary, OutputError
 from ..spec import JobSpec
@@ -27,14 +27,20 @@ class UnitsFailed(RuntimeError):
 
 
 def run(
-    spec: JobSpec, *, worker_index: int = 0, worker_count: int = 1, stopping: Stopping | None = None
+    spec: JobSpec,
+    *,
+    model: Model | None = None,
+    worker_index: int = 0,
+    worker_count: int = 1,
+    stopping: Stopping | None = None,
 ) -> JobSummary:
     """Predict every record matched by `spec`, write results, errors and a summary.
 
     Fails before reading any record when the inputs, the model or the outputs are wrong
     (`NoInputError`, `ModelLoadError`, `OutputError`) or when the output prefixes hold a
     different job (`JobConflict`); afterwards, bad records become error lines and the job
-    goes on. Worker `worker_index` of `worker_count` runs only its share of the units
+    goes on. `model`, if given, is used instead of loading `spec.model_dir` (a notebook
+    that runs several jobs loads it once). Worker `worker_index` of `worker_count` runs only its share of the units
     (`units_for_worker`); the summary file is written by whichever run commits the last
     unit. `stopping` (set from signal handlers) stops between units, or abandons one,
     raising `Stopped`. A unit that fails as a whole (an input that cannot be read) is
@@ -54,7 +60,7 @@ def run(
     predicted_now = 0
     failures: list[str] = []
     if pending:
-        model = load_model(spec)
+        model = model or load_model(spec)
         log.info("batch-predict: model %s", model.describe())
         limit = BatchLimit()
         for unit in pending:
