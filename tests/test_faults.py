@@ -166,6 +166,8 @@ def test_sigterm_abandons_or_finishes_the_unit_cleanly_and_rerun_completes(grace
         pytest.skip("the job finished before SIGTERM arrived")  # 8 units cannot all commit in one poll interval
     assert job.returncode == 128 + signal.SIGTERM, stderr
     assert "SIGTERM received" in stderr and "rerun the same command to resume" in stderr
+    if grace != "0":
+        assert "stopped before unit" in stderr  # the unit in progress had time to commit
     # Clean: nothing half-written under a shard name, and every shard there is committed.
     assert list(tmp_path.glob("*.partial")) == []
     shards = {p.name.split("-", 1)[1] for p in tmp_path.glob("results-*-of-*.jsonl")}

@@ -61,7 +61,10 @@ def job_identity(spec: JobSpec, files: Sequence[InputFile], units: Sequence[Unit
 
 def _canonical_url(url: str) -> str:
     """One spelling per location, so that `out/x` and `./out/x/` are the same job."""
-    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError):  # a scheme fsspec cannot open here: its loader will say so
+        return url.rstrip("/")
     return fs.unstrip_protocol(root.rstrip("/"))
 
 
