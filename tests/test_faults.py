@@ -38,12 +38,12 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "batch_predict", *args]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(*args), env=_env(), capture_output=True, text=True, timeout=300)
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(*args), env=_env() | env, capture_output=True, text=True, timeout=300)
 
 
-def start_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(_command(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_cli(*args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(_command(*args), env=_env() | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(condition, what: str, timeout_s: float = 180.0) -> None:
@@ -188,6 +188,41 @@ def test_rerun_of_a_finished_job_redoes_nothing_and_other_arguments_are_refused(
     assert other.returncode == 2
     assert "records a different job" in other.stderr and "--score_threshold was 0.3, now 0.6" in other.stderr
     assert_same_as_reference(reference["out"], reference)
+
+
+def test_indexed_job_pods_with_one_killed_and_restarted_give_the_single_process_output(
+    dataset, model_dir, reference, tmp_path
+):
+    """Two pods of a Kubernetes Indexed Job, as Kubernetes starts them; pod 1 is killed and restarted."""
+    args = job_args(dataset, model_dir, tmp_path)
+    pod = lambda index: {"JOB_COMPLETION_INDEX": str(index), "JOB_COMPLETION_COUNT": "2"}  # noqa: E731
+    doomed = start_cli(*args, **pod(1))
+    wait_for(lambda: committed(tmp_path) >= 1 and list(tmp_path.glob("*.partial")) or doomed.poll() is not None,
+             "pod 1 at work")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate()
+    pod_1_unfinished = committed(tmp_path) < UNITS // 2
+    first = run_cli(*args, **pod(0))
+    assert first.returncode == 0, first.stderr
+    if pod_1_unfinished:  # then pod 0 cannot complete the job: no summary yet, and it says so
+        assert "shard 0 of 2 done" in first.stdout and not (tmp_path / "results-summary.json").exists()
+    restarted = run_cli(*args, **pod(1))
+    assert restarted.returncode == 0, restarted.stderr
+    assert_same_as_reference(tmp_path, reference)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"JOB_COMPLETION_INDEX": "0"}, "JOB_COMPLETION_COUNT is not"),
+        ({"JOB_COMPLETION_INDEX": "2", "JOB_COMPLETION_COUNT": "2"}, "is not in 0..JOB_COMPLETION_COUNT-1 (1)"),
+        ({"JOB_COMPLETION_INDEX": "x", "JOB_COMPLETION_COUNT": "2"}, "must be integers"),
+    ],
+)
+def test_a_bad_indexed_job_environment_is_a_setup_error(env, message, dataset, model_dir, tmp_path):
+    done = run_cli(*job_args(dataset, model_dir, tmp_path), **env)
+    assert done.returncode == 2 and message in done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_output_fails_before_the_model_is_loaded_or_input_read(dataset, model_dir, tmp_path):

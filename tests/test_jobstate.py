@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def job(tmp_path):
 
 
 def _open(spec: JobSpec) -> JobState:
+    """The state as a run that got past setup (its model loaded) has it."""
+    state = _checked(spec)
+    state.begin()
+    return state
+
+
+def _checked(spec: JobSpec) -> JobState:
     files = expand_patterns(spec.input_file_patterns)
     return JobState.open(spec, files, plan_units(files, spec.input_file_format, spec.num_output_shards))
 
@@ -47,7 +55,7 @@ def test_rerun_with_the_same_arguments_sees_the_committed_units(job):
     state = _open(spec)
     assert state.committed() == {}
     _commit(state, 1, read=5)
-    again = _open(spec.replace(batch_size=3, device="cpu", max_error_rate=0.5))
+    again = _open(dataclasses.replace(spec, batch_size=3, device="cpu", max_error_rate=0.5))
     assert list(again.committed()) == [1]
     assert again.committed()[1].records_read == 5
 
@@ -64,7 +72,7 @@ def test_rerun_with_other_settings_is_refused_naming_them(job, change, said):
     spec, _ = job
     _open(spec)
     with pytest.raises(JobConflict) as refused:
-        _open(spec.replace(**change))
+        _open(dataclasses.replace(spec, **change))
     assert said in str(refused.value) and "--overwrite" in str(refused.value)
 
 
@@ -82,10 +90,23 @@ def test_overwrite_removes_the_earlier_jobs_outputs_and_records(job):
     _commit(state, 0, read=2)
     out = Path(spec.output_result_prefix).parent
     assert sorted(p.name for p in out.glob("*.jsonl")) == ["errors-00000-of-00003.jsonl", "results-00000-of-00003.jsonl"]
-    fresh = _open(spec.replace(overwrite=True, num_output_shards=5))
+    fresh = _open(dataclasses.replace(spec, overwrite=True, num_output_shards=5))
     assert fresh.committed() == {}
     assert list(out.glob("*.jsonl")) == []
     assert json.loads((out / "results-job" / "job.json").read_text())["settings"]["num_output_shards"] == 5
+
+
+def test_nothing_changes_until_the_job_begins(job):
+    spec, _ = job
+    state = _open(spec)
+    _commit(state, 0, read=2)
+    out = Path(spec.output_result_prefix).parent
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    # Checked, then failing at setup (say, the model does not load): the earlier job is intact.
+    replacing = _checked(dataclasses.replace(spec, overwrite=True, score_threshold=0.9))
+    assert replacing.committed() == {}
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert list(_checked(spec).committed()) == [0]
 
 
 def test_summary_is_written_once_every_unit_is_committed_and_adds_up(job):

@@ -1,80 +1,130 @@
-"""The pipeline under failure: a record that breaks the model, out-of-memory, a stop request."""
-
-from __future__ import annotations
-
 import threading
 import time
 
 import numpy as np
 import pytest
+
 import torch
 
-from batch_predict.pipeline import BatchLimit, Stopped, is_out_of_memory, predict_isolating, run_pipeline
-from batch_predict.records import Outcome, Prediction, Record, RecordError
+from batch_predict.pipeline import (
+    BatchLimit, Stopped, background, form_batches, is_out_of_memory, predict_isolating, prepare_for, run_pipeline,
+)
+from batch_predict.records import Prediction, Record, RecordError
+from batch_predict.sinks import UnitOutputs
 
-from conftest import shared_file
-from toymodels import BrightnessModel
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.outcomes: list[Outcome] = []
-
-    def write(self, outcomes: list[Outcome]) -> None:
-        self.outcomes += outcomes
+from images import encode, gradient
+from toymodels import MeanColourModel
 
 
-@pytest.fixture(scope="module")
-def photos() -> list[Record]:
-    folder = shared_file("data/photos")
-    encoded = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
-    return [Record(f"photo-{i}", "photos", i, encoded=data) for i, data in enumerate(encoded * 3)]
+def _record(key, width=8, height=6):
+    return Record(key, "src", 0, array=np.full((height, width, 3), 128, np.uint8), width=width, height=height)
 
 
-def _records(photos: list[Record]) -> list[Record]:
-    return [Record(r.key, r.source, r.index, encoded=r.encoded) for r in photos]
+def test_one_bad_record_fails_alone_and_its_batch_mates_are_predicted():
+    model = MeanColourModel()
+    batch = [_record(f"r{i}") for i in range(16)]
+    batch[11] = _record("poison-11")
+    outcomes = predict_isolating(model, batch)
+    assert [o.record.key if isinstance(o, Prediction) else o.key for o in outcomes] == [r.key for r in batch]
+    (error,) = [o for o in outcomes if isinstance(o, RecordError)]
+    assert error.key == "poison-11" and error.error_type == "ValueError" and error.stage == "predict"
+    assert len(model.batch_sizes) <= 1 + 2 * 4  # bisection, not one call per record
 
 
-def _run(model, records, batch_size=8, **options) -> ListSink:
-    sink = ListSink()
-    read = run_pipeline(records, model, sink, batch_size=batch_size, max_image_pixels=10**8,
-                        num_decode_workers=2, queue_depth=2, **options)
-    assert read == len(records) == len(sink.outcomes)
-    return sink
+def test_same_size_batches_group_by_size_and_errors_pass_straight_through():
+    error = RecordError("bad", "src", 0, "E", "m", "read")
+    items = [_record("a", 8, 6), _record("b", 4, 4), error, _record("c", 8, 6), _record("d", 4, 4), _record("e", 8, 6)]
+    out = list(form_batches(items, batch_size=3, same_size=True))
+    assert out[0] is error
+    batches = [[r.key for r in b] for b in out[1:]]
+    assert batches == [["a", "c", "e"], ["b", "d"]]
 
 
-def test_a_record_that_breaks_the_model_fails_alone(photos):
-    model = BrightnessModel(poison=frozenset({"photo-5"}))
-    sink = _run(model, _records(photos))
-    errors = [o for o in sink.outcomes if isinstance(o, RecordError)]
-    assert [(e.key, e.error_type, e.stage) for e in errors] == [("photo-5", "ValueError", "predict")]
-    assert "cannot handle ['photo-5']" in errors[0].message
-    assert sum(isinstance(o, Prediction) for o in sink.outcomes) == len(photos) - 1
-    # One bad record in a batch of 8 costs a bisection: 1 + 2 * log2(8) calls, not 8.
-    assert len(model.calls) == len(photos) // 8 + (len(photos) % 8 > 0) + 6
+def test_waiting_groups_are_bounded_by_flushing_the_largest():
+    sizes = [(i % 10 + 1, 1) for i in range(100)]
+    items = [_record(f"k{i}", w, h) for i, (w, h) in enumerate(sizes)]
+    out = list(form_batches(items, batch_size=4, same_size=True))
+    assert sorted(r.key for b in out for r in b) == sorted(r.key for r in items)
+    assert all(len({(r.width, r.height) for r in b}) == 1 for b in out)
 
 
-def test_out_of_memory_batches_are_split_and_later_batches_cut_to_what_worked(photos):
-    model = BrightnessModel(memory=3)
-    sink = _run(model, _records(photos), batch_size=16)
-    assert all(isinstance(o, Prediction) for o in sink.outcomes)
-    assert model.calls[:4] == [16, 8, 4, 2]  # bisected until a part fits
-    succeeded = np.cumsum([size if size <= 3 else 0 for size in model.calls])
-    first_batch_done = int(np.searchsorted(succeeded, 16)) + 1
-    # Every later batch goes at the size that worked, without running out of memory again.
-    assert set(model.calls[first_batch_done:]) == {2}
+def test_mixed_sizes_share_batches_when_the_model_resizes():
+    items = [_record("a", 8, 6), _record("b", 4, 4), _record("c", 2, 2)]
+    assert [len(b) for b in form_batches(items, batch_size=2, same_size=False)] == [2, 1]
 
 
-def test_a_record_too_big_for_memory_alone_is_an_error_and_does_not_shrink_batches(photos):
-    limit = BatchLimit()
-    model = BrightnessModel(too_big=frozenset({"photo-3"}))
-    records = _records(photos)[:16]
-    for record in records:
-        record.array, record.width, record.height = np.zeros((4, 4, 3), np.uint8), 4, 4
-    outcomes = predict_isolating(model, records, limit)
-    errors = [o for o in outcomes if isinstance(o, RecordError)]
-    assert [(e.key, e.error_type) for e in errors] == [("photo-3", "OutOfMemoryError")]
-    assert limit.size == 8  # the half without photo-3 worked at 8
+def test_background_reraises_the_producers_exception():
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    consumed = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in background(failing(), depth=2):
+            consumed.append(item)
+    assert consumed == [1]
+
+
+def test_background_runs_at_most_depth_ahead():
+    produced = []
+
+    def counting():
+        for i in range(100):
+            produced.append(i)
+            yield i
+
+    stream = background(counting(), depth=3)
+    next(stream)
+    time.sleep(0.2)
+    assert len(produced) <= 1 + 3 + 1  # consumed, queued, and one blocked in put
+    stream.close()
+
+
+def test_decode_failures_become_errors_of_the_decode_stage():
+    prepare = prepare_for(MeanColourModel(), max_pixels=1 << 20)
+    good = prepare(Record("ok", "src", 0, encoded=encode(gradient())))
+    bad = prepare(Record("bad", "src", 1, encoded=b"nope"))
+    assert isinstance(good, Record) and good.array.shape == (48, 64, 3)
+    assert isinstance(bad, RecordError) and bad.stage == "decode" and bad.key == "bad"
+
+
+def test_every_record_ends_once_in_results_or_errors(tmp_path):
+    records = [Record(f"k{i}", "src", i, encoded=encode(gradient(8 + i % 3, 8))) for i in range(50)]
+    records[7] = Record("poison", "src", 7, encoded=encode(gradient(8, 8)))
+    records[20] = Record("broken", "src", 20, encoded=b"not an image")
+    records.insert(30, RecordError("unread", "src", 30, "TFRecordCorruption", "m", "read"))
+    outputs = UnitOutputs(str(tmp_path / "r-00000-of-00001.jsonl"), str(tmp_path / "e-00000-of-00001.jsonl"), {1: "image"})
+    read = run_pipeline(
+        records, MeanColourModel(), outputs, batch_size=8, max_image_pixels=1 << 20, num_decode_workers=2, queue_depth=2
+    )
+    counts = outputs.commit(read)
+    assert (counts.records_read, counts.predicted, counts.failed) == (51, 48, 3)
+    assert counts.error_types == {"ImageDecodeError": 1, "TFRecordCorruption": 1, "ValueError": 1}
+    assert threading.active_count() < 10
+
+
+# Out of device memory: split and retry, then cut later batches to the size that worked.
+# torch.cuda.OutOfMemoryError is the real exception type; only its cause is simulated.
+
+def test_out_of_memory_batches_are_split_and_later_batches_cut_to_what_worked():
+    model, limit = MeanColourModel(memory=3), BatchLimit()
+    first = predict_isolating(model, [_record(f"a{i}") for i in range(16)], limit)
+    assert model.batch_sizes[:4] == [16, 8, 4, 2]  # bisected until a part fits
+    tries_of_the_first_batch = len(model.batch_sizes)
+    later = [o for b in range(3) for o in predict_isolating(model, [_record(f"b{b}-{i}") for i in range(16)], limit)]
+    assert all(isinstance(o, Prediction) for o in first + later) and len(first + later) == 64
+    # No more out-of-memory tries: every later batch goes at the size that worked.
+    assert limit.size == 2 and set(model.batch_sizes[tries_of_the_first_batch:]) == {2}
+
+
+def test_a_record_too_big_for_memory_alone_is_an_error_and_shrinks_batches_once_at_most():
+    model, limit = MeanColourModel(), BatchLimit()
+    batch = [_record(f"r{i}") for i in range(16)]
+    batch[3] = _record("too-big-3")
+    outcomes = predict_isolating(model, batch, limit)
+    (error,) = [o for o in outcomes if isinstance(o, RecordError)]
+    assert (error.key, error.error_type, error.stage) == ("too-big-3", "OutOfMemoryError", "predict")
+    assert limit.size == 8  # the half without it worked whole
 
 
 def test_out_of_memory_is_recognised_across_frameworks():
@@ -84,11 +134,13 @@ def test_out_of_memory_is_recognised_across_frameworks():
     assert not is_out_of_memory(ValueError("bad shape"))
 
 
-def _pipeline_threads() -> list[threading.Thread]:
+# Stopping and failing: every thread of the pipeline ends.
+
+def _pipeline_threads():
     return [t for t in threading.enumerate() if t.name.startswith("batch-predict")]
 
 
-def _wait_until_no_pipeline_threads() -> None:
+def _wait_until_no_pipeline_threads():
     for _ in range(100):
         if not _pipeline_threads():
             return
@@ -96,22 +148,31 @@ def _wait_until_no_pipeline_threads() -> None:
     raise AssertionError(f"pipeline threads still running: {_pipeline_threads()}")
 
 
-def test_abandon_stops_before_the_next_batch_and_stops_every_thread(photos):
+class _ListSink:
+    def __init__(self):
+        self.outcomes = []
+
+    def write(self, outcomes):
+        self.outcomes += outcomes
+
+
+def test_abandon_stops_before_the_next_batch_and_stops_every_thread():
     abandon = threading.Event()
-    model = BrightnessModel(on_predict=lambda _: abandon.set())
-    endless = (r for _ in range(1000) for r in _records(photos))
+    model = MeanColourModel(on_predict=lambda _: abandon.set())
+    endless = (_record(f"k{i}") for i in range(10**9))
     with pytest.raises(Stopped):
-        run_pipeline(endless, model, ListSink(), batch_size=4, max_image_pixels=10**8,
+        run_pipeline(endless, model, _ListSink(), batch_size=4, max_image_pixels=1 << 20,
                      num_decode_workers=2, queue_depth=2, abandon=abandon)
-    assert model.calls == [4]
+    assert model.batch_sizes == [4]
     _wait_until_no_pipeline_threads()
 
 
-def test_a_source_that_fails_mid_way_raises_and_stops_every_thread(photos):
+def test_a_source_that_fails_mid_way_raises_and_stops_every_thread():
     def failing():
-        yield from _records(photos)[:10]
+        yield from (_record(f"k{i}") for i in range(10))
         raise OSError("connection reset")
 
     with pytest.raises(OSError, match="connection reset"):
-        _run(BrightnessModel(), failing())
+        run_pipeline(failing(), MeanColourModel(), _ListSink(), batch_size=4, max_image_pixels=1 << 20,
+                     num_decode_workers=2, queue_depth=2)
     _wait_until_no_pipeline_threads()

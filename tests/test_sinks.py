@@ -1,7 +1,3 @@
-"""Unit outputs: a shard name only ever holds a whole unit's lines."""
-
-from __future__ import annotations
-
 import json
 import uuid
 
@@ -10,17 +6,40 @@ import numpy as np
 import pytest
 
 from batch_predict.records import Detections, Prediction, Record, RecordError
-from batch_predict.sinks import OutputError, UnitOutputs, ensure_writable, shard_files, shard_name, write_atomically
+from batch_predict.sinks import (
+    OutputError, UnitOutputs, ensure_writable, result_line, shard_files, shard_name, write_atomically,
+)
 
 
-def _prediction(key: str) -> Prediction:
-    record = Record(key, "src", 0, width=100, height=50)
-    found = Detections(np.array([[10, 5, 60, 45]], np.float32), np.array([0.9], np.float32), np.array([3]))
-    return Prediction(record, found)
+def _prediction(key="k", boxes=((10, 20, 110, 70),), scores=(0.9,), classes=(3,)):
+    record = Record(key, "gs://b/f.tfrecord", 4, width=200, height=100)
+    return Prediction(record, Detections(np.array(boxes, np.float32), np.array(scores, np.float32), np.array(classes)))
 
 
-def _error(key: str) -> RecordError:
-    return RecordError(key, "src", 1, "ImageDecodeError", "not an image", "decode")
+def test_shards_are_named_like_beam_and_vertex_ai():
+    assert shard_name("out/results", 3, 12) == "out/results-00003-of-00012.jsonl"
+
+
+def test_a_result_line_has_pixel_and_normalized_boxes_and_labels():
+    line = json.loads(result_line(_prediction(), {3: "car"}))
+    assert line == {
+        "key": "k",
+        "source": "gs://b/f.tfrecord",
+        "record_index": 4,
+        "width": 200,
+        "height": 100,
+        "detections": [{"box": [10.0, 20.0, 110.0, 70.0], "box_normalized": [0.05, 0.2, 0.55, 0.7], "score": 0.9,
+                        "class_id": 3, "label": "car"}],
+    }
+
+
+def test_without_a_label_map_detections_carry_ids_only():
+    (detection,) = json.loads(result_line(_prediction(), {}))["detections"]
+    assert "label" not in detection and detection["class_id"] == 3
+
+
+def _error(key):
+    return RecordError(key, "f", 1, "ValueError", "bad", "decode")
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -31,41 +50,39 @@ def prefix(request, tmp_path) -> str:
     return f"memory://{uuid.uuid4().hex}/out/results"
 
 
-def _names(prefix: str) -> list[str]:
+def _names(prefix):
     return sorted(path.rsplit("/", 1)[1] for path in shard_files(prefix))
 
 
-def test_unit_shards_appear_only_when_committed(prefix):
+def test_unit_shards_appear_only_when_committed_and_account_for_each_record(prefix):
     ensure_writable(prefix)
     result, error = shard_name(prefix, 2, 5), shard_name(prefix + "-err", 2, 5)
-    outputs = UnitOutputs(result, error, {3: "car"})
+    outputs = UnitOutputs(result, error, {})
     outputs.write([_prediction("a"), _error("b")])
-    outputs.write([_prediction("c")])
+    outputs.write([_prediction("c", boxes=np.zeros((0, 4)), scores=(), classes=())])
     fs = fsspec.core.url_to_fs(prefix)[0]
     assert not fs.exists(result) and not fs.exists(error)
-    assert [n.endswith(".partial") for n in _names(prefix)] == [True]
+    assert [name.endswith(".partial") for name in _names(prefix)] == [True]
     counts = outputs.commit(records_read=3)
-    assert (counts.records_read, counts.predicted, counts.failed, counts.detections) == (3, 2, 1, 2)
-    assert counts.error_types == {"ImageDecodeError": 1}
+    assert (counts.records_read, counts.predicted, counts.failed, counts.detections) == (3, 2, 1, 1)
+    assert counts.error_types == {"ValueError": 1}
     assert _names(prefix) == ["results-00002-of-00005.jsonl"]
     with fsspec.open(result, "rt") as f:
-        lines = [json.loads(line) for line in f]
-    assert [line["key"] for line in lines] == ["a", "c"]
-    assert lines[0]["detections"][0] == {"box": [10.0, 5.0, 60.0, 45.0], "box_normalized": [0.1, 0.1, 0.6, 0.9],
-                                         "score": 0.9, "class_id": 3, "label": "car"}
+        assert [json.loads(line)["key"] for line in f] == ["a", "c"]
     with fsspec.open(error, "rt") as f:
-        assert [json.loads(line)["key"] for line in f] == ["b"]
+        assert [json.loads(line) for line in f] == [{"key": "b", "source": "f", "record_index": 1,
+                                                     "error_type": "ValueError", "message": "bad", "stage": "decode"}]
 
 
-def test_discarded_unit_leaves_nothing(prefix):
+def test_a_discarded_unit_leaves_nothing(prefix):
     ensure_writable(prefix)
-    outputs = UnitOutputs(shard_name(prefix, 0, 1), shard_name(prefix, 0, 1) + "-errors", {})
+    outputs = UnitOutputs(shard_name(prefix, 0, 1), shard_name(prefix + "-err", 0, 1), {})
     outputs.write([_prediction("a")])
     outputs.discard()
     assert _names(prefix) == []
 
 
-def test_accounting_mismatch_refuses_to_commit(prefix):
+def test_a_lost_record_is_an_accounting_error_and_nothing_is_committed(prefix):
     ensure_writable(prefix)
     outputs = UnitOutputs(shard_name(prefix, 0, 1), shard_name(prefix + "-err", 0, 1), {})
     outputs.write([_prediction("a")])
@@ -84,10 +101,11 @@ def test_write_atomically_replaces_whole_files(prefix):
     assert fs.ls(root.rsplit("/", 1)[0], detail=False) == [fs._strip_protocol(path)]
 
 
-def test_unwritable_location_is_an_output_error(tmp_path):
-    (tmp_path / "a-file").write_text("")
+def test_an_unwritable_location_fails_at_once(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
     with pytest.raises(OutputError, match="cannot write output files under"):
-        ensure_writable(str(tmp_path / "a-file" / "results"))
+        ensure_writable(str(blocker / "results"))
 
 
 def test_shard_files_matches_only_this_prefixs_shards(tmp_path):

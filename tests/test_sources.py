@@ -1,174 +1,232 @@
-"""Reading input files: each kind of damaged input becomes the error line it should, once."""
-
-from __future__ import annotations
-
 import base64
 import gzip
-import io
 import json
-from pathlib import Path
 
+import fsspec
+import numpy as np
 import pytest
 
+from batch_predict.example import build_example
 from batch_predict.records import Record, RecordError
-from batch_predict.sources import expand_patterns, read_file
+from batch_predict.sources import NoInputError, expand_patterns, image_from_tfrecord, parse_instance, read_file
 from batch_predict.tfrecord import write_record
 
-from conftest import shared_file
+from images import encode, gradient
+
+JPEG = encode(gradient())
 
 
-@pytest.fixture(scope="module")
-def jpegs() -> list[bytes]:
-    photos = shared_file("data/photos")
-    return [(photos / name).read_bytes() for name in ("bus.jpg", "zidane.jpg", "darknet_dog.jpg")]
-
-
-def _tfrecord(records: list[bytes]) -> bytes:
-    stream = io.BytesIO()
-    for data in records:
-        write_record(stream, data)
-    return stream.getvalue()
-
-
-def _read(path: Path, input_format: str, start: int = 0, end: int | None = None) -> list[Record | RecordError]:
+def _records(path, fmt, start=0, end=None):
     (file,) = expand_patterns([str(path)])
-    return list(read_file(file, input_format, start, end))
+    return list(read_file(file, fmt, start, end))
 
 
-def _errors(items: list[Record | RecordError]) -> list[RecordError]:
-    return [i for i in items if isinstance(i, RecordError)]
+def _tfrecord(path, payloads):
+    with open(path, "wb") as f:
+        for payload in payloads:
+            write_record(f, payload)
+    return path.read_bytes()
 
 
-def test_expand_patterns_gives_sizes_and_fails_on_a_pattern_matching_nothing(tmp_path):
+def test_patterns_expand_globs_commas_and_dedupe(tmp_path):
+    for name in ("a-1.tfrecord", "a-2.tfrecord", "b.tfrecord", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    files = expand_patterns([f"{tmp_path}/a-*.tfrecord", f"{tmp_path}/a-[12].tfrecord", str(tmp_path / "b.tfrecord")])
+    assert [f.url.rsplit("/", 1)[1] for f in files] == ["a-1.tfrecord", "a-2.tfrecord", "b.tfrecord"]
+
+
+def test_a_pattern_matching_nothing_fails_naming_it(tmp_path):
+    (tmp_path / "x.tfrecord").write_bytes(b"")
+    with pytest.raises(NoInputError, match="missing-"):
+        expand_patterns([str(tmp_path / "x.tfrecord"), str(tmp_path / "missing-*.tfrecord")])
+
+
+def test_expanded_files_carry_their_sizes(tmp_path):
     (tmp_path / "a.tfrecord").write_bytes(b"x" * 7)
     (tmp_path / "b.tfrecord").write_bytes(b"")
     files = expand_patterns([str(tmp_path / "*.tfrecord")])
-    assert [(Path(f.url).name, f.size) for f in files] == [("a.tfrecord", 7), ("b.tfrecord", 0)]
-    with pytest.raises(FileNotFoundError, match="no input file matches"):
-        expand_patterns([str(tmp_path / "missing-*.tfrecord")])
+    assert [(f.url.rsplit("/", 1)[1], f.size) for f in files] == [("a.tfrecord", 7), ("b.tfrecord", 0)]
 
 
-@pytest.mark.parametrize("name, input_format", [("empty.tfrecord", "tfrecord"), ("empty.json", "json")])
-def test_zero_byte_input_file_has_no_records_and_no_error(tmp_path, name, input_format):
+@pytest.mark.parametrize("name, fmt", [("empty.tfrecord", "tfrecord"), ("empty.json", "json")])
+def test_a_zero_byte_input_file_has_no_records_and_no_error(tmp_path, name, fmt):
     (tmp_path / name).write_bytes(b"")
-    assert _read(tmp_path / name, input_format) == []
+    assert _records(tmp_path / name, fmt) == []
 
 
-def test_tfrecord_bad_data_crc_is_one_error_line_and_reading_goes_on(tmp_path, jpegs):
-    data = bytearray(_tfrecord(jpegs))
-    data[len(_tfrecord(jpegs[:1])) + 12 + 100] ^= 0xFF
-    (tmp_path / "in.tfrecord").write_bytes(bytes(data))
-    items = _read(tmp_path / "in.tfrecord", "tfrecord")
-    assert [type(i).__name__ for i in items] == ["Record", "RecordError", "Record"]
-    assert (items[1].index, items[1].error_type, items[1].message) == (1, "TFRecordDataCorruption", "data CRC mismatch")
+def test_fsspec_urls_are_read_through_their_file_system():
+    with fsspec.open("memory://bucket/imgs-0.tfrecord", "wb") as f:
+        write_record(f, JPEG)
+    (file,) = expand_patterns(["memory://bucket/imgs-*.tfrecord"])
+    assert file.url.startswith("memory://") and file.url.endswith("/bucket/imgs-0.tfrecord")
+    (record,) = read_file(file, "tfrecord")
+    assert record.encoded == JPEG and record.key == f"{file.url}:0"
 
 
-def test_tfrecord_bad_length_crc_ends_the_file_with_one_error_line(tmp_path, jpegs):
-    data = bytearray(_tfrecord(jpegs))
-    data[len(_tfrecord(jpegs[:1])) + 8] ^= 0x01
-    (tmp_path / "in.tfrecord").write_bytes(bytes(data))
-    items = _read(tmp_path / "in.tfrecord", "tfrecord")
-    assert [type(i).__name__ for i in items] == ["Record", "RecordError"]
-    assert items[1].index == 1 and items[1].error_type == "TFRecordCorruption"
-    assert "length CRC mismatch" in items[1].message
+def test_tfrecords_hold_raw_bytes_or_examples_keyed_by_source_id(tmp_path):
+    path = tmp_path / "mixed.tfrecord.gz"
+    with gzip.open(path, "wb") as f:
+        write_record(f, JPEG)
+        write_record(f, build_example({"image/encoded": JPEG, "image/source_id": b"photo-7"}))
+        write_record(f, build_example({"image/encoded": JPEG, "image/filename": b"cat.jpg"}))
+    records = _records(path, "tfrecord_gzip")
+    assert [r.key for r in records] == [f"{path}:0", "photo-7", "cat.jpg"]
+    assert all(r.encoded == JPEG for r in records)
 
 
-def test_tfrecord_truncated_last_record_is_one_error_line(tmp_path, jpegs):
-    (tmp_path / "in.tfrecord").write_bytes(_tfrecord(jpegs)[:-1000])
-    items = _read(tmp_path / "in.tfrecord", "tfrecord")
-    assert [type(i).__name__ for i in items] == ["Record", "Record", "RecordError"]
-    assert items[2].key.endswith("in.tfrecord:2") and "truncated record" in items[2].message
+def test_bytes_that_are_neither_image_nor_example_pass_through_for_the_decoder_to_judge():
+    assert image_from_tfrecord(b"plain text") == (b"plain text", None)
 
 
-def test_gzip_format_on_a_file_that_is_not_gzip_is_one_error_line(tmp_path, jpegs):
-    (tmp_path / "in.tfrecord.gz").write_bytes(_tfrecord(jpegs))
-    (error,) = _read(tmp_path / "in.tfrecord.gz", "tfrecord_gzip")
-    assert (error.index, error.error_type, error.stage) == (0, "BadGzipFile", "read")
+def test_a_corrupt_data_crc_is_one_error_and_reading_goes_on(tmp_path):
+    path = tmp_path / "crc.tfrecord"
+    with open(path, "wb") as f:
+        for _ in range(3):
+            write_record(f, JPEG)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    items = _records(path, "tfrecord")
+    assert [type(i) for i in items] == [Record, RecordError, Record]
+    assert items[1].error_type == "TFRecordDataCorruption" and items[1].index == 1
 
 
-def test_truncated_gzip_keeps_the_records_before_the_cut(tmp_path, jpegs):
-    packed = gzip.compress(_tfrecord(jpegs))
-    (tmp_path / "in.tfrecord.gz").write_bytes(packed[: len(packed) * 9 // 10])
-    items = _read(tmp_path / "in.tfrecord.gz", "tfrecord_gzip")
-    assert [type(i).__name__ for i in items] == ["Record", "Record", "RecordError"]
-    assert items[2].index == 2
+def test_a_truncated_file_yields_its_complete_records_then_one_error(tmp_path):
+    path = tmp_path / "cut.tfrecord"
+    with open(path, "wb") as f:
+        write_record(f, JPEG)
+        write_record(f, JPEG)
+    path.write_bytes(path.read_bytes()[:-10])
+    first, error = _records(path, "tfrecord")
+    assert isinstance(first, Record)
+    assert isinstance(error, RecordError) and error.index == 1 and error.error_type == "TFRecordCorruption"
 
 
-def test_gzip_files_are_never_read_from_a_byte_range(tmp_path, jpegs):
-    (tmp_path / "in.tfrecord.gz").write_bytes(gzip.compress(_tfrecord(jpegs)))
+def test_a_bad_length_crc_ends_the_file_with_one_error(tmp_path):
+    data = bytearray(_tfrecord(tmp_path / "len.tfrecord", [JPEG, JPEG, JPEG]))
+    data[12 + len(JPEG) + 4 + 8] ^= 0x01  # the second record's length CRC
+    (tmp_path / "len.tfrecord").write_bytes(bytes(data))
+    first, error = _records(tmp_path / "len.tfrecord", "tfrecord")
+    assert isinstance(first, Record)
+    assert (error.index, error.error_type) == (1, "TFRecordCorruption") and "length CRC mismatch" in error.message
+
+
+def test_a_truncated_gzip_file_yields_the_records_before_the_cut_then_one_error(tmp_path):
+    packed = gzip.compress(_tfrecord(tmp_path / "plain.tfrecord", [JPEG] * 30))
+    (tmp_path / "cut.tfrecord.gz").write_bytes(packed[: len(packed) * 9 // 10])
+    items = _records(tmp_path / "cut.tfrecord.gz", "tfrecord_gzip")
+    assert all(isinstance(i, Record) for i in items[:-1]) and 0 < len(items) - 1 < 30
+    assert isinstance(items[-1], RecordError) and items[-1].index == len(items) - 1
+
+
+def test_a_gzip_file_is_never_read_from_a_byte_range(tmp_path):
+    (tmp_path / "in.tfrecord.gz").write_bytes(gzip.compress(_tfrecord(tmp_path / "in.tfrecord", [JPEG])))
     with pytest.raises(ValueError, match="compressed"):
-        _read(tmp_path / "in.tfrecord.gz", "tfrecord_gzip", 10, 20)
+        _records(tmp_path / "in.tfrecord.gz", "tfrecord_gzip", 10, 20)
 
 
-BAD_JSON_LINES = {
-    "not json": "JSONDecodeError",
-    '{"key": "only-a-key"}': "expected one image field besides 'key', got none",
-    '{"b64": 12}': "'b64' must be a base64 string",
-    '{"b64": "@@@not base64"}': "invalid base64",
-    '{"inputs": [1, 2, 3]}': "expected an HxWx3 image array, got shape [3]",
-    '{"inputs": [[[1, 2], [3, 4]]]}': "expected an HxWx3 image array, got shape [1, 2, 2]",
-    '{"inputs": [[[1, 2, 3]], [[4, 5]]]}': "not rectangular",
-    '{"inputs": [[[1, 2, 256]]]}': "values must be in 0..255",
-    '{"inputs": [[[-1, 2, 3]]]}': "values must be in 0..255",
-    '{"inputs": [[[1.5, 2, 3]]]}': "non-integer or NaN",
-    '{"inputs": [[[NaN, 2, 3]]]}': "non-integer or NaN",
-    '{"inputs": [[["a", "b", "c"]]]}': "must hold numbers",
-    '{"inputs": [[[true, false, true]]]}': "must hold numbers",
-    '{"inputs": []}': "must hold numbers",
-    '"just a string"': "unrecognised instance",
-}
+def test_a_gzip_format_file_that_is_not_gzip_is_one_error(tmp_path):
+    path = tmp_path / "plain.tfrecord"
+    with open(path, "wb") as f:
+        write_record(f, JPEG)
+    (error,) = _records(path, "tfrecord_gzip")
+    assert isinstance(error, RecordError) and error.error_type == "BadGzipFile" and error.stage == "read"
 
 
-def test_error_line_of_a_bad_json_instance_keeps_its_given_key(tmp_path):
+def test_json_lines_accept_every_cloud_ml_instance_form(tmp_path):
+    b64 = base64.b64encode(JPEG).decode()
+    pixels = gradient(4, 3)
+    lines = [
+        {"b64": b64},
+        {"key": "given", "inputs": {"b64": b64}},
+        {"image_bytes": {"b64": b64}, "key": 17},
+        {"inputs": pixels.tolist()},
+        pixels.tolist(),
+    ]
+    path = tmp_path / "instances.json"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    records = _records(path, "json")
+    assert [r.key for r in records] == [f"{path}:0", "given", "17", f"{path}:3", f"{path}:4"]
+    assert all(r.encoded == JPEG for r in records[:3])
+    for record in records[3:]:
+        np.testing.assert_array_equal(record.array, pixels)
+        assert (record.width, record.height) == (4, 3)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "Expecting property name"),
+        ('{"b64": "###"}', "invalid base64"),
+        ('{"b64": 12}', "'b64' must be a base64 string"),
+        ('{"inputs": [[1, 2], [3]]}', "not rectangular"),
+        ('{"inputs": [1, 2, 3]}', "HxWx3"),
+        ('{"inputs": [[[1, 2], [3, 4]]]}', "HxWx3"),
+        ('{"inputs": [[[1, 2, 3, 4, 5]]]}', "HxWx3"),
+        ('{"inputs": [[[1, 2, 300]]]}', "0..255"),
+        ('{"inputs": [[[-1, 2, 3]]]}', "0..255"),
+        ('{"inputs": [[[1.5, 2, 3]]]}', "non-integer"),
+        ('{"inputs": [[[NaN, 2, 3]]]}', "NaN"),
+        ('{"inputs": [[["a", "b", "c"]]]}', "numbers"),
+        ('{"inputs": [[[true, false, true]]]}', "numbers"),
+        ('{"inputs": []}', "numbers"),
+        ('{"a": 1, "b": 2}', "one image field"),
+        ('{"key": "only a key"}', "one image field"),
+        ('"a string"', "unrecognised instance"),
+    ],
+)
+def test_each_bad_json_line_is_one_error_naming_the_problem(tmp_path, line, message):
+    path = tmp_path / "bad.json"
+    path.write_text(f'{{"b64": "{base64.b64encode(JPEG).decode()}"}}\n{line}\n')
+    good, error = _records(path, "json")
+    assert isinstance(good, Record)
+    assert isinstance(error, RecordError) and error.index == 1 and message in error.message
+
+
+def test_nan_in_an_array_is_refused():
+    with pytest.raises(ValueError, match="NaN"):
+        parse_instance({"inputs": [[[float("nan"), 0, 0]]]})
+
+
+def test_the_error_line_of_a_bad_json_instance_keeps_its_given_key(tmp_path):
     (tmp_path / "in.json").write_text(json.dumps({"key": "mine", "inputs": [1, 2]}) + "\n")
-    (error,) = _read(tmp_path / "in.json", "json")
+    (error,) = _records(tmp_path / "in.json", "json")
     assert (error.key, error.index, error.stage) == ("mine", 0, "read")
-
-
-def test_each_bad_json_line_is_one_error_line_naming_the_problem(tmp_path, jpegs):
-    good = json.dumps({"key": "good", "b64": base64.b64encode(jpegs[0]).decode()})
-    lines = [good, *BAD_JSON_LINES, good.replace('"good"', '"good2"')]
-    (tmp_path / "in.json").write_text("\n".join(lines) + "\n")
-    items = _read(tmp_path / "in.json", "json")
-    assert [i.key for i in items if isinstance(i, Record)] == ["good", "good2"]
-    errors = _errors(items)
-    assert [e.index for e in errors] == list(range(1, len(BAD_JSON_LINES) + 1))
-    for error, expected in zip(errors, BAD_JSON_LINES.values()):
-        assert expected in error.message or expected == error.error_type, (error.message, expected)
-        assert error.stage == "read"
 
 
 @pytest.mark.parametrize("channels", [1, 4])
 def test_json_arrays_with_one_or_four_channels_become_rgb(tmp_path, channels):
     pixel = [7] * channels
     (tmp_path / "in.json").write_text(json.dumps({"inputs": [[pixel, pixel]] * 3}) + "\n")
-    (record,) = _read(tmp_path / "in.json", "json")
-    assert record.array.shape == (3, 2, 3) and record.array.dtype.name == "uint8"
+    (record,) = _records(tmp_path / "in.json", "json")
+    assert record.array.shape == (3, 2, 3) and record.array.dtype == np.uint8
     assert record.array.tolist()[0][0] == [7, 7, 7]
 
+
+# Byte ranges: records keep their index (and key) in the whole file, and each is read once.
 
 def test_json_byte_ranges_keep_line_indices_and_read_each_line_once(tmp_path):
     lines = [json.dumps({"inputs": [[[i, i, i]]]}) if i % 4 else "" for i in range(40)]
     text = "\n".join(lines) + "\n"
     (tmp_path / "in.json").write_text(text)
-    whole = [(r.key, r.index) for r in _read(tmp_path / "in.json", "json")]
+    whole = [(r.key, r.index) for r in _records(tmp_path / "in.json", "json")]
     size = len(text.encode())
     for cuts in ([size // 2], [1, 2, 3, 100, 101, size - 2], list(range(7, size, 53))):
         bounds = [0, *cuts, None]
-        pieces = [(r.key, r.index) for s, e in zip(bounds, bounds[1:]) for r in _read(tmp_path / "in.json", "json", s, e)]
+        pieces = [(r.key, r.index) for s, e in zip(bounds, bounds[1:]) for r in _records(tmp_path / "in.json", "json", s, e)]
         assert pieces == whole
 
 
-def test_tfrecord_byte_ranges_read_each_record_once_with_file_keys(tmp_path, jpegs):
-    data = _tfrecord(jpegs * 3)
-    (tmp_path / "in.tfrecord").write_bytes(data)
-    whole = [r.key for r in _read(tmp_path / "in.tfrecord", "tfrecord")]
-    pieces = [r.key for s, e in [(0, 1), (1, len(data) // 2), (len(data) // 2, None)] for r in _read(tmp_path / "in.tfrecord", "tfrecord", s, e)]
+def test_tfrecord_byte_ranges_read_each_record_once_with_its_file_key(tmp_path):
+    data = _tfrecord(tmp_path / "in.tfrecord", [JPEG] * 9)
+    whole = [r.key for r in _records(tmp_path / "in.tfrecord", "tfrecord")]
+    bounds = [(0, 1), (1, len(data) // 2), (len(data) // 2, None)]
+    pieces = [r.key for s, e in bounds for r in _records(tmp_path / "in.tfrecord", "tfrecord", s, e)]
     assert pieces == whole and len(whole) == 9
 
 
-def test_an_input_file_that_vanished_raises_rather_than_becoming_error_lines(tmp_path, jpegs):
-    (tmp_path / "in.tfrecord").write_bytes(_tfrecord(jpegs))
+def test_an_input_file_that_vanished_raises_rather_than_becoming_error_lines(tmp_path):
+    _tfrecord(tmp_path / "in.tfrecord", [JPEG])
     (file,) = expand_patterns([str(tmp_path / "in.tfrecord")])
     (tmp_path / "in.tfrecord").unlink()
     with pytest.raises(FileNotFoundError):

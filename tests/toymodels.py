@@ -1,4 +1,4 @@
-"""Small real models for tests of the job's machinery, where what a model finds does not matter."""
+"""A small real model for tests of the job's machinery, where what a model finds does not matter."""
 
 from __future__ import annotations
 
@@ -10,37 +10,36 @@ import torch
 from batch_predict.records import Detections, Record
 
 
-class BrightnessModel:
-    """A real, if simple, detector: one whole-image box scored by mean brightness.
+class MeanColourModel:
+    """A real, if trivial, detector: one whole-image box scored by mean brightness.
 
-    Raises on records whose key is in `poison`; like a GPU with little memory, raises
-    torch's out-of-memory error for batches larger than `memory` or holding a key in
-    `too_big`; calls `on_predict` before each batch (to make things happen mid-job).
+    Fails any batch holding a record whose key starts with "poison", as a model fails on
+    an input it cannot handle. Like a GPU with little memory, raises torch's own
+    out-of-memory error for batches larger than `memory`, or holding a key that starts
+    with "too-big". Counts its calls, and runs `on_predict` before each (to make things
+    happen mid-job).
     """
 
     input_kind = "image"
-    same_size_batches = False
-    labels: dict[int, str] = {}
+    labels = {1: "image"}
 
     def __init__(
         self,
-        poison: frozenset[str] = frozenset(),
         memory: int | None = None,
-        too_big: frozenset[str] = frozenset(),
         on_predict: Callable[[Sequence[Record]], None] | None = None,
+        same_size_batches: bool = True,
     ) -> None:
-        self.poison, self.memory, self.too_big, self.on_predict = poison, memory, too_big, on_predict
-        self.calls: list[int] = []
+        self.memory, self.on_predict, self.same_size_batches = memory, on_predict, same_size_batches
+        self.batch_sizes: list[int] = []
 
     def predict(self, records: Sequence[Record]) -> list[Detections]:
-        self.calls.append(len(records))
+        self.batch_sizes.append(len(records))
         if self.on_predict is not None:
             self.on_predict(records)
-        keys = {r.key for r in records}
-        if (self.memory is not None and len(records) > self.memory) or self.too_big & keys:
+        if (self.memory is not None and len(records) > self.memory) or any(r.key.startswith("too-big") for r in records):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        if bad := self.poison & keys:
-            raise ValueError(f"cannot handle {sorted(bad)}")
+        if any(r.key.startswith("poison") for r in records):
+            raise ValueError("cannot handle poison")
         return [
             Detections(
                 boxes=np.array([[0, 0, r.width, r.height]], np.float32),
@@ -51,4 +50,4 @@ class BrightnessModel:
         ]
 
     def describe(self) -> dict[str, object]:
-        return {"backend": "brightness"}
+        return {"backend": "test"}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+from collections.abc import Mapping
 
 import click
 
@@ -24,6 +26,27 @@ def _flag(name: str, **kwargs):
     dashed = name.replace("_", "-")
     names = [f"--{name}"] + ([f"--{dashed}"] if dashed != name else [])
     return click.option(*names, name, **kwargs)
+
+
+def worker_from_environment(environ: Mapping[str, str]) -> tuple[int, int]:
+    """(index, count) of this process among the pods of a Kubernetes Indexed Job; (0, 1) outside one.
+
+    Kubernetes sets `JOB_COMPLETION_INDEX` in each pod but no count, so the manifest sets
+    `JOB_COMPLETION_COUNT` to the Job's `completions`.
+    """
+    index = environ.get("JOB_COMPLETION_INDEX")
+    if index is None:
+        return 0, 1
+    count = environ.get("JOB_COMPLETION_COUNT")
+    if count is None:
+        raise SpecError("JOB_COMPLETION_INDEX is set but JOB_COMPLETION_COUNT is not: set it to the Job's completions")
+    try:
+        worker = int(index), int(count)
+    except ValueError:
+        raise SpecError(f"JOB_COMPLETION_INDEX {index!r} and JOB_COMPLETION_COUNT {count!r} must be integers") from None
+    if not 0 <= worker[0] < worker[1]:
+        raise SpecError(f"JOB_COMPLETION_INDEX {worker[0]} is not in 0..JOB_COMPLETION_COUNT-1 ({worker[1] - 1})")
+    return worker
 
 
 class _DefaultToPredict(click.Group):
@@ -80,7 +103,9 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_gr
     """Predict every record of the input files; write results, errors and a summary.
 
     Rerunning the same command after a failure or a kill resumes the job: units already
-    committed are skipped, and the outputs end as an uninterrupted run's.
+    committed are skipped, and the outputs end as an uninterrupted run's. In a Kubernetes
+    Indexed Job (JOB_COMPLETION_INDEX and JOB_COMPLETION_COUNT set), only that shard of the
+    units runs; the pods' outputs together are the whole job's.
     """
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     from .jobstate import JobConflict
@@ -106,7 +131,8 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_gr
     signal.signal(signal.SIGINT, on_signal)
     try:
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
-        summary = run(spec, stopping=stopping)
+        worker_index, worker_count = worker_from_environment(os.environ)
+        summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping)
     except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, JobConflict) as exc:
         click.echo(f"batch-predict: error: {exc}", err=True)
         sys.exit(EXIT_BAD_SETUP)
@@ -120,6 +146,11 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_gr
         f"records read {summary.records_read}, predicted {summary.predicted}, failed {summary.failed}, "
         f"detections {summary.detections}, {summary.wall_time_s:.1f} s, {summary.images_per_second:.1f} images/s"
     )
+    if not summary.complete:
+        click.echo(
+            f"shard {worker_index} of {worker_count} done; {summary.units_committed} of {summary.units} units of the job "
+            "committed so far (counts above); the run that commits the last unit writes the summary"
+        )
     if summary.error_rate > spec.max_error_rate:
         click.echo(
             f"batch-predict: error: {summary.failed} of {summary.records_read} records failed "

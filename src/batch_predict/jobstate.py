@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import posixpath
 import re
 from collections.abc import Sequence
@@ -25,7 +24,6 @@ from .sources import InputFile
 from .spec import JobSpec
 from .units import Unit
 
-log = logging.getLogger("batch_predict")
 
 _FORMAT_VERSION = 1
 _COMMIT_NAME = re.compile(r"(\d{5,})-of-(\d{5,})\.json")
@@ -93,30 +91,42 @@ class JobState:
         self.identity = identity
         self.root = f"{spec.output_result_prefix}-job"
         self._fs, self._committed_dir = fsspec.core.url_to_fs(f"{self.root}/committed")
+        self._stored: dict[str, Any] | None = None
+        self._overwrite = False
 
     @classmethod
     def open(cls, spec: JobSpec, files: Sequence[InputFile], units: Sequence[Unit]) -> "JobState":
-        """The job's state: new, resumed, or (with `spec.overwrite`) started over.
+        """The job's state, checked but not yet changed (`begin` writes).
 
         Fails before any input is read when an output location cannot be written
-        (`OutputError`) or when the prefixes hold a different job (`JobConflict`).
+        (`OutputError`) or, unless `spec.overwrite`, when the prefixes hold a different job
+        (`JobConflict`).
         """
         state = cls(spec, units, job_identity(spec, files, units))
         ensure_writable(spec.output_result_prefix)
         ensure_writable(spec.output_error_prefix)
-        stored = state._stored_identity()
-        if spec.overwrite:
-            state._start_over()
-        elif stored is not None and (said := _differences(stored, state.identity)):
+        state._overwrite = spec.overwrite
+        state._stored = state._stored_identity()
+        if not spec.overwrite and state._stored is not None and (said := _differences(state._stored, state.identity)):
             raise JobConflict(
                 f"{state.root}/job.json records a different job writing to these output prefixes ("
                 + "; ".join(said)
                 + "). Rerun with the same arguments to resume it, pass --overwrite to start over, "
                 "or choose other output prefixes."
             )
-        if stored is None or spec.overwrite:
-            write_atomically(f"{state.root}/job.json", json.dumps({"version": _FORMAT_VERSION, **state.identity}, indent=2))
         return state
+
+    def begin(self) -> None:
+        """Record the job in `job.json`, first removing an earlier job's outputs if overwriting.
+
+        Called once the model has loaded, so that a job failing at setup leaves the
+        prefixes as they were.
+        """
+        if self._overwrite:
+            self._start_over()
+        if self._stored is None or self._overwrite:
+            write_atomically(f"{self.root}/job.json", json.dumps({"version": _FORMAT_VERSION, **self.identity}, indent=2))
+            self._stored, self._overwrite = self.identity, False
 
     def _stored_identity(self) -> dict[str, Any] | None:
         try:
@@ -142,7 +152,12 @@ class JobState:
         return shard_name(self.result_prefix, unit.index, unit.count), shard_name(self.error_prefix, unit.index, unit.count)
 
     def committed(self) -> dict[int, UnitCounts]:
-        """{unit index: its counts} for every unit of this job committed so far, by any process."""
+        """{unit index: its counts} for every unit of this job committed so far, by any process.
+
+        None yet when overwriting: what is there belongs to the job being replaced.
+        """
+        if self._overwrite:
+            return {}
         try:
             listing = self._fs.ls(self._committed_dir, detail=False)
         except FileNotFoundError:

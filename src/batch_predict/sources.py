@@ -22,7 +22,7 @@ from fsspec.implementations.local import LocalFileSystem
 from . import example
 from .decode import to_uint8_rgb
 from .records import Record, RecordError, default_key
-from .tfrecord import TFRecordCorruption, TFRecordDataCorruption, read_records
+from .tfrecord import TFRecordCorruption, TFRecordDataCorruption, read_record_range
 
 _GLOB_CHARS = frozenset("*?[")
 _IMAGE_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
@@ -102,7 +102,7 @@ def read_file(
 
 
 def _read_tfrecords(source: str, stream: Any, start: int, end: int | None) -> Iterator[Record | RecordError]:
-    for index, data in read_records(stream, start, end):
+    for index, data in read_record_range(stream, start, end):
         if isinstance(data, TFRecordDataCorruption):
             yield RecordError(default_key(source, index), source, index, type(data).__name__, str(data), "read")
             continue
@@ -137,8 +137,9 @@ def _read_json_lines(source: str, stream: Any, start: int, end: int | None) -> I
         try:
             instance = json.loads(line)
             if isinstance(instance, dict) and "key" in instance:
-                key = str(instance["key"])  # so that an error line names the instance as its user does
-            _, image = parse_instance(instance)
+                instance = dict(instance)
+                key = str(instance.pop("key"))
+            image = parse_instance(instance)
         except (ValueError, TypeError) as exc:
             yield RecordError(key, source, index, type(exc).__name__, str(exc), "read")
             continue
@@ -148,17 +149,13 @@ def _read_json_lines(source: str, stream: Any, start: int, end: int | None) -> I
             yield Record(key, source, index, array=image, height=image.shape[0], width=image.shape[1])
 
 
-def parse_instance(instance: Any) -> tuple[str | None, bytes | np.ndarray]:
-    """(key or None, encoded bytes or HxWx3 uint8) of one Cloud ML style instance.
+def parse_instance(instance: Any) -> bytes | np.ndarray:
+    """The encoded bytes or HxWx3 uint8 pixels of one Cloud ML style instance, its key removed.
 
     Accepts `{"b64": ...}`, `{"<input name>": {"b64": ...}}`, `{"<input name>": [[[r,g,b]...]...]}`
-    and a bare nested list, each dict with an optional `"key"`.
+    and a bare nested list.
     """
-    key = None
     if isinstance(instance, dict):
-        instance = dict(instance)
-        if "key" in instance:
-            key = str(instance.pop("key"))
         if "b64" not in instance:
             if len(instance) != 1:
                 raise ValueError(f"expected one image field besides 'key', got {sorted(instance) or 'none'}")
@@ -168,11 +165,11 @@ def parse_instance(instance: Any) -> tuple[str | None, bytes | np.ndarray]:
         if not isinstance(value, str):
             raise ValueError("'b64' must be a base64 string")
         try:
-            return key, base64.b64decode(value, validate=True)
+            return base64.b64decode(value, validate=True)
         except binascii.Error as exc:
             raise ValueError(f"invalid base64: {exc}") from None
     if isinstance(instance, list):
-        return key, _uint8_array(instance)
+        return _uint8_array(instance)
     raise ValueError(f"unrecognised instance: expected {{'b64': ...}} or a nested uint8 list, got {type(instance).__name__}")
 
 

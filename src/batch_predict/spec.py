@@ -5,7 +5,6 @@ Nothing below the CLI reads flags or environment variables; it reads a `JobSpec`
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,10 +71,6 @@ class JobSpec:
         _check_range("queue_depth", self.queue_depth, 1, 1024)
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith(("cuda", "gpu")):
             raise SpecError(f"--device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
-
-    def replace(self, **changes: object) -> "JobSpec":
-        """A copy with some settings changed (validated again)."""
-        return dataclasses.replace(self, **changes)
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:

@@ -36,18 +36,26 @@ def masked_crc(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
-def read_records(
+def read_records(stream: BinaryIO) -> Iterator[bytes | TFRecordDataCorruption]:
+    """Yield each record's bytes, or a `TFRecordDataCorruption` in its place.
+
+    A bad data CRC spoils one record only, since its length was verified, so reading goes
+    on. A bad length CRC or a short read loses the framing: `TFRecordCorruption` is raised.
+    """
+    for _, data in read_record_range(stream):
+        yield data
+
+
+def read_record_range(
     stream: BinaryIO, start: int = 0, end: int | None = None
 ) -> Iterator[tuple[int, bytes | TFRecordDataCorruption]]:
     """(index in the file, data) of each record whose header begins in bytes [start, end).
 
-    A bad data CRC spoils one record only, since its length was verified: a
-    `TFRecordDataCorruption` takes its place and reading goes on. A bad length CRC or a short
-    read loses the framing: `TFRecordCorruption` is raised if it is within the range. Records
-    before `start` are skipped by seeking past their data, so that a file split into byte
-    ranges is read about once, not once per range; their length CRCs are still checked,
-    since the framing must hold to find where the range's first record begins, and a break
-    there is reported by the range it lies in, not here.
+    As `read_records`, for one byte range of a file. Records before `start` are skipped by
+    seeking past their data, so that a file split into ranges is read about once, not once
+    per range; their length CRCs are still checked, since the framing must hold to find
+    where the range's first record begins. A framing break before the range ends it
+    silently: the range the break lies in reports it.
     """
     index = offset = 0
     while end is None or offset < end:

@@ -62,6 +62,7 @@ def run(
     if pending:
         model = model or load_model(spec)
         log.info("batch-predict: model %s", model.describe())
+        state.begin()
         limit = BatchLimit()
         for unit in pending:
             if stopping is not None and stopping.requested.is_set():
