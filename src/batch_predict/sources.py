@@ -37,12 +37,13 @@ class NoInputError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class InputFile:
-    """One matched input file, with the file system that reads it and its size in bytes."""
+    """One matched input file, with the file system that reads it and its size in bytes
+    (0 when not known: such a file is never split into byte ranges)."""
 
     url: str
     fs: fsspec.AbstractFileSystem
     path: str
-    size: int
+    size: int = 0
 
 
 def expand_patterns(patterns: Iterable[str]) -> list[InputFile]:
