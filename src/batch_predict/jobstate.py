@@ -10,6 +10,7 @@ Under `<output_result_prefix>-job/`:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import posixpath
@@ -180,7 +181,7 @@ class JobState:
             "slices": [piece.to_json() for piece in unit.slices],
             "result_file": result_path,
             "error_file": error_path,
-            "counts": counts.__dict__,
+            "counts": dataclasses.asdict(counts),
         }
         write_atomically(f"{self.root}/committed/{unit.index:05d}-of-{unit.count:05d}.json", json.dumps(record))
 
