@@ -1,3 +1,8 @@
+import io
+import struct
+import tracemalloc
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -5,6 +10,7 @@ from PIL import Image
 from batch_predict.decode import ImageDecodeError, ImageTooLarge, decode, encode_png, probe
 from batch_predict.records import Record
 
+from conftest import shared_file
 from images import encode, gradient
 
 
@@ -63,3 +69,96 @@ def test_arrays_are_encoded_losslessly_for_models_that_take_strings():
     record = encode_png(Record("k", "src", 0, array=pixels))
     assert record.array is None and (record.width, record.height) == (5, 4)
     np.testing.assert_array_equal(decode(record, max_pixels=100).array, pixels)
+
+
+# On a real photo: hostile headers, damage, pixel formats, EXIF.
+
+LIMIT = 178_956_970
+
+
+@pytest.fixture(scope="module")
+def bus_jpeg() -> bytes:
+    return shared_file("data/photos/bus.jpg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def bus(bus_jpeg) -> Image.Image:
+    return Image.open(io.BytesIO(bus_jpeg)).convert("RGB")
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A small, valid-looking PNG whose header declares `width` x `height` pixels."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _jpeg_declaring(jpeg: bytes, width: int, height: int) -> bytes:
+    """A real JPEG with the frame header's dimensions rewritten."""
+    at = 2
+    while jpeg[at + 1] not in (0xC0, 0xC1, 0xC2):
+        at += 2 + struct.unpack(">H", jpeg[at + 2 : at + 4])[0]
+    return jpeg[: at + 5] + struct.pack(">HH", height, width) + jpeg[at + 9 :]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_image_fails_to_decode_but_its_header_still_probes(bus, fmt):
+    data = encode(bus, fmt)
+    cut = data[: len(data) // 2]
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode(_record(cut), LIMIT)
+    # Encoded-input models decode for themselves: theirs is the error (see test_faults).
+    assert probe(_record(cut), LIMIT).width == bus.width
+
+
+@pytest.mark.parametrize("step", [probe, decode])
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_decompression_bomb_is_refused_from_its_header_before_allocating(bus_jpeg, step, kind):
+    bomb = _png_declaring(60_000, 60_000) if kind == "png" else _jpeg_declaring(bus_jpeg, 65_000, 65_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageTooLarge, match=r"exceeds the limit of 178956970"):
+            step(_record(bomb), LIMIT)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20  # decoding would need 10 GiB or more
+
+
+def test_pixel_limit_is_the_jobs_not_pillows(bus):
+    small = encode(bus.resize((200, 100)), "PNG")
+    with pytest.raises(ImageTooLarge, match="200x100 = 20000 pixels exceeds the limit of 19999"):
+        decode(_record(small), 19_999)
+    # Above Pillow's own bomb limit (2 x 89 M pixels): allowed when the job allows it.
+    assert probe(_record(_png_declaring(20_000, 20_000)), 400_000_000).width == 20_000
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16"])
+def test_every_pixel_format_of_a_photo_keeps_its_content(bus, mode):
+    grey = np.asarray(bus.convert("L"))
+    if mode == "I;16":
+        image, fmt = Image.fromarray(grey.astype(np.uint16) * 257), "PNG"  # 16-bit PNG
+    elif mode == "CMYK":
+        image, fmt = bus.convert("CMYK"), "JPEG"
+    elif mode == "P":
+        image, fmt = bus.quantize(256), "PNG"
+    else:
+        image, fmt = bus.convert(mode), "PNG"
+    record = decode(_record(encode(image, fmt)), LIMIT)
+    assert record.array.shape == (bus.height, bus.width, 3) and record.array.dtype == np.uint8
+    assert (record.width, record.height) == bus.size
+    reference = np.asarray(bus) if mode in ("RGBA", "CMYK", "P") else np.repeat(grey[:, :, None], 3, axis=2)
+    tolerance = 10 if mode in ("CMYK", "P") else 0  # lossy JPEG, 256-colour palette
+    assert np.abs(record.array.astype(int) - reference).mean() <= tolerance
+
+
+def test_exif_orientation_is_ignored_boxes_refer_to_the_stored_pixel_grid(bus):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    rotated_tag = encode(bus, "PNG", exif=exif.tobytes())
+    plain = decode(_record(encode(bus, "PNG")), LIMIT)
+    tagged = decode(_record(rotated_tag), LIMIT)
+    assert Image.open(io.BytesIO(rotated_tag)).getexif()[0x0112] == 6
+    assert (tagged.width, tagged.height) == (bus.width, bus.height)
+    assert np.array_equal(tagged.array, plain.array)

@@ -4,42 +4,16 @@ import time
 import numpy as np
 import pytest
 
-from batch_predict.pipeline import background, form_batches, predict_isolating, prepare_for, run_pipeline
-from batch_predict.records import Detections, Prediction, Record, RecordError
-from batch_predict.sinks import JobOutputs
+import torch
+
+from batch_predict.pipeline import (
+    BatchLimit, Stopped, background, form_batches, is_out_of_memory, predict_isolating, prepare_for, run_pipeline,
+)
+from batch_predict.records import Prediction, Record, RecordError
+from batch_predict.sinks import UnitOutputs
 
 from images import encode, gradient
-
-
-class MeanColourModel:
-    """A real, if trivial, detector: one whole-image box scored by mean brightness.
-
-    Fails any batch holding a record whose key starts with "poison", as a model fails
-    on an input it cannot handle, and counts its calls.
-    """
-
-    input_kind = "image"
-    same_size_batches = True
-    labels = {1: "image"}
-
-    def __init__(self):
-        self.batch_sizes = []
-
-    def predict(self, records):
-        self.batch_sizes.append(len(records))
-        if any(r.key.startswith("poison") for r in records):
-            raise ValueError("cannot handle poison")
-        return [
-            Detections(
-                boxes=np.array([[0, 0, r.width, r.height]], np.float32),
-                scores=np.array([r.array.mean() / 255], np.float32),
-                classes=np.array([1]),
-            )
-            for r in records
-        ]
-
-    def describe(self):
-        return {"backend": "test"}
+from toymodels import MeanColourModel
 
 
 def _record(key, width=8, height=6):
@@ -119,11 +93,86 @@ def test_every_record_ends_once_in_results_or_errors(tmp_path):
     records[7] = Record("poison", "src", 7, encoded=encode(gradient(8, 8)))
     records[20] = Record("broken", "src", 20, encoded=b"not an image")
     records.insert(30, RecordError("unread", "src", 30, "TFRecordCorruption", "m", "read"))
-    outputs = JobOutputs(str(tmp_path / "r"), str(tmp_path / "e"), 2, {1: "image"})
+    outputs = UnitOutputs(str(tmp_path / "r-00000-of-00001.jsonl"), str(tmp_path / "e-00000-of-00001.jsonl"), {1: "image"})
     read = run_pipeline(
         records, MeanColourModel(), outputs, batch_size=8, max_image_pixels=1 << 20, num_decode_workers=2, queue_depth=2
     )
-    summary = outputs.close(1, read, 1.0)
-    assert (summary.records_read, summary.predicted, summary.failed) == (51, 48, 3)
-    assert summary.error_types == {"ImageDecodeError": 1, "TFRecordCorruption": 1, "ValueError": 1}
+    counts = outputs.commit(read)
+    assert (counts.records_read, counts.predicted, counts.failed) == (51, 48, 3)
+    assert counts.error_types == {"ImageDecodeError": 1, "TFRecordCorruption": 1, "ValueError": 1}
     assert threading.active_count() < 10
+
+
+# Out of device memory: split and retry, then cut later batches to the size that worked.
+# torch.cuda.OutOfMemoryError is the real exception type; only its cause is simulated.
+
+def test_out_of_memory_batches_are_split_and_later_batches_cut_to_what_worked():
+    model, limit = MeanColourModel(memory=3), BatchLimit()
+    first = predict_isolating(model, [_record(f"a{i}") for i in range(16)], limit)
+    assert model.batch_sizes[:4] == [16, 8, 4, 2]  # bisected until a part fits
+    tries_of_the_first_batch = len(model.batch_sizes)
+    later = [o for b in range(3) for o in predict_isolating(model, [_record(f"b{b}-{i}") for i in range(16)], limit)]
+    assert all(isinstance(o, Prediction) for o in first + later) and len(first + later) == 64
+    # No more out-of-memory tries: every later batch goes at the size that worked.
+    assert limit.size == 2 and set(model.batch_sizes[tries_of_the_first_batch:]) == {2}
+
+
+def test_a_record_too_big_for_memory_alone_is_an_error_and_shrinks_batches_once_at_most():
+    model, limit = MeanColourModel(), BatchLimit()
+    batch = [_record(f"r{i}") for i in range(16)]
+    batch[3] = _record("too-big-3")
+    outcomes = predict_isolating(model, batch, limit)
+    (error,) = [o for o in outcomes if isinstance(o, RecordError)]
+    assert (error.key, error.error_type, error.stage) == ("too-big-3", "OutOfMemoryError", "predict")
+    assert limit.size == 8  # the half without it worked whole
+
+
+def test_out_of_memory_is_recognised_across_frameworks():
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("x"))
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not is_out_of_memory(ValueError("bad shape"))
+
+
+# Stopping and failing: every thread of the pipeline ends.
+
+def _pipeline_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("batch-predict")]
+
+
+def _wait_until_no_pipeline_threads():
+    for _ in range(100):
+        if not _pipeline_threads():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"pipeline threads still running: {_pipeline_threads()}")
+
+
+class _ListSink:
+    def __init__(self):
+        self.outcomes = []
+
+    def write(self, outcomes):
+        self.outcomes += outcomes
+
+
+def test_abandon_stops_before_the_next_batch_and_stops_every_thread():
+    abandon = threading.Event()
+    model = MeanColourModel(on_predict=lambda _: abandon.set())
+    endless = (_record(f"k{i}") for i in range(10**9))
+    with pytest.raises(Stopped):
+        run_pipeline(endless, model, _ListSink(), batch_size=4, max_image_pixels=1 << 20,
+                     num_decode_workers=2, queue_depth=2, abandon=abandon)
+    assert model.batch_sizes == [4]
+    _wait_until_no_pipeline_threads()
+
+
+def test_a_source_that_fails_mid_way_raises_and_stops_every_thread():
+    def failing():
+        yield from (_record(f"k{i}") for i in range(10))
+        raise OSError("connection reset")
+
+    with pytest.raises(OSError, match="connection reset"):
+        run_pipeline(failing(), MeanColourModel(), _ListSink(), batch_size=4, max_image_pixels=1 << 20,
+                     num_decode_workers=2, queue_depth=2)
+    _wait_until_no_pipeline_threads()

@@ -1,10 +1,14 @@
 import json
+import uuid
 
+import fsspec
 import numpy as np
 import pytest
 
 from batch_predict.records import Detections, Prediction, Record, RecordError
-from batch_predict.sinks import JobOutputs, OutputError, result_line, shard_name, summary_path
+from batch_predict.sinks import (
+    OutputError, UnitOutputs, ensure_writable, result_line, shard_files, shard_name, write_atomically,
+)
 
 
 def _prediction(key="k", boxes=((10, 20, 110, 70),), scores=(0.9,), classes=(3,)):
@@ -34,31 +38,80 @@ def test_without_a_label_map_detections_carry_ids_only():
     assert "label" not in detection and detection["class_id"] == 3
 
 
-def test_outputs_fill_every_shard_and_account_for_each_record(tmp_path):
-    outputs = JobOutputs(str(tmp_path / "out/results"), str(tmp_path / "out/errors"), 3, {})
-    outputs.write([_prediction("a"), RecordError("b", "f", 1, "ValueError", "bad", "decode")])
+def _error(key):
+    return RecordError(key, "f", 1, "ValueError", "bad", "decode")
+
+
+@pytest.fixture(params=["local", "memory"])
+def prefix(request, tmp_path) -> str:
+    """An output prefix on a local disk, and on an object-store-like file system (no real rename)."""
+    if request.param == "local":
+        return str(tmp_path / "out" / "results")
+    return f"memory://{uuid.uuid4().hex}/out/results"
+
+
+def _names(prefix):
+    return sorted(path.rsplit("/", 1)[1] for path in shard_files(prefix))
+
+
+def test_unit_shards_appear_only_when_committed_and_account_for_each_record(prefix):
+    ensure_writable(prefix)
+    result, error = shard_name(prefix, 2, 5), shard_name(prefix + "-err", 2, 5)
+    outputs = UnitOutputs(result, error, {})
+    outputs.write([_prediction("a"), _error("b")])
     outputs.write([_prediction("c", boxes=np.zeros((0, 4)), scores=(), classes=())])
-    summary = outputs.close(files=1, records_read=3, wall_time_s=2.0)
-    results = [json.loads(line) for p in summary.result_files for line in open(p)]
-    errors = [json.loads(line) for p in summary.error_files for line in open(p)]
-    assert sorted(r["key"] for r in results) == ["a", "c"]
-    assert errors == [{"key": "b", "source": "f", "record_index": 1, "error_type": "ValueError",
-                       "message": "bad", "stage": "decode"}]
-    assert len(summary.result_files) == 3 and all(open(p) for p in summary.result_files)
-    on_disk = json.load(open(summary_path(str(tmp_path / "out/results"))))
-    assert on_disk["records_read"] == 3 and on_disk["predicted"] == 2 and on_disk["failed"] == 1
-    assert on_disk["detections"] == 1 and on_disk["images_per_second"] == 1.0
+    fs = fsspec.core.url_to_fs(prefix)[0]
+    assert not fs.exists(result) and not fs.exists(error)
+    assert [name.endswith(".partial") for name in _names(prefix)] == [True]
+    counts = outputs.commit(records_read=3)
+    assert (counts.records_read, counts.predicted, counts.failed, counts.detections) == (3, 2, 1, 1)
+    assert counts.error_types == {"ValueError": 1}
+    assert _names(prefix) == ["results-00002-of-00005.jsonl"]
+    with fsspec.open(result, "rt") as f:
+        assert [json.loads(line)["key"] for line in f] == ["a", "c"]
+    with fsspec.open(error, "rt") as f:
+        assert [json.loads(line) for line in f] == [{"key": "b", "source": "f", "record_index": 1,
+                                                     "error_type": "ValueError", "message": "bad", "stage": "decode"}]
 
 
-def test_a_lost_record_is_an_accounting_error(tmp_path):
-    outputs = JobOutputs(str(tmp_path / "r"), str(tmp_path / "e"), 1, {})
+def test_a_discarded_unit_leaves_nothing(prefix):
+    ensure_writable(prefix)
+    outputs = UnitOutputs(shard_name(prefix, 0, 1), shard_name(prefix + "-err", 0, 1), {})
     outputs.write([_prediction("a")])
-    with pytest.raises(RuntimeError, match="accounting mismatch"):
-        outputs.close(files=1, records_read=2, wall_time_s=1.0)
+    outputs.discard()
+    assert _names(prefix) == []
+
+
+def test_a_lost_record_is_an_accounting_error_and_nothing_is_committed(prefix):
+    ensure_writable(prefix)
+    outputs = UnitOutputs(shard_name(prefix, 0, 1), shard_name(prefix + "-err", 0, 1), {})
+    outputs.write([_prediction("a")])
+    with pytest.raises(RuntimeError, match="accounting mismatch: 2 records read but 1 predicted"):
+        outputs.commit(records_read=2)
+    assert _names(prefix) == []
+
+
+def test_write_atomically_replaces_whole_files(prefix):
+    path = prefix + "-job/job.json"
+    write_atomically(path, "first")
+    write_atomically(path, "second")
+    with fsspec.open(path, "rt") as f:
+        assert f.read() == "second"
+    fs, root = fsspec.core.url_to_fs(path)
+    assert fs.ls(root.rsplit("/", 1)[0], detail=False) == [fs._strip_protocol(path)]
 
 
 def test_an_unwritable_location_fails_at_once(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(OutputError, match="cannot write"):
-        JobOutputs(str(blocker / "results"), str(tmp_path / "e"), 1, {})
+    with pytest.raises(OutputError, match="cannot write output files under"):
+        ensure_writable(str(blocker / "results"))
+
+
+def test_shard_files_matches_only_this_prefixs_shards(tmp_path):
+    for name in ["results-00000-of-00002.jsonl", "results-00001-of-00002.jsonl.0a1b.partial", "results-summary.json",
+                 "results2-00000-of-00001.jsonl", "other-00000-of-00001.jsonl"]:
+        (tmp_path / name).write_text("")
+    prefix = str(tmp_path / "results")
+    assert _names(prefix) == ["results-00000-of-00002.jsonl", "results-00001-of-00002.jsonl.0a1b.partial"]
+    assert [p.rsplit("/", 1)[1] for p in shard_files(prefix, partial_only=True)] == ["results-00001-of-00002.jsonl.0a1b.partial"]

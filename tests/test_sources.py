@@ -16,9 +16,16 @@ from images import encode, gradient
 JPEG = encode(gradient())
 
 
-def _records(path, fmt):
+def _records(path, fmt, start=0, end=None):
     (file,) = expand_patterns([str(path)])
-    return list(read_file(file, fmt))
+    return list(read_file(file, fmt, start, end))
+
+
+def _tfrecord(path, payloads):
+    with open(path, "wb") as f:
+        for payload in payloads:
+            write_record(f, payload)
+    return path.read_bytes()
 
 
 def test_patterns_expand_globs_commas_and_dedupe(tmp_path):
@@ -32,6 +39,19 @@ def test_a_pattern_matching_nothing_fails_naming_it(tmp_path):
     (tmp_path / "x.tfrecord").write_bytes(b"")
     with pytest.raises(NoInputError, match="missing-"):
         expand_patterns([str(tmp_path / "x.tfrecord"), str(tmp_path / "missing-*.tfrecord")])
+
+
+def test_expanded_files_carry_their_sizes(tmp_path):
+    (tmp_path / "a.tfrecord").write_bytes(b"x" * 7)
+    (tmp_path / "b.tfrecord").write_bytes(b"")
+    files = expand_patterns([str(tmp_path / "*.tfrecord")])
+    assert [(f.url.rsplit("/", 1)[1], f.size) for f in files] == [("a.tfrecord", 7), ("b.tfrecord", 0)]
+
+
+@pytest.mark.parametrize("name, fmt", [("empty.tfrecord", "tfrecord"), ("empty.json", "json")])
+def test_a_zero_byte_input_file_has_no_records_and_no_error(tmp_path, name, fmt):
+    (tmp_path / name).write_bytes(b"")
+    assert _records(tmp_path / name, fmt) == []
 
 
 def test_fsspec_urls_are_read_through_their_file_system():
@@ -82,6 +102,29 @@ def test_a_truncated_file_yields_its_complete_records_then_one_error(tmp_path):
     assert isinstance(error, RecordError) and error.index == 1 and error.error_type == "TFRecordCorruption"
 
 
+def test_a_bad_length_crc_ends_the_file_with_one_error(tmp_path):
+    data = bytearray(_tfrecord(tmp_path / "len.tfrecord", [JPEG, JPEG, JPEG]))
+    data[12 + len(JPEG) + 4 + 8] ^= 0x01  # the second record's length CRC
+    (tmp_path / "len.tfrecord").write_bytes(bytes(data))
+    first, error = _records(tmp_path / "len.tfrecord", "tfrecord")
+    assert isinstance(first, Record)
+    assert (error.index, error.error_type) == (1, "TFRecordCorruption") and "length CRC mismatch" in error.message
+
+
+def test_a_truncated_gzip_file_yields_the_records_before_the_cut_then_one_error(tmp_path):
+    packed = gzip.compress(_tfrecord(tmp_path / "plain.tfrecord", [JPEG] * 30))
+    (tmp_path / "cut.tfrecord.gz").write_bytes(packed[: len(packed) * 9 // 10])
+    items = _records(tmp_path / "cut.tfrecord.gz", "tfrecord_gzip")
+    assert all(isinstance(i, Record) for i in items[:-1]) and 0 < len(items) - 1 < 30
+    assert isinstance(items[-1], RecordError) and items[-1].index == len(items) - 1
+
+
+def test_a_gzip_file_is_never_read_from_a_byte_range(tmp_path):
+    (tmp_path / "in.tfrecord.gz").write_bytes(gzip.compress(_tfrecord(tmp_path / "in.tfrecord", [JPEG])))
+    with pytest.raises(ValueError, match="compressed"):
+        _records(tmp_path / "in.tfrecord.gz", "tfrecord_gzip", 10, 20)
+
+
 def test_a_gzip_format_file_that_is_not_gzip_is_one_error(tmp_path):
     path = tmp_path / "plain.tfrecord"
     with open(path, "wb") as f:
@@ -115,11 +158,18 @@ def test_json_lines_accept_every_cloud_ml_instance_form(tmp_path):
     [
         ("{not json", "Expecting property name"),
         ('{"b64": "###"}', "invalid base64"),
+        ('{"b64": 12}', "'b64' must be a base64 string"),
         ('{"inputs": [[1, 2], [3]]}', "not rectangular"),
+        ('{"inputs": [1, 2, 3]}', "HxWx3"),
+        ('{"inputs": [[[1, 2], [3, 4]]]}', "HxWx3"),
         ('{"inputs": [[[1, 2, 3, 4, 5]]]}', "HxWx3"),
         ('{"inputs": [[[1, 2, 300]]]}', "0..255"),
+        ('{"inputs": [[[-1, 2, 3]]]}', "0..255"),
         ('{"inputs": [[[1.5, 2, 3]]]}', "non-integer"),
+        ('{"inputs": [[[NaN, 2, 3]]]}', "NaN"),
         ('{"inputs": [[["a", "b", "c"]]]}', "numbers"),
+        ('{"inputs": [[[true, false, true]]]}', "numbers"),
+        ('{"inputs": []}', "numbers"),
         ('{"a": 1, "b": 2}', "one image field"),
         ('{"key": "only a key"}', "one image field"),
         ('"a string"', "unrecognised instance"),
@@ -136,3 +186,48 @@ def test_each_bad_json_line_is_one_error_naming_the_problem(tmp_path, line, mess
 def test_nan_in_an_array_is_refused():
     with pytest.raises(ValueError, match="NaN"):
         parse_instance({"inputs": [[[float("nan"), 0, 0]]]})
+
+
+def test_the_error_line_of_a_bad_json_instance_keeps_its_given_key(tmp_path):
+    (tmp_path / "in.json").write_text(json.dumps({"key": "mine", "inputs": [1, 2]}) + "\n")
+    (error,) = _records(tmp_path / "in.json", "json")
+    assert (error.key, error.index, error.stage) == ("mine", 0, "read")
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_json_arrays_with_one_or_four_channels_become_rgb(tmp_path, channels):
+    pixel = [7] * channels
+    (tmp_path / "in.json").write_text(json.dumps({"inputs": [[pixel, pixel]] * 3}) + "\n")
+    (record,) = _records(tmp_path / "in.json", "json")
+    assert record.array.shape == (3, 2, 3) and record.array.dtype == np.uint8
+    assert record.array.tolist()[0][0] == [7, 7, 7]
+
+
+# Byte ranges: records keep their index (and key) in the whole file, and each is read once.
+
+def test_json_byte_ranges_keep_line_indices_and_read_each_line_once(tmp_path):
+    lines = [json.dumps({"inputs": [[[i, i, i]]]}) if i % 4 else "" for i in range(40)]
+    text = "\n".join(lines) + "\n"
+    (tmp_path / "in.json").write_text(text)
+    whole = [(r.key, r.index) for r in _records(tmp_path / "in.json", "json")]
+    size = len(text.encode())
+    for cuts in ([size // 2], [1, 2, 3, 100, 101, size - 2], list(range(7, size, 53))):
+        bounds = [0, *cuts, None]
+        pieces = [(r.key, r.index) for s, e in zip(bounds, bounds[1:]) for r in _records(tmp_path / "in.json", "json", s, e)]
+        assert pieces == whole
+
+
+def test_tfrecord_byte_ranges_read_each_record_once_with_its_file_key(tmp_path):
+    data = _tfrecord(tmp_path / "in.tfrecord", [JPEG] * 9)
+    whole = [r.key for r in _records(tmp_path / "in.tfrecord", "tfrecord")]
+    bounds = [(0, 1), (1, len(data) // 2), (len(data) // 2, None)]
+    pieces = [r.key for s, e in bounds for r in _records(tmp_path / "in.tfrecord", "tfrecord", s, e)]
+    assert pieces == whole and len(whole) == 9
+
+
+def test_an_input_file_that_vanished_raises_rather_than_becoming_error_lines(tmp_path):
+    _tfrecord(tmp_path / "in.tfrecord", [JPEG])
+    (file,) = expand_patterns([str(tmp_path / "in.tfrecord")])
+    (tmp_path / "in.tfrecord").unlink()
+    with pytest.raises(FileNotFoundError):
+        list(read_file(file, "tfrecord"))

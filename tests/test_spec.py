@@ -25,7 +25,8 @@ def test_the_spec_is_frozen():
         ({"input_file_format": "csv"}, "--input_file_format"),
         ({"model_dir": ""}, "--model_dir"),
         ({"batch_size": 0}, "--batch_size"),
-        ({"num_output_shards": 0}, "--num_output_shards"),
+        ({"num_output_shards": -1}, "--num_output_shards"),
+        ({"num_output_shards": 100_000}, "--num_output_shards"),
         ({"score_threshold": 1.5}, "--score_threshold"),
         ({"max_error_rate": -0.1}, "--max_error_rate"),
         ({"device": "tpu"}, "--device"),
@@ -34,3 +35,4 @@ def test_the_spec_is_frozen():
 def test_invalid_settings_name_their_flag(change, flag):
     with pytest.raises(SpecError, match=flag):
         JobSpec(**{**REQUIRED, **change})
+

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+from collections.abc import Mapping
 
 import click
 
@@ -13,6 +16,11 @@ from .spec import DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, INPUT_FORMAT
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_SETUP = 2
+#: Kubernetes stops a pod with SIGTERM; 30 s later it sends SIGKILL. The unit in progress
+#: gets most of that to commit, and the process still exits before the kill.
+DEFAULT_TERMINATION_GRACE_S = 20.0
+
+log = logging.getLogger("batch_predict")
 
 
 def _flag(name: str, dest: str | None = None, **kwargs):
@@ -20,6 +28,27 @@ def _flag(name: str, dest: str | None = None, **kwargs):
     dashed = name.replace("_", "-")
     names = [f"--{name}"] + ([f"--{dashed}"] if dashed != name else [])
     return click.option(*names, dest or name, **kwargs)
+
+
+def worker_from_environment(environ: Mapping[str, str]) -> tuple[int, int]:
+    """(index, count) of this process among the pods of a Kubernetes Indexed Job; (0, 1) outside one.
+
+    Kubernetes sets `JOB_COMPLETION_INDEX` in each pod but no count, so the manifest sets
+    `JOB_COMPLETION_COUNT` to the Job's `completions`.
+    """
+    index = environ.get("JOB_COMPLETION_INDEX")
+    if index is None:
+        return 0, 1
+    count = environ.get("JOB_COMPLETION_COUNT")
+    if count is None:
+        raise SpecError("JOB_COMPLETION_INDEX is set but JOB_COMPLETION_COUNT is not: set it to the Job's completions")
+    try:
+        worker = int(index), int(count)
+    except ValueError:
+        raise SpecError(f"JOB_COMPLETION_INDEX {index!r} and JOB_COMPLETION_COUNT {count!r} must be integers") from None
+    if not 0 <= worker[0] < worker[1]:
+        raise SpecError(f"JOB_COMPLETION_INDEX {worker[0]} is not in 0..JOB_COMPLETION_COUNT-1 ({worker[1] - 1})")
+    return worker
 
 
 class _DefaultToPredict(click.Group):
@@ -65,7 +94,10 @@ def cli() -> None:
             "Default: the model spec's labels, else label_map.pbtxt or labels.txt in (or beside) --model_dir.")
 @_flag("score_threshold", type=float, default=None,
        help="Drop detections scoring below this. Default: the model spec's thresholds.score, else 0.3.")
-@_flag("num_output_shards", type=int, default=1, show_default=True, help="Number of result (and error) files.")
+@_flag("num_output_shards", type=int, default=0, show_default=True,
+       help="Number of result (and error) files, which is also the number of work units: each shard is written "
+            "and committed whole by one unit, and a rerun skips committed units. With fewer shards than input files, "
+            "a shard covers whole files; with more, files are split into byte ranges. 0: one shard per input file.")
 @_flag("device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @_flag("max_error_rate", type=float, default=DEFAULT_MAX_ERROR_RATE, show_default=True,
        help="Exit non-zero when more than this fraction of records failed (all outputs are still written).")
@@ -76,30 +108,69 @@ def cli() -> None:
 @_flag("ground_truth", default=None,
        help="A COCO instances.json: after the job, score the results (mAP, mAP@0.5, AP per class) into the summary. "
             "Results match its images by key: the image's file_name, its last path part, or its id.")
+@_flag("overwrite", is_flag=True, default=False,
+       help="Start over: delete the outputs and commit records of an earlier run under the output prefixes. "
+            "Without it, a rerun with the same arguments resumes, and one with other arguments is refused.")
+@_flag("termination_grace_seconds", type=float, default=DEFAULT_TERMINATION_GRACE_S, show_default=True,
+       help="On SIGTERM, start no new unit and give the unit in progress this long to commit before abandoning it "
+            "(keep it below the pod's terminationGracePeriodSeconds). SIGINT or a second SIGTERM abandons at once.")
 @_flag("log_level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
-def predict(input_file_patterns: tuple[str, ...], log_level: str, **settings) -> None:
-    """Predict every record of the input files; write results, errors and a summary."""
+def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_grace_seconds: float, **settings) -> None:
+    """Predict every record of the input files; write results, errors and a summary.
+
+    Rerunning the same command after a failure or a kill resumes the job: units already
+    committed are skipped, and the outputs end as an uninterrupted run's. In a Kubernetes
+    Indexed Job (JOB_COMPLETION_INDEX and JOB_COMPLETION_COUNT set), only that shard of the
+    units runs; the pods' outputs together are the whole job's.
+    """
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     from .evaluate import EvaluationError, GroundTruthError
+    from .jobstate import JobConflict
+    from .labels import LabelMapError
     from .models import ModelLoadError
-    from .runners.local import run
+    from .pipeline import Stopped
+    from .runners.local import UnitsFailed, run
+    from .runners.stopping import Stopping
     from .sinks import OutputError
     from .sources import NoInputError
-    from .labels import LabelMapError
 
+    stopping = Stopping()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        grace = termination_grace_seconds if signum == signal.SIGTERM else 0.0
+        log.warning("batch-predict: %s received: stopping (the unit in progress has %.0f s to commit)",
+                    signal.Signals(signum).name, grace)
+        stopping.request(grace)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
-        summary = run(spec)
-    except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, GroundTruthError) as exc:
+        worker_index, worker_count = worker_from_environment(os.environ)
+        summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping)
+    except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, GroundTruthError, JobConflict) as exc:
         click.echo(f"batch-predict: error: {exc}", err=True)
         sys.exit(EXIT_BAD_SETUP)
+    except Stopped as exc:
+        click.echo(f"batch-predict: {exc}", err=True)
+        sys.exit(128 + (received[0] if received else signal.SIGTERM))
     except EvaluationError as exc:
         click.echo(f"batch-predict: error: the job ran, but its results cannot be evaluated: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+    except UnitsFailed as exc:
+        click.echo(f"batch-predict: error: {exc}", err=True)
         sys.exit(EXIT_JOB_FAILED)
     click.echo(
         f"records read {summary.records_read}, predicted {summary.predicted}, failed {summary.failed}, "
         f"detections {summary.detections}, {summary.wall_time_s:.1f} s, {summary.images_per_second:.1f} images/s"
     )
+    if not summary.complete:
+        click.echo(
+            f"shard {worker_index} of {worker_count} done; {summary.units_committed} of {summary.units} units of the job "
+            "committed so far (counts above); the run that commits the last unit writes the summary"
+        )
     if summary.error_rate > spec.max_error_rate:
         click.echo(
             f"batch-predict: error: {summary.failed} of {summary.records_read} records failed "

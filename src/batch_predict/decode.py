@@ -16,8 +16,10 @@ from PIL import Image
 
 from .records import Record
 
-# The job enforces its own, configurable pixel limit before decoding (see `check_size`).
+# The job enforces its own, configurable pixel limit (`check_size`), from the header, before
+# any pixel is allocated; Pillow's fixed limit would override a user's higher --max_image_pixels.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+Image.MAX_IMAGE_PIXELS = None
 
 _CHANNELS_TO_RGB = {1: lambda a: np.repeat(a, 3, axis=2), 3: lambda a: a, 4: lambda a: a[:, :, :3]}
 

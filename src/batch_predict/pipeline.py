@@ -9,24 +9,41 @@ model never waits for I/O or decoding that could have been done ahead of it.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from . import decode
 from .models import Model
 from .records import Outcome, Prediction, Record, RecordError
-from .sinks import JobOutputs
+
+log = logging.getLogger("batch_predict")
 
 T = TypeVar("T")
 U = TypeVar("U")
 
 _DONE = object()
 _DECODE_CHUNK = 16
+
+
+#: Error types of a device or host running out of memory: torch.cuda.OutOfMemoryError,
+#: TensorFlow's ResourceExhaustedError, Python's MemoryError.
+_OUT_OF_MEMORY_TYPES = frozenset({"OutOfMemoryError", "ResourceExhaustedError", "MemoryError"})
+
+
+class Sink(Protocol):
+    """Where outcomes go, in the order they were produced."""
+
+    def write(self, outcomes: list[Outcome]) -> None: ...
+
+
+class Stopped(Exception):
+    """The run was asked to stop; what it was doing is abandoned, uncommitted."""
 
 
 class _Failure:
@@ -39,20 +56,27 @@ def background(items: Iterable[T], depth: int) -> Iterator[T]:
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            buffer.put(_DONE)
+            put(_DONE)
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            buffer.put(_Failure(exc))
+            put(_Failure(exc))
+        finally:
+            # Closed here, in the thread that iterates it (a generator cannot be closed
+            # from another thread while it runs).
+            _close(items)
 
     thread = threading.Thread(target=produce, name="batch-predict-producer", daemon=True)
     thread.start()
@@ -68,12 +92,22 @@ def background(items: Iterable[T], depth: int) -> Iterator[T]:
 def ordered_map(fn: Callable[[T], U], items: Iterable[T], pool: ThreadPoolExecutor, depth: int) -> Iterator[U]:
     """`map(fn, items)` on a pool, in order, with at most `depth` chunks in flight."""
     pending: list[Future] = []
-    for chunk in _chunks(items, _DECODE_CHUNK):
-        pending.append(pool.submit(lambda c=chunk: [fn(x) for x in c]))
-        if len(pending) >= depth:
-            yield from pending.pop(0).result()
-    for future in pending:
-        yield from future.result()
+    try:
+        for chunk in _chunks(items, _DECODE_CHUNK):
+            pending.append(pool.submit(lambda c=chunk: [fn(x) for x in c]))
+            if len(pending) >= depth:
+                yield from pending.pop(0).result()
+        for future in pending:
+            yield from future.result()
+    finally:
+        _close(items)
+
+
+def _close(items: Iterable) -> None:
+    """Close a generator left mid-way, so that the threads feeding it stop too."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
 
 
 def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -130,37 +164,92 @@ def form_batches(
     yield from groups.values()
 
 
-def predict_isolating(model: Model, batch: Sequence[Record]) -> list[Outcome]:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether a failure says the device (or host) ran out of memory, whatever the framework."""
+    kind = getattr(exc, "error_type", type(exc).__name__)
+    return kind in _OUT_OF_MEMORY_TYPES or "out of memory" in str(exc).lower()
+
+
+class BatchLimit:
+    """The largest batch the device has shown it can take, learnt from running out of memory.
+
+    Unlimited at first. A batch that runs out of memory is bisected like any failing
+    batch; the largest part of it that then succeeds becomes the size later batches are
+    cut to, so the job pays for running out of memory about once, not on every batch. A
+    record too large on its own becomes an error line, and since the other half of its
+    batch still succeeds whole, it halves the batch size once at most.
+    """
+
+    def __init__(self) -> None:
+        self.size: int | None = None
+        self._recovering = False
+        self._largest_success = 0
+
+    def chunks(self, batch: Sequence[Record]) -> list[Sequence[Record]]:
+        step = self.size or len(batch) or 1
+        return [batch[i : i + step] for i in range(0, len(batch), step)]
+
+    def failed(self, size: int, exc: BaseException) -> None:
+        if size > 1 and is_out_of_memory(exc) and not self._recovering:
+            self._recovering, self._largest_success = True, 0
+            log.warning("batch of %d ran out of memory (%s); splitting it", size, exc)
+
+    def succeeded(self, size: int) -> None:
+        if self._recovering:
+            self._largest_success = max(self._largest_success, size)
+
+    def settle(self) -> None:
+        """End of one batch: adopt what its out-of-memory recovery, if any, found to work."""
+        if self._recovering and self._largest_success:
+            self.size = self._largest_success
+            log.warning("batches are now cut to %d records; a lower --batch_size avoids the retries", self.size)
+        self._recovering = False
+
+
+def predict_isolating(model: Model, batch: Sequence[Record], limit: BatchLimit | None = None) -> list[Outcome]:
     """Predict a batch; when it fails, bisect it so that only the failing records fail.
 
     A batch with one bad record costs about 2*log2(batch) extra calls, and every good
-    record in it is still predicted.
+    record in it is still predicted. With a `limit`, batches are first cut to the size
+    that has worked since the device last ran out of memory.
     """
+    limit = limit or BatchLimit()
+    outcomes: list[Outcome] = []
+    for chunk in limit.chunks(batch):
+        outcomes += _bisect(model, chunk, limit)
+        limit.settle()
+    return outcomes
+
+
+def _bisect(model: Model, batch: Sequence[Record], limit: BatchLimit) -> list[Outcome]:
     try:
         found = model.predict(batch)
     except Exception as exc:  # any failure of one batch is data about its records
         if len(batch) == 1:
             return [RecordError.of(batch[0], exc, "predict")]
+        limit.failed(len(batch), exc)
         middle = len(batch) // 2
-        return predict_isolating(model, batch[:middle]) + predict_isolating(model, batch[middle:])
+        return _bisect(model, batch[:middle], limit) + _bisect(model, batch[middle:], limit)
+    limit.succeeded(len(batch))
     return [Prediction(record, detections) for record, detections in zip(batch, found, strict=True)]
 
 
 class _Writer:
     """Writes outcomes in a thread, so formatting JSON never delays the next batch."""
 
-    def __init__(self, outputs: JobOutputs, depth: int) -> None:
-        self._outputs = outputs
+    def __init__(self, sink: Sink, depth: int) -> None:
+        self._sink = sink
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._aborted = False
         self._thread = threading.Thread(target=self._drain, name="batch-predict-writer", daemon=True)
         self._thread.start()
 
     def _drain(self) -> None:
         while (outcomes := self._queue.get()) is not _DONE:
-            if self._error is None:
+            if self._error is None and not self._aborted:
                 try:
-                    self._outputs.write(outcomes)
+                    self._sink.write(outcomes)
                 except BaseException as exc:  # re-raised in the job's thread
                     self._error = exc
 
@@ -175,18 +264,30 @@ class _Writer:
         if self._error is not None:
             raise self._error
 
+    def abort(self) -> None:
+        """Stop without writing what is still queued; its lines would be discarded anyway."""
+        self._aborted = True
+        self._queue.put(_DONE)
+        self._thread.join()
+
 
 def run_pipeline(
     records: Iterable[Record | RecordError],
     model: Model,
-    outputs: JobOutputs,
+    sink: Sink,
     *,
     batch_size: int,
     max_image_pixels: int,
     num_decode_workers: int,
     queue_depth: int,
+    limit: BatchLimit | None = None,
+    abandon: threading.Event | None = None,
 ) -> int:
-    """Push every record through decode, predict and write. Returns how many were read."""
+    """Push every record through decode, predict and write. Returns how many were read.
+
+    When `abandon` is set, raises `Stopped` before the next batch: what was written is
+    incomplete, and the caller discards it.
+    """
     read = 0
 
     def counted(items: Iterable[Record | RecordError]) -> Iterator[Record | RecordError]:
@@ -195,12 +296,26 @@ def run_pipeline(
             read += 1
             yield item
 
+    limit = limit or BatchLimit()
     workers = num_decode_workers or os.cpu_count() or 1
-    writer = _Writer(outputs, queue_depth)
+    writer = _Writer(sink, queue_depth)
     with ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-decode") as pool:
         source = background(counted(records), queue_depth * batch_size)
-        prepared = ordered_map(prepare_for(model, max_image_pixels), source, pool, depth=2 * workers)
-        for batch in form_batches(background(prepared, queue_depth * batch_size), batch_size, model.same_size_batches):
-            writer.put([batch] if isinstance(batch, RecordError) else predict_isolating(model, batch))
+        prepared = background(
+            ordered_map(prepare_for(model, max_image_pixels), source, pool, depth=2 * workers), queue_depth * batch_size
+        )
+        batches = form_batches(prepared, batch_size, model.same_size_batches)
+        try:
+            for batch in batches:
+                if abandon is not None and abandon.is_set():
+                    raise Stopped("abandoned on request")
+                writer.put([batch] if isinstance(batch, RecordError) else predict_isolating(model, batch, limit))
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            # Stops the reading and decoding threads now, not when the exception is collected.
+            batches.close()
+            prepared.close()
     writer.finish()
     return read

@@ -1,9 +1,16 @@
-"""Write results and errors as sharded JSON lines, and the job's summary."""
+"""Write results and errors as JSON lines, one shard per unit, committed by renaming.
+
+A shard file name only ever holds a whole unit's lines: a unit writes its shards under
+temporary names and renames them into place when every one of its records is accounted
+for, so a job killed at any moment leaves whole shards or none.
+"""
 
 from __future__ import annotations
 
 import json
 import posixpath
+import re
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -28,34 +35,58 @@ def summary_path(result_prefix: str) -> str:
     return f"{result_prefix}-summary.json"
 
 
-class ShardedJsonlWriter:
-    """N shard files under one prefix, filled in turn one batch at a time.
+def _partial_name(path: str, token: str) -> str:
+    # Ends in neither .jsonl nor .json, so globs for outputs never pick it up.
+    return f"{path}.{token}.partial"
 
-    All shards are opened at start, so that an unwritable location fails the job before
-    any input is read, and a shard that received nothing still exists (empty).
+
+def shard_files(prefix: str, partial_only: bool = False) -> list[str]:
+    """Every shard file under `prefix`, whatever its shard count, or only the temporary ones.
+
+    One listing of the prefix's folder, rather than one per shard, since object stores
+    charge by request.
     """
+    fs, root = fsspec.core.url_to_fs(prefix)
+    parent, base = posixpath.split(root)
+    partial = r"\.[0-9a-z-]+\.partial"
+    pattern = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}\.jsonl" + (partial if partial_only else f"({partial})?"))
+    try:
+        listing = fs.ls(parent, detail=False)
+    except FileNotFoundError:
+        return []
+    return [fs.unstrip_protocol(p) for p in listing if pattern.fullmatch(posixpath.basename(p))]
 
-    def __init__(self, prefix: str, num_shards: int) -> None:
-        self.paths = [shard_name(prefix, i, num_shards) for i in range(num_shards)]
-        fs, root = fsspec.core.url_to_fs(prefix)
-        try:
-            parent = posixpath.dirname(root)
-            if parent:
-                fs.makedirs(parent, exist_ok=True)
-            self._files = [fsspec.open(p, "wt", encoding="utf-8").open() for p in self.paths]
-        except OSError as exc:
-            raise OutputError(f"cannot write output files under {prefix!r}: {exc}") from None
-        self._next = 0
 
-    def write(self, lines: Iterable[str]) -> None:
-        text = "".join(line + "\n" for line in lines)
-        if text:
-            self._files[self._next].write(text)
-            self._next = (self._next + 1) % len(self._files)
+def ensure_writable(prefix: str) -> None:
+    """Create the prefix's folder and write and remove a file there, or raise `OutputError`.
 
-    def close(self) -> None:
-        for f in self._files:
-            f.close()
+    Called before any input is read, so that a job does not spend hours predicting into a
+    location it cannot write.
+    """
+    fs, root = fsspec.core.url_to_fs(prefix)
+    probe = _partial_name(root, f"probe-{uuid.uuid4().hex[:12]}")
+    try:
+        parent = posixpath.dirname(root)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(probe, "wb") as f:
+            f.write(b"")
+        fs.rm(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write output files under {prefix!r}: {exc}") from None
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write a whole file or nothing: to a temporary name, then renamed into place."""
+    fs, root = fsspec.core.url_to_fs(path)
+    temp = _partial_name(root, uuid.uuid4().hex[:12])
+    try:
+        fs.makedirs(posixpath.dirname(root), exist_ok=True)
+        with fs.open(temp, "wb") as f:
+            f.write(text.encode("utf-8"))
+        fs.mv(temp, root)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path!r}: {exc}") from None
 
 
 def result_line(prediction: Prediction, labels: Mapping[int, str]) -> str:
@@ -88,10 +119,27 @@ def result_line(prediction: Prediction, labels: Mapping[int, str]) -> str:
 
 
 @dataclass
+class UnitCounts:
+    """What one unit committed: every record it read is either predicted or failed."""
+
+    records_read: int = 0
+    predicted: int = 0
+    failed: int = 0
+    detections: int = 0
+    error_types: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "UnitCounts":
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass
 class JobSummary:
-    """The job's accounting: every record read is either predicted or failed."""
+    """The job's accounting over all its committed units: records read = predicted + failed."""
 
     files: int = 0
+    units: int = 0
+    units_committed: int = 0
     records_read: int = 0
     predicted: int = 0
     failed: int = 0
@@ -103,21 +151,55 @@ class JobSummary:
     error_files: list[str] = field(default_factory=list)
 
     @property
+    def complete(self) -> bool:
+        return self.units_committed == self.units
+
+    @property
     def error_rate(self) -> float:
         return self.failed / self.records_read if self.records_read else 0.0
+
+    @classmethod
+    def of_units(cls, counts: Iterable[UnitCounts], **fields: Any) -> "JobSummary":
+        """The sum of the units' counts, plus the job-level `fields`."""
+        summary = cls(**fields)
+        error_types: Counter[str] = Counter()
+        for unit in counts:
+            summary.units_committed += 1
+            summary.records_read += unit.records_read
+            summary.predicted += unit.predicted
+            summary.failed += unit.failed
+            summary.detections += unit.detections
+            error_types.update(unit.error_types)
+        summary.error_types = dict(sorted(error_types.items()))
+        return summary
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "error_rate": round(self.error_rate, 6)}
 
 
-class JobOutputs:
-    """The result and error shards of one job, and the counts that prove nothing was lost."""
+class UnitOutputs:
+    """The result and error shard of one unit, under temporary names until `commit`.
 
-    def __init__(self, result_prefix: str, error_prefix: str, num_shards: int, labels: Mapping[int, str]) -> None:
-        self.result_prefix = result_prefix
+    Each attempt writes under its own temporary names, so a second process on the same
+    unit never writes into this one's files; what killed attempts leave behind is removed
+    when the job completes (`JobState.summarize`), with one listing rather than one per unit.
+    """
+
+    def __init__(self, result_path: str, error_path: str, labels: Mapping[int, str]) -> None:
         self.labels = labels
-        self.results = ShardedJsonlWriter(result_prefix, num_shards)
-        self.errors = ShardedJsonlWriter(error_prefix, num_shards)
+        self.paths = (result_path, error_path)
+        token = uuid.uuid4().hex[:12]
+        self._temps: list[tuple[fsspec.AbstractFileSystem, str, str]] = []
+        self._files: list[Any] = []
+        try:
+            for path in self.paths:
+                fs, root = fsspec.core.url_to_fs(path)
+                temp = _partial_name(root, token)
+                self._files.append(fs.open(temp, "wb"))
+                self._temps.append((fs, temp, root))
+        except OSError as exc:
+            self.discard()
+            raise OutputError(f"cannot write {path!r}: {exc}") from None
         self.predicted = 0
         self.detections = 0
         self.error_types: Counter[str] = Counter()
@@ -125,32 +207,43 @@ class JobOutputs:
     def write(self, outcomes: list[Outcome]) -> None:
         predictions = [o for o in outcomes if isinstance(o, Prediction)]
         errors = [o for o in outcomes if isinstance(o, RecordError)]
-        self.results.write(result_line(p, self.labels) for p in predictions)
-        self.errors.write(json.dumps(e.to_json(), separators=(",", ":")) for e in errors)
+        if predictions:
+            self._files[0].write("".join(result_line(p, self.labels) + "\n" for p in predictions).encode("utf-8"))
+        if errors:
+            text = "".join(json.dumps(e.to_json(), separators=(",", ":")) + "\n" for e in errors)
+            self._files[1].write(text.encode("utf-8"))
         self.predicted += len(predictions)
         self.detections += sum(len(p.detections.scores) for p in predictions)
         self.error_types.update(e.error_type for e in errors)
 
-    def close(self, files: int, records_read: int, wall_time_s: float) -> JobSummary:
-        self.results.close()
-        self.errors.close()
+    def commit(self, records_read: int) -> UnitCounts:
+        """Rename both shards into place, once every record read has its line."""
         failed = sum(self.error_types.values())
         if self.predicted + failed != records_read:
+            self.discard()
             raise RuntimeError(
                 f"accounting mismatch: {records_read} records read but {self.predicted} predicted + {failed} failed"
             )
-        summary = JobSummary(
-            files=files,
-            records_read=records_read,
-            predicted=self.predicted,
-            failed=failed,
-            detections=self.detections,
-            error_types=dict(sorted(self.error_types.items())),
-            wall_time_s=round(wall_time_s, 3),
-            images_per_second=round(self.predicted / wall_time_s, 2) if wall_time_s > 0 else 0.0,
-            result_files=self.results.paths,
-            error_files=self.errors.paths,
-        )
-        with fsspec.open(summary_path(self.result_prefix), "wt", encoding="utf-8") as f:
-            json.dump(summary.to_json(), f, indent=2)
-        return summary
+        try:
+            for f in self._files:
+                f.close()
+            for fs, temp, root in self._temps:
+                fs.mv(temp, root)
+        except OSError as exc:
+            self.discard()
+            raise OutputError(f"cannot commit {self.paths[0]!r}: {exc}") from None
+        return UnitCounts(records_read, self.predicted, failed, self.detections, dict(sorted(self.error_types.items())))
+
+    def discard(self) -> None:
+        """Drop what was written; the unit stays uncommitted and a rerun redoes it."""
+        for f in self._files:
+            try:
+                f.close()
+            except OSError:
+                pass
+        for fs, temp, _ in self._temps:
+            try:
+                if fs.exists(temp):
+                    fs.rm(temp)
+            except OSError:
+                pass

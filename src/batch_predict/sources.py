@@ -1,4 +1,4 @@
-"""Find the input files and read them into records, one file at a time.
+"""Find the input files and read them into records, a file or a byte range of one at a time.
 
 A file that cannot be read to its end yields an error record for what was lost and the
 job goes on with the next file.
@@ -22,12 +22,13 @@ from fsspec.implementations.local import LocalFileSystem
 from . import example
 from .decode import to_uint8_rgb
 from .records import Record, RecordError, default_key
-from .tfrecord import TFRecordCorruption, TFRecordDataCorruption, read_records
+from .tfrecord import TFRecordCorruption, TFRecordDataCorruption, read_record_range
 
 _GLOB_CHARS = frozenset("*?[")
 _IMAGE_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
 _KEY_FEATURES = ("image/key/sha256", "image/source_id", "image/filename")
-_READ_ERRORS = (OSError, EOFError, gzip.BadGzipFile, zlib.error, TFRecordCorruption)
+#: Damaged data, as opposed to a failing file system: gzip.BadGzipFile is an OSError, so it is named.
+_DATA_ERRORS = (TFRecordCorruption, EOFError, gzip.BadGzipFile, zlib.error)
 
 
 class NoInputError(FileNotFoundError):
@@ -36,11 +37,13 @@ class NoInputError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class InputFile:
-    """One matched input file, with the file system that reads it."""
+    """One matched input file, with the file system that reads it and its size in bytes
+    (0 when not known: such a file is never split into byte ranges)."""
 
     url: str
     fs: fsspec.AbstractFileSystem
     path: str
+    size: int = 0
 
 
 def expand_patterns(patterns: Iterable[str]) -> list[InputFile]:
@@ -53,28 +56,45 @@ def expand_patterns(patterns: Iterable[str]) -> list[InputFile]:
     for pattern in patterns:
         fs, path = fsspec.core.url_to_fs(pattern)
         if _GLOB_CHARS.intersection(path):
-            matched = [p for p in fs.glob(path) if fs.isfile(p)]
+            found = fs.glob(path, detail=True)
         else:
-            matched = [path] if fs.isfile(path) else []
+            try:
+                found = {path: fs.info(path)}
+            except FileNotFoundError:
+                found = {}
+        matched = {p: info for p, info in found.items() if info.get("type") == "file"}
         if not matched:
             raise NoInputError(f"no input file matches {pattern!r}")
         for p in sorted(matched):
             url = p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p)
-            files.setdefault(url, InputFile(url, fs, p))
+            files.setdefault(url, InputFile(url, fs, p, int(matched[p].get("size") or 0)))
     return sorted(files.values(), key=lambda f: f.url)
 
 
-def read_file(file: InputFile, input_format: str) -> Iterator[Record | RecordError]:
-    """The records of one file in order, errors included."""
-    reader = _read_json_lines if input_format == "json" else _read_tfrecords
+def read_file(
+    file: InputFile, input_format: str, start: int = 0, end: int | None = None
+) -> Iterator[Record | RecordError]:
+    """The records of one file that begin in bytes [start, end), in order, errors included.
+
+    Records keep their index in the whole file, so keys do not depend on how a file is split.
+    Damaged data (a broken framing, a truncated or invalid gzip stream) ends the range with
+    one error line for what could not be read; a framing break before the range is the
+    earlier range's error line, so nothing is reported twice. An I/O failure (permission,
+    network) is not a property of the records and is raised: the unit is not committed,
+    and a rerun retries it rather than recording good records as failed.
+    """
     compression = "gzip" if input_format == "tfrecord_gzip" else None
-    index = 0  # of the next record, which is where an unreadable stretch starts
+    if compression and (start or end is not None):
+        raise ValueError("a compressed file cannot be read from a byte range")
+    reader = _read_json_lines if input_format == "json" else _read_tfrecords
+    next_index = 0
     try:
         with file.fs.open(file.path, "rb", compression=compression) as stream:
-            for item in reader(file.url, stream):
-                index = item.index + 1
+            for item in reader(file.url, stream, start, end):
+                next_index = item.index + 1
                 yield item
-    except _READ_ERRORS as exc:
+    except _DATA_ERRORS as exc:
+        index = exc.index if isinstance(exc, TFRecordCorruption) else next_index
         # What follows a framing error cannot be located, so it is one error line.
         yield RecordError(
             default_key(file.url, index), file.url, index, type(exc).__name__,
@@ -82,8 +102,8 @@ def read_file(file: InputFile, input_format: str) -> Iterator[Record | RecordErr
         )
 
 
-def _read_tfrecords(source: str, stream: Any) -> Iterator[Record | RecordError]:
-    for index, data in enumerate(read_records(stream)):
+def _read_tfrecords(source: str, stream: Any, start: int, end: int | None) -> Iterator[Record | RecordError]:
+    for index, data in read_record_range(stream, start, end):
         if isinstance(data, TFRecordDataCorruption):
             yield RecordError(default_key(source, index), source, index, type(data).__name__, str(data), "read")
             continue
@@ -106,9 +126,13 @@ def image_from_tfrecord(data: bytes) -> tuple[bytes, str | None]:
     return encoded[0], key
 
 
-def _read_json_lines(source: str, stream: Any) -> Iterator[Record | RecordError]:
+def _read_json_lines(source: str, stream: Any, start: int, end: int | None) -> Iterator[Record | RecordError]:
+    offset = 0
     for index, line in enumerate(stream):
-        if not line.strip():
+        line_start, offset = offset, offset + len(line)
+        if end is not None and line_start >= end:
+            return
+        if line_start < start or not line.strip():
             continue
         key = default_key(source, index)
         try:

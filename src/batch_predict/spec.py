@@ -27,7 +27,11 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What to read, which model to run, and where to write."""
+    """What to read, which model to run, and where to write.
+
+    `num_output_shards` is also the number of work units: each shard is written, and
+    committed, by one unit (see `units.py`); 0 means one per input file.
+    """
 
     input_file_patterns: tuple[str, ...]
     input_file_format: InputFormat
@@ -38,7 +42,7 @@ class JobSpec:
     signature_name: str = "serving_default"
     label_map: str | None = None
     score_threshold: float | None = None  # None: the model spec's, else 0.3
-    num_output_shards: int = 1
+    num_output_shards: int = 0
     device: str = "auto"
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     output_raw: bool = False
@@ -48,6 +52,7 @@ class JobSpec:
     ground_truth: str | None = None
     model_spec: str | None = None
     model_options: tuple[str, ...] = ()
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not self.input_file_patterns or not all(p.strip() for p in self.input_file_patterns):
@@ -61,7 +66,7 @@ class JobSpec:
             if not getattr(self, name):
                 raise SpecError(f"--{name}: required")
         _check_range("batch_size", self.batch_size, 1, 1 << 16)
-        _check_range("num_output_shards", self.num_output_shards, 1, 100_000)
+        _check_range("num_output_shards", self.num_output_shards, 0, 99_999)
         if self.score_threshold is not None:
             _check_range("score_threshold", self.score_threshold, 0.0, 1.0)
         _check_range("max_error_rate", self.max_error_rate, 0.0, 1.0)

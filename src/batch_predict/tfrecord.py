@@ -6,6 +6,7 @@ little-endian. Reading needs no TensorFlow.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -18,7 +19,12 @@ _MASK_DELTA = 0xA282EAD8
 
 
 class TFRecordCorruption(ValueError):
-    """The framing cannot be trusted past this point."""
+    """The framing cannot be trusted past this point: record `index`, at byte `offset`."""
+
+    def __init__(self, message: str, index: int, offset: int) -> None:
+        super().__init__(f"{message} at byte {offset}")
+        self.index = index
+        self.offset = offset
 
 
 class TFRecordDataCorruption(ValueError):
@@ -36,23 +42,46 @@ def read_records(stream: BinaryIO) -> Iterator[bytes | TFRecordDataCorruption]:
     A bad data CRC spoils one record only, since its length was verified, so reading goes
     on. A bad length CRC or a short read loses the framing: `TFRecordCorruption` is raised.
     """
-    while True:
+    for _, data in read_record_range(stream):
+        yield data
+
+
+def read_record_range(
+    stream: BinaryIO, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, bytes | TFRecordDataCorruption]]:
+    """(index in the file, data) of each record whose header begins in bytes [start, end).
+
+    As `read_records`, for one byte range of a file. Records before `start` are skipped by
+    seeking past their data, so that a file split into ranges is read about once, not once
+    per range; their length CRCs are still checked, since the framing must hold to find
+    where the range's first record begins. A framing break before the range ends it
+    silently: the range the break lies in reports it.
+    """
+    index = offset = 0
+    while end is None or offset < end:
+        mine = offset >= start
         header = stream.read(_HEADER.size)
         if not header:
             return
         if len(header) < _HEADER.size:
-            raise TFRecordCorruption(f"truncated record header ({len(header)} of {_HEADER.size} bytes)")
+            if mine:
+                raise TFRecordCorruption(f"truncated record header ({len(header)} of {_HEADER.size} bytes)", index, offset)
+            return
         length, length_crc = _HEADER.unpack(header)
         if masked_crc(header[:8]) != length_crc:
-            raise TFRecordCorruption("length CRC mismatch")
-        data = stream.read(length)
-        footer = stream.read(_FOOTER.size)
-        if len(data) < length or len(footer) < _FOOTER.size:
-            raise TFRecordCorruption(f"truncated record ({len(data)} of {length} data bytes)")
-        if masked_crc(data) != _FOOTER.unpack(footer)[0]:
-            yield TFRecordDataCorruption("data CRC mismatch")
+            if mine:
+                raise TFRecordCorruption("length CRC mismatch", index, offset)
+            return
+        if mine:
+            data = stream.read(length)
+            footer = stream.read(_FOOTER.size)
+            if len(data) < length or len(footer) < _FOOTER.size:
+                raise TFRecordCorruption(f"truncated record ({len(data)} of {length} data bytes)", index, offset)
+            yield index, data if masked_crc(data) == _FOOTER.unpack(footer)[0] else TFRecordDataCorruption("data CRC mismatch")
         else:
-            yield data
+            stream.seek(length + _FOOTER.size, os.SEEK_CUR)
+        offset += _HEADER.size + length + _FOOTER.size
+        index += 1
 
 
 def write_record(stream: BinaryIO, data: bytes) -> None:

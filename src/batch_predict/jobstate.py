@@ -1,0 +1,210 @@
+"""What a job has committed, kept beside its results, so that a rerun resumes it.
+
+Under `<output_result_prefix>-job/`:
+- `job.json`: what job this is (the settings that shape its output, and its input files
+  with their sizes). A rerun with other settings or other inputs would mix two jobs'
+  lines in one set of shards, so it is refused; `--overwrite` starts over instead.
+- `committed/NNNNN-of-NNNNN.json`: one per committed unit, written after the unit's
+  shards are in place, holding its counts. A unit is done exactly when its record exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import posixpath
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import fsspec
+
+from .sinks import JobSummary, UnitCounts, ensure_writable, shard_files, shard_name, summary_path, write_atomically
+from .sources import InputFile
+from .spec import JobSpec
+from .units import Unit
+
+
+_FORMAT_VERSION = 1
+_COMMIT_NAME = re.compile(r"(\d{5,})-of-(\d{5,})\.json")
+
+#: The settings that change what a job writes. Batch size, device, decode threads and the
+#: error-rate limit do not, so a rerun may change them (a smaller batch after running out
+#: of memory, another GPU).
+_OUTPUT_SETTINGS = (
+    "input_file_format", "model_dir", "signature_name", "label_map",
+    "score_threshold", "output_raw", "max_image_pixels", "output_error_prefix",
+)
+
+
+class JobConflict(ValueError):
+    """The output prefixes hold another job's outputs; the message says what differs."""
+
+
+def job_identity(spec: JobSpec, files: Sequence[InputFile], units: Sequence[Unit]) -> dict[str, Any]:
+    """The settings and inputs that determine a job's output, as stored in `job.json`."""
+    settings: dict[str, Any] = {name: getattr(spec, name) for name in _OUTPUT_SETTINGS}
+    for name in ("model_dir", "label_map", "output_error_prefix"):
+        if settings[name]:
+            settings[name] = _canonical_url(settings[name])
+    settings["num_output_shards"] = len(units)
+    listing = "".join(f"{f.url}\t{f.size}\n" for f in files)
+    inputs = {
+        "files": len(files),
+        "bytes": sum(f.size for f in files),
+        "sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(),
+    }
+    return {"settings": settings, "inputs": inputs}
+
+
+def _canonical_url(url: str) -> str:
+    """One spelling per location, so that `out/x` and `./out/x/` are the same job."""
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError):  # a scheme fsspec cannot open here: its loader will say so
+        return url.rstrip("/")
+    return fs.unstrip_protocol(root.rstrip("/"))
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    said = []
+    for name, now in current["settings"].items():
+        then = stored.get("settings", {}).get(name)
+        if then != now:
+            said.append(f"--{name} was {then!r}, now {now!r}")
+    then_in, now_in = stored.get("inputs", {}), current["inputs"]
+    if then_in != now_in:
+        said.append(
+            f"the input files differ: {then_in.get('files')} files of {then_in.get('bytes')} bytes then, "
+            f"{now_in['files']} files of {now_in['bytes']} bytes now"
+        )
+    return said
+
+
+class JobState:
+    """The commit records of one job under its result prefix."""
+
+    def __init__(self, spec: JobSpec, units: Sequence[Unit], identity: dict[str, Any]) -> None:
+        self.result_prefix = spec.output_result_prefix
+        self.error_prefix = spec.output_error_prefix
+        self.units = list(units)
+        self.identity = identity
+        self.root = f"{spec.output_result_prefix}-job"
+        self._fs, self._committed_dir = fsspec.core.url_to_fs(f"{self.root}/committed")
+        self._stored: dict[str, Any] | None = None
+        self._overwrite = False
+
+    @classmethod
+    def open(cls, spec: JobSpec, files: Sequence[InputFile], units: Sequence[Unit]) -> "JobState":
+        """The job's state, checked but not yet changed (`begin` writes).
+
+        Fails before any input is read when an output location cannot be written
+        (`OutputError`) or, unless `spec.overwrite`, when the prefixes hold a different job
+        (`JobConflict`).
+        """
+        state = cls(spec, units, job_identity(spec, files, units))
+        ensure_writable(spec.output_result_prefix)
+        ensure_writable(spec.output_error_prefix)
+        state._overwrite = spec.overwrite
+        state._stored = state._stored_identity()
+        if not spec.overwrite and state._stored is not None and (said := _differences(state._stored, state.identity)):
+            raise JobConflict(
+                f"{state.root}/job.json records a different job writing to these output prefixes ("
+                + "; ".join(said)
+                + "). Rerun with the same arguments to resume it, pass --overwrite to start over, "
+                "or choose other output prefixes."
+            )
+        return state
+
+    def begin(self) -> None:
+        """Record the job in `job.json`, first removing an earlier job's outputs if overwriting.
+
+        Called once the model has loaded, so that a job failing at setup leaves the
+        prefixes as they were.
+        """
+        if self._overwrite:
+            self._start_over()
+        if self._stored is None or self._overwrite:
+            write_atomically(f"{self.root}/job.json", json.dumps({"version": _FORMAT_VERSION, **self.identity}, indent=2))
+            self._stored, self._overwrite = self.identity, False
+
+    def _stored_identity(self) -> dict[str, Any] | None:
+        try:
+            with fsspec.open(f"{self.root}/job.json", "rt", encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise JobConflict(f"{self.root}/job.json is unreadable ({exc}); pass --overwrite to start over") from None
+
+    def _start_over(self) -> None:
+        """Remove every output of an earlier job under both prefixes, its records first."""
+        for path in (f"{self.root}/committed", f"{self.root}/job.json", summary_path(self.result_prefix)):
+            fs, root = fsspec.core.url_to_fs(path)
+            if fs.exists(root):
+                fs.rm(root, recursive=True)
+        for prefix in (self.result_prefix, self.error_prefix):
+            for path in shard_files(prefix):
+                fsspec.core.url_to_fs(path)[0].rm(path)
+
+    def shard_paths(self, unit: Unit) -> tuple[str, str]:
+        """(result shard, error shard) that `unit` writes."""
+        return shard_name(self.result_prefix, unit.index, unit.count), shard_name(self.error_prefix, unit.index, unit.count)
+
+    def committed(self) -> dict[int, UnitCounts]:
+        """{unit index: its counts} for every unit of this job committed so far, by any process.
+
+        None yet when overwriting: what is there belongs to the job being replaced.
+        """
+        if self._overwrite:
+            return {}
+        try:
+            listing = self._fs.ls(self._committed_dir, detail=False)
+        except FileNotFoundError:
+            return {}
+        wanted = {}
+        for path in listing:
+            match = _COMMIT_NAME.fullmatch(posixpath.basename(path))
+            if match and int(match.group(2)) == len(self.units):
+                wanted[path] = int(match.group(1))
+        # One concurrent fetch of all records where the file system can (object stores).
+        contents = self._fs.cat(list(wanted)) if wanted else {}
+        return {wanted[path]: UnitCounts.from_json(json.loads(data)["counts"]) for path, data in contents.items()}
+
+    def commit(self, unit: Unit, counts: UnitCounts) -> None:
+        """Record `unit` as done; its shards must already be in place."""
+        result_path, error_path = self.shard_paths(unit)
+        record = {
+            "unit": unit.index,
+            "of": unit.count,
+            "slices": [piece.to_json() for piece in unit.slices],
+            "result_file": result_path,
+            "error_file": error_path,
+            "counts": dataclasses.asdict(counts),
+        }
+        write_atomically(f"{self.root}/committed/{unit.index:05d}-of-{unit.count:05d}.json", json.dumps(record))
+
+    def summarize(self, files: int, wall_time_s: float, predicted_now: int) -> JobSummary:
+        """The counts of every committed unit; once all are, also written to `<prefix>-summary.json`.
+
+        Wall time and speed are this run's; counts are the whole job's, whichever
+        processes and reruns committed them.
+        """
+        committed = self.committed()
+        summary = JobSummary.of_units(
+            committed.values(),
+            files=files,
+            units=len(self.units),
+            wall_time_s=round(wall_time_s, 3),
+            images_per_second=round(predicted_now / wall_time_s, 2) if wall_time_s > 0 else 0.0,
+        )
+        if summary.complete:
+            paths = [self.shard_paths(unit) for unit in self.units]
+            summary.result_files = [r for r, _ in paths]
+            summary.error_files = [e for _, e in paths]
+            for prefix in (self.result_prefix, self.error_prefix):
+                for leftover in shard_files(prefix, partial_only=True):
+                    fsspec.core.url_to_fs(leftover)[0].rm(leftover)
+            write_atomically(summary_path(self.result_prefix), json.dumps(summary.to_json(), indent=2))
+        return summary

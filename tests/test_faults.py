@@ -1,0 +1,424 @@
+"""Fault injection through the real `batch-predict` command: kills, stops, bad setups.
+
+Every run here is a subprocess of the CLI on real TFRecords of real photos with the
+YOLOX-Nano TF OD API SavedModel, so what is checked is what a user or Kubernetes sees.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from batch_predict.example import build_example
+from batch_predict.tfrecord import write_record
+
+from conftest import REPO, shared_file
+
+UNITS = 8
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return env
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "batch_predict", *args]
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(*args), env=_env() | env, capture_output=True, text=True, timeout=300)
+
+
+def start_cli(*args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(_command(*args), env=_env() | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, what: str, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+def read_outputs(out: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """(result keys, (error key, error type)) of every shard, duplicates kept."""
+    results = [json.loads(line)["key"] for p in sorted(out.glob("results-*-of-*.jsonl")) for line in p.open()]
+    errors = [
+        (e["key"], e["error_type"])
+        for p in sorted(out.glob("errors-*-of-*.jsonl"))
+        for e in map(json.loads, p.open())
+    ]
+    return results, errors
+
+
+def committed(out: Path) -> int:
+    """How many units are committed under `out` (0 before the job has started)."""
+    return len(list((out / "results-job" / "committed").glob("*.json")))
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> str:
+    return str(shared_file("models/yolox_nano/tfod_encoded_savedmodel"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Five TFRecord files of the 16 real JPEG photos, with a non-image, a truncated JPEG and a bad CRC."""
+    images = [p.read_bytes() for p in sorted(shared_file("data/photos").glob("*.jpg"))]
+    images += [p.read_bytes() for p in sorted(shared_file("data/coco8/images").glob("*/*.jpg"))]
+    folder = tmp_path_factory.mktemp("dataset")
+    streams = [io.BytesIO() for _ in range(5)]
+    for i, data in enumerate(images):
+        write_record(streams[i % 5], data)
+    write_record(streams[1], b"this is not an image")
+    write_record(streams[3], images[0][: len(images[0]) // 2])
+    for i, stream in enumerate(streams):
+        data = bytearray(stream.getvalue())
+        if i == 4:
+            data[30] ^= 0xFF  # inside the first record's data: a bad data CRC
+        (folder / f"part-{i}.tfrecord").write_bytes(bytes(data))
+    return folder
+
+
+def job_args(dataset: Path, model_dir: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "--input_file_patterns", str(dataset / "part-*.tfrecord"),
+        "--input_file_format", "tfrecord",
+        "--model_dir", model_dir,
+        "--batch_size", "2",
+        "--num_output_shards", str(UNITS),
+        "--output_result_prefix", str(out / "results"),
+        "--output_error_prefix", str(out / "errors"),
+        "--max_error_rate", "0.5",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, model_dir, tmp_path_factory) -> dict:
+    """An uninterrupted run: what every interrupted-and-rerun job must end with."""
+    out = tmp_path_factory.mktemp("reference")
+    done = run_cli(*job_args(dataset, model_dir, out))
+    assert done.returncode == 0, done.stderr
+    results, errors = read_outputs(out)
+    summary = json.loads((out / "results-summary.json").read_text())
+    assert len(results) == len(set(results)) == 16 - 1  # one photo has the bad CRC
+    assert sorted(t for _, t in errors) == ["ImageDecodeError", "InvalidArgumentError", "TFRecordDataCorruption"]
+    assert summary["records_read"] == summary["predicted"] + summary["failed"] == 16 + 2
+    return {"out": out, "results": results, "errors": errors, "summary": summary}
+
+
+def assert_same_as_reference(out: Path, reference: dict) -> None:
+    results, errors = read_outputs(out)
+    assert not [k for k, n in Counter(results).items() if n > 1], "a record was written twice"
+    assert sorted(results) == sorted(reference["results"])
+    assert sorted(errors) == sorted(reference["errors"])
+    summary = json.loads((out / "results-summary.json").read_text())
+    for name in ("records_read", "predicted", "failed", "error_types", "units", "units_committed"):
+        assert summary[name] == reference["summary"][name], name
+    assert sorted(p.name for p in out.glob("*.jsonl")) == sorted(p.name for p in reference["out"].glob("*.jsonl"))
+    assert list(out.glob("*.partial")) == []
+
+
+@pytest.mark.parametrize("seed", [11, 22, 33])
+def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_output(seed, dataset, model_dir, reference, tmp_path):
+    rng = random.Random(seed)
+    args = job_args(dataset, model_dir, tmp_path)
+    kills = 0
+    while kills < 2 and committed(tmp_path) < UNITS - 1:
+        # Kill while a unit is being written, after a random number of units committed.
+        target = rng.randint(committed(tmp_path), UNITS - 2)
+        job = start_cli(*args)
+        wait_for(lambda: committed(tmp_path) >= target and list(tmp_path.glob("*.partial")) or job.poll() is not None,
+                 "a unit in progress")
+        time.sleep(rng.uniform(0, 0.15))
+        job.send_signal(signal.SIGKILL)
+        job.communicate()
+        kills += job.returncode == -signal.SIGKILL
+    assert kills >= 1
+    final = run_cli(*args)
+    assert final.returncode == 0, final.stderr
+    assert_same_as_reference(tmp_path, reference)
+
+
+@pytest.mark.parametrize("grace", ["0", "60"])
+def test_sigterm_abandons_or_finishes_the_unit_cleanly_and_rerun_completes(grace, dataset, model_dir, reference, tmp_path):
+    args = job_args(dataset, model_dir, tmp_path, "--termination_grace_seconds", grace)
+    job = start_cli(*args)
+    wait_for(lambda: (tmp_path / "results-job" / "committed").exists() and committed(tmp_path) >= 2 or job.poll() is not None, "commits")
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    if job.returncode == 0:
+        pytest.skip("the job finished before SIGTERM arrived")  # 8 units cannot all commit in one poll interval
+    assert job.returncode == 128 + signal.SIGTERM, stderr
+    assert "SIGTERM received" in stderr and "rerun the same command to resume" in stderr
+    if grace != "0":
+        assert "stopped before unit" in stderr  # the unit in progress had time to commit
+    # Clean: nothing half-written under a shard name, and every shard there is committed.
+    assert list(tmp_path.glob("*.partial")) == []
+    shards = {p.name.split("-", 1)[1] for p in tmp_path.glob("results-*-of-*.jsonl")}
+    records = {p.name.replace(".json", ".jsonl") for p in (tmp_path / "results-job" / "committed").glob("*.json")}
+    assert shards == records and 2 <= len(records) < UNITS
+    final = run_cli(*args)
+    assert final.returncode == 0, final.stderr
+    assert f"{len(records)} of this run's {UNITS} units already committed" in final.stderr
+    assert_same_as_reference(tmp_path, reference)
+
+
+def test_rerun_of_a_finished_job_redoes_nothing_and_other_arguments_are_refused(dataset, model_dir, reference):
+    again = run_cli(*job_args(dataset, model_dir, reference["out"]))
+    assert again.returncode == 0, again.stderr
+    assert f"{UNITS} of this run's {UNITS} units already committed" in again.stderr
+    assert "model {" not in again.stderr  # not even loaded
+    other = run_cli(*job_args(dataset, model_dir, reference["out"], "--score_threshold", "0.6"))
+    assert other.returncode == 2
+    assert "records a different job" in other.stderr and "--score_threshold was 0.3, now 0.6" in other.stderr
+    assert_same_as_reference(reference["out"], reference)
+
+
+def test_indexed_job_pods_with_one_killed_and_restarted_give_the_single_process_output(
+    dataset, model_dir, reference, tmp_path
+):
+    """Two pods of a Kubernetes Indexed Job, as Kubernetes starts them; pod 1 is killed and restarted."""
+    args = job_args(dataset, model_dir, tmp_path)
+    pod = lambda index: {"JOB_COMPLETION_INDEX": str(index), "JOB_COMPLETION_COUNT": "2"}  # noqa: E731
+    doomed = start_cli(*args, **pod(1))
+    wait_for(lambda: committed(tmp_path) >= 1 and list(tmp_path.glob("*.partial")) or doomed.poll() is not None,
+             "pod 1 at work")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate()
+    pod_1_unfinished = committed(tmp_path) < UNITS // 2
+    first = run_cli(*args, **pod(0))
+    assert first.returncode == 0, first.stderr
+    if pod_1_unfinished:  # then pod 0 cannot complete the job: no summary yet, and it says so
+        assert "shard 0 of 2 done" in first.stdout and not (tmp_path / "results-summary.json").exists()
+    restarted = run_cli(*args, **pod(1))
+    assert restarted.returncode == 0, restarted.stderr
+    assert_same_as_reference(tmp_path, reference)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"JOB_COMPLETION_INDEX": "0"}, "JOB_COMPLETION_COUNT is not"),
+        ({"JOB_COMPLETION_INDEX": "2", "JOB_COMPLETION_COUNT": "2"}, "is not in 0..JOB_COMPLETION_COUNT-1 (1)"),
+        ({"JOB_COMPLETION_INDEX": "x", "JOB_COMPLETION_COUNT": "2"}, "must be integers"),
+    ],
+)
+def test_a_bad_indexed_job_environment_is_a_setup_error(env, message, dataset, model_dir, tmp_path):
+    done = run_cli(*job_args(dataset, model_dir, tmp_path), **env)
+    assert done.returncode == 2 and message in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_fails_before_the_model_is_loaded_or_input_read(dataset, model_dir, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    done = run_cli(*job_args(dataset, model_dir, tmp_path / "a-file"))
+    assert done.returncode == 2
+    assert "batch-predict: error: cannot write output files under" in done.stderr
+    assert "model {" not in done.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "truncated"])
+def test_missing_or_corrupt_model_dir_is_one_clear_message_and_exit_2(damage, dataset, model_dir, tmp_path):
+    model = tmp_path / "model"
+    if damage != "missing":
+        model.mkdir()
+    if damage == "truncated":
+        real = Path(model_dir) / "saved_model.pb"
+        (model / "saved_model.pb").write_bytes(real.read_bytes()[: real.stat().st_size // 3])
+    done = run_cli(*job_args(dataset, str(model), tmp_path / "out"))
+    assert done.returncode == 2, done.stderr
+    expected = {"missing": "does not exist", "empty": "holds no model", "truncated": "cannot load SavedModel"}[damage]
+    (message,) = [line for line in done.stderr.splitlines() if line.startswith("batch-predict: error:")]
+    assert "--model_dir" in message and expected in message
+    assert "Traceback" not in done.stderr
+
+
+def _encode(image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def odd_images() -> dict[str, bytes]:
+    """Real photos in every odd form a collection holds, keyed by what they are."""
+    import numpy as np
+    from PIL import Image
+
+    jpeg = shared_file("data/photos/bus.jpg").read_bytes()
+    bus = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    png = _encode(bus, "PNG")
+    return {
+        "bus": jpeg,
+        "grey-png": _encode(bus.convert("L"), "PNG"),
+        "rgba-png": _encode(bus.convert("RGBA"), "PNG"),
+        "16bit-png": _encode(Image.fromarray(np.asarray(bus.convert("L")).astype(np.uint16) * 257), "PNG"),
+        "cmyk-jpeg": _encode(bus.convert("CMYK"), "JPEG", quality=95),
+        "exif-rotated-jpeg": _encode(bus, "JPEG", quality=95, exif=exif.tobytes()),
+        "exif-plain-jpeg": _encode(bus, "JPEG", quality=95),
+        "not-an-image": b"<html>404 Not Found</html>",
+        "zero-bytes": b"",
+        "truncated-jpeg": jpeg[: len(jpeg) // 2],
+        "truncated-png": png[: len(png) // 2],
+        "png-bomb": _png_declaring(60_000, 60_000),
+    }
+
+
+def _labels(line: dict) -> list[str]:
+    return [d["label"] for d in line["detections"]]
+
+
+def _lines(out: Path, kind: str) -> dict[str, dict]:
+    return {line["key"]: line for p in sorted(out.glob(f"{kind}-*.jsonl")) for line in map(json.loads, p.open())}
+
+
+EXPECTED_IMAGE_ERRORS = {
+    "not-an-image": ("ImageDecodeError", "decode", "no known image format"),
+    "zero-bytes": ("ImageDecodeError", "decode", "empty image bytes"),
+    "png-bomb": ("ImageTooLarge", "decode", "60000x60000 = 3600000000 pixels exceeds the limit"),
+}
+
+
+def test_bad_and_odd_images_in_tfrecords_through_the_cli(odd_images, model_dir, tmp_path):
+    """Encoded-image model: the model decodes, so truncated files fail in it and are bisected out."""
+    stream = io.BytesIO()
+    for key, data in odd_images.items():
+        write_record(stream, build_example({"image/encoded": data, "image/source_id": key.encode()}))
+    (tmp_path / "odd.tfrecord").write_bytes(stream.getvalue())
+    framed = bytearray(_framed_photos(3))
+    (tmp_path / "bad-length-crc.tfrecord").write_bytes(bytes(framed[:8]) + bytes([framed[8] ^ 1]) + bytes(framed[9:]))
+    (tmp_path / "truncated-last.tfrecord").write_bytes(bytes(framed[:-10]))
+    out = tmp_path / "out"
+    done = run_cli(
+        "--input_file_patterns", str(tmp_path / "*.tfrecord"), "--input_file_format", "tfrecord",
+        "--model_dir", model_dir, "--label_map", str(shared_file("models/yolox_nano/labels.txt")),
+        "--batch_size", "4", "--output_result_prefix", str(out / "results"), "--output_error_prefix", str(out / "errors"),
+        "--max_error_rate", "1",
+    )
+    assert done.returncode == 0, done.stderr
+    results, errors = _lines(out, "results"), _lines(out, "errors")
+    expected = {
+        **EXPECTED_IMAGE_ERRORS,
+        "truncated-jpeg": ("InvalidArgumentError", "predict", "Invalid JPEG data"),
+        "truncated-png": ("InvalidArgumentError", "predict", "Invalid PNG data"),
+    }
+    for key, (error_type, stage, message) in expected.items():
+        assert (errors[key]["error_type"], errors[key]["stage"]) == (error_type, stage), errors[key]
+        assert message in errors[key]["message"]
+    crc = errors.pop(next(k for k in errors if k.endswith("bad-length-crc.tfrecord:0")))
+    assert crc["error_type"] == "TFRecordCorruption" and "length CRC mismatch" in crc["message"]
+    cut = errors.pop(next(k for k in errors if k.endswith("truncated-last.tfrecord:2")))
+    assert cut["error_type"] == "TFRecordCorruption" and "truncated record" in cut["message"]
+    assert set(errors) == set(expected)
+    # Every other form of the photo is predicted, and the bus is found in each.
+    for key in ("bus", "grey-png", "rgba-png", "16bit-png", "cmyk-jpeg", "exif-rotated-jpeg"):
+        assert "bus" in _labels(results[key]) and _labels(results[key]).count("person") >= 3, (key, results[key])
+    assert len(results) == len(odd_images) - len(expected) + 2  # + the two intact records before truncation
+    _assert_exif_ignored(results)
+    summary = json.loads((out / "results-summary.json").read_text())
+    assert summary["records_read"] == summary["predicted"] + summary["failed"] == len(results) + len(expected) + 2
+
+
+def _framed_photos(count: int) -> bytes:
+    stream = io.BytesIO()
+    for path in sorted(shared_file("data/photos").glob("*.jpg"))[:count]:
+        write_record(stream, path.read_bytes())
+    return stream.getvalue()
+
+
+def _assert_exif_ignored(results: dict[str, dict]) -> None:
+    """Boxes of an EXIF-rotated photo are in its stored pixel grid, as if the tag were absent."""
+    rotated, plain = results["exif-rotated-jpeg"], results.get("exif-plain-jpeg", results["bus"])
+    assert (rotated["width"], rotated["height"]) == (810, 1080)
+    bus_box = lambda line: next(d["box"] for d in line["detections"] if d["label"] == "bus")  # noqa: E731
+    assert bus_box(rotated) == pytest.approx(bus_box(plain), abs=2.0)
+
+
+def test_bad_json_lines_and_odd_images_through_the_cli_with_an_image_tensor_model(odd_images, tmp_path):
+    """Image-tensor model: the job decodes with Pillow, so every image fault is caught before the model."""
+    import base64
+
+    import numpy as np
+    from PIL import Image
+
+    small = Image.open(io.BytesIO(odd_images["bus"])).convert("RGB").resize((203, 270))
+    pixels = np.asarray(small)
+    lines = [json.dumps({"key": key, "image_bytes": {"b64": base64.b64encode(data).decode()}})
+             for key, data in odd_images.items()]
+    lines += [
+        json.dumps({"key": "array-rgb", "inputs": pixels.tolist()}),
+        json.dumps({"key": "array-grey-1-channel", "inputs": pixels[:, :, :1].tolist()}),
+        json.dumps({"key": "array-rgba-4-channels", "inputs": np.dstack([pixels, pixels[:, :, :1]]).tolist()}),
+        json.dumps({"key": "../../../escaped", "b64": base64.b64encode(odd_images["bus"]).decode()}),
+        json.dumps({"key": "/etc/passwd", "b64": base64.b64encode(odd_images["bus"]).decode()}),
+        '{"key": "not-json", "b64": ',
+        json.dumps({"key": "missing-image"}),
+        json.dumps({"key": "wrong-shape", "inputs": [[[1, 2], [3, 4]]]}),
+        json.dumps({"key": "not-uint8", "inputs": [[[300, 0, 0]]]}),
+        '{"key": "nan", "inputs": [[[NaN, 0, 0]]]}',
+    ]
+    (tmp_path / "in.json").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    done = run_cli(
+        "--input_file_patterns", str(tmp_path / "in.json"), "--input_file_format", "json",
+        "--model_dir", str(shared_file("models/yolox_nano/tfod_image_savedmodel")),
+        "--label_map", str(shared_file("models/yolox_nano/labels.txt")),
+        "--batch_size", "4", "--output_result_prefix", str(out / "results"), "--output_error_prefix", str(out / "errors"),
+        "--max_error_rate", "1",
+    )
+    assert done.returncode == 0, done.stderr
+    results, errors = _lines(out, "results"), _lines(out, "errors")
+    expected = {
+        **EXPECTED_IMAGE_ERRORS,
+        "truncated-jpeg": ("ImageDecodeError", "decode", "image file is truncated"),
+        "truncated-png": ("ImageDecodeError", "decode", "image file is truncated"),
+        "missing-image": ("ValueError", "read", "expected one image field besides 'key'"),
+        "wrong-shape": ("ImageDecodeError", "read", "expected an HxWx3 image array, got shape [1, 2, 2]"),
+        "not-uint8": ("ValueError", "read", "values must be in 0..255"),
+        "nan": ("ValueError", "read", "non-integer or NaN"),
+    }
+    # A line that is not JSON has no key to give: it gets the file's.
+    not_json = errors.pop(f"{tmp_path / 'in.json'}:{len(odd_images) + 5}")
+    assert not_json["error_type"] == "JSONDecodeError"
+    for key, (error_type, stage, message) in expected.items():
+        assert (errors[key]["error_type"], errors[key]["stage"]) == (error_type, stage), errors[key]
+        assert message in errors[key]["message"]
+    assert set(errors) == set(expected)
+    for key in ("bus", "grey-png", "rgba-png", "16bit-png", "cmyk-jpeg", "exif-rotated-jpeg", "array-rgb",
+                "array-grey-1-channel", "array-rgba-4-channels"):
+        assert "bus" in _labels(results[key]), (key, results[key])
+    _assert_exif_ignored(results)
+    # Keys are data, never file names: the hostile ones are carried verbatim, and only
+    # the job's own files exist under the output folder.
+    assert results["../../../escaped"]["source"] == str(tmp_path / "in.json") and "/etc/passwd" in results
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["errors-00000-of-00001.jsonl", "results-00000-of-00001.jsonl", "results-job", "results-summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json", "out"]

@@ -1,0 +1,134 @@
+"""The job's commit records: resume the same job, refuse another, start over on request."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from batch_predict.jobstate import JobConflict, JobState
+from batch_predict.sinks import UnitCounts, UnitOutputs
+from batch_predict.sources import expand_patterns
+from batch_predict.spec import JobSpec
+from batch_predict.units import plan_units
+
+
+@pytest.fixture
+def job(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        (inputs / f"{i}.tfrecord").write_bytes(b"x" * (10 + i))
+    spec = JobSpec(
+        input_file_patterns=(str(inputs / "*.tfrecord"),),
+        input_file_format="tfrecord",
+        model_dir=str(tmp_path / "model"),
+        output_result_prefix=str(tmp_path / "out" / "results"),
+        output_error_prefix=str(tmp_path / "out" / "errors"),
+    )
+    return spec, inputs
+
+
+def _open(spec: JobSpec) -> JobState:
+    """The state as a run that got past setup (its model loaded) has it."""
+    state = _checked(spec)
+    state.begin()
+    return state
+
+
+def _checked(spec: JobSpec) -> JobState:
+    files = expand_patterns(spec.input_file_patterns)
+    return JobState.open(spec, files, plan_units(files, spec.input_file_format, spec.num_output_shards))
+
+
+def _commit(state: JobState, index: int, read: int) -> None:
+    unit = state.units[index]
+    UnitOutputs(*state.shard_paths(unit), {}).commit(records_read=0)
+    # The commit record, not the shards' contents, is what the state counts.
+    state.commit(unit, UnitCounts(records_read=read, predicted=read - 1, failed=1, error_types={"X": 1}))
+
+
+def test_rerun_with_the_same_arguments_sees_the_committed_units(job):
+    spec, _ = job
+    state = _open(spec)
+    assert state.committed() == {}
+    _commit(state, 1, read=5)
+    again = _open(dataclasses.replace(spec, batch_size=3, device="cpu", max_error_rate=0.5))
+    assert list(again.committed()) == [1]
+    assert again.committed()[1].records_read == 5
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ({"score_threshold": 0.5}, "--score_threshold was 0.3, now 0.5"),
+        ({"num_output_shards": 2}, "--num_output_shards was 3, now 2"),
+        ({"input_file_format": "json"}, "--input_file_format was 'tfrecord', now 'json'"),
+    ],
+)
+def test_rerun_with_other_settings_is_refused_naming_them(job, change, said):
+    spec, _ = job
+    _open(spec)
+    with pytest.raises(JobConflict) as refused:
+        _open(dataclasses.replace(spec, **change))
+    assert said in str(refused.value) and "--overwrite" in str(refused.value)
+
+
+def test_rerun_after_the_inputs_changed_is_refused(job):
+    spec, inputs = job
+    _open(spec)
+    (inputs / "1.tfrecord").write_bytes(b"y" * 99)
+    with pytest.raises(JobConflict, match="input files differ: 3 files of 33 bytes then, 3 files of 121 bytes now"):
+        _open(spec)
+
+
+def test_overwrite_removes_the_earlier_jobs_outputs_and_records(job):
+    spec, _ = job
+    state = _open(spec)
+    _commit(state, 0, read=2)
+    out = Path(spec.output_result_prefix).parent
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["errors-00000-of-00003.jsonl", "results-00000-of-00003.jsonl"]
+    fresh = _open(dataclasses.replace(spec, overwrite=True, num_output_shards=5))
+    assert fresh.committed() == {}
+    assert list(out.glob("*.jsonl")) == []
+    assert json.loads((out / "results-job" / "job.json").read_text())["settings"]["num_output_shards"] == 5
+
+
+def test_nothing_changes_until_the_job_begins(job):
+    spec, _ = job
+    state = _open(spec)
+    _commit(state, 0, read=2)
+    out = Path(spec.output_result_prefix).parent
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    # Checked, then failing at setup (say, the model does not load): the earlier job is intact.
+    replacing = _checked(dataclasses.replace(spec, overwrite=True, score_threshold=0.9))
+    assert replacing.committed() == {}
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert list(_checked(spec).committed()) == [0]
+
+
+def test_summary_is_written_once_every_unit_is_committed_and_adds_up(job):
+    spec, _ = job
+    state = _open(spec)
+    _commit(state, 0, read=4)
+    _commit(state, 2, read=6)
+    partial = state.summarize(files=3, wall_time_s=1.0, predicted_now=8)
+    assert (partial.units_committed, partial.units, partial.complete) == (2, 3, False)
+    assert not Path(spec.output_result_prefix + "-summary.json").exists()
+    _commit(state, 1, read=3)
+    summary = state.summarize(files=3, wall_time_s=2.0, predicted_now=2)
+    written = json.loads(Path(spec.output_result_prefix + "-summary.json").read_text())
+    assert written["records_read"] == summary.records_read == 13
+    assert written["predicted"] + written["failed"] == written["records_read"]
+    assert written["error_types"] == {"X": 3}
+    assert written["result_files"][2].endswith("results-00002-of-00003.jsonl")
+
+
+def test_unreadable_job_record_is_refused(job):
+    spec, _ = job
+    _open(spec)
+    Path(spec.output_result_prefix + "-job/job.json").write_text("{not json")
+    with pytest.raises(JobConflict, match="unreadable"):
+        _open(spec)

@@ -1,0 +1,96 @@
+"""The local runner: resuming, sharing units among workers, stopping, and a unit that fails whole."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from batch_predict.pipeline import Stopped
+from batch_predict.runners.local import UnitsFailed, run
+from batch_predict.runners.stopping import Stopping
+from batch_predict.spec import JobSpec
+from batch_predict.tfrecord import write_record
+
+from conftest import shared_file
+from toymodels import MeanColourModel
+
+
+@pytest.fixture
+def job(tmp_path) -> JobSpec:
+    """Four TFRecord files of the real photos (PNG and JPEG), one unit each."""
+    photos = sorted(shared_file("data/photos").iterdir())
+    for i in range(4):
+        stream = io.BytesIO()
+        for photo in photos[i::4]:
+            write_record(stream, photo.read_bytes())
+        (tmp_path / f"in-{i}.tfrecord").write_bytes(stream.getvalue())
+    return JobSpec(
+        input_file_patterns=(str(tmp_path / "in-*.tfrecord"),),
+        input_file_format="tfrecord",
+        model_dir="unused: the model is given",
+        output_result_prefix=str(tmp_path / "out" / "results"),
+        output_error_prefix=str(tmp_path / "out" / "errors"),
+        batch_size=2,
+        num_decode_workers=2,
+    )
+
+
+def _keys(spec: JobSpec) -> list[str]:
+    folder = Path(spec.output_result_prefix).parent
+    return sorted(json.loads(line)["key"] for p in folder.glob("results-*-of-*.jsonl") for line in p.open())
+
+
+def _committed(spec: JobSpec) -> list[str]:
+    return sorted(p.stem for p in Path(spec.output_result_prefix + "-job", "committed").glob("*.json"))
+
+
+def test_workers_each_run_their_share_and_the_last_writes_the_whole_summary(job):
+    first = run(job, model=MeanColourModel(), worker_index=0, worker_count=3)
+    assert (first.units_committed, first.units, first.complete) == (2, 4, False)
+    assert not Path(job.output_result_prefix + "-summary.json").exists()
+    run(job, model=MeanColourModel(), worker_index=2, worker_count=3)
+    last = run(job, model=MeanColourModel(), worker_index=1, worker_count=3)
+    assert last.complete and last.records_read == last.predicted == len(list(shared_file("data/photos").iterdir()))
+    written = json.loads(Path(job.output_result_prefix + "-summary.json").read_text())
+    assert written["records_read"] == written["predicted"] + written["failed"] == last.records_read
+    keys = _keys(job)
+    assert len(keys) == len(set(keys)) == last.records_read
+
+
+def test_rerun_predicts_only_the_records_of_uncommitted_units(job):
+    run(job, model=MeanColourModel(), worker_index=1, worker_count=2)  # units 1 and 3
+    model = MeanColourModel()
+    summary = run(job, model=model)
+    photos = sorted(shared_file("data/photos").iterdir())
+    assert summary.complete and summary.records_read == len(photos)
+    assert sum(model.batch_sizes) == len(photos[0::4]) + len(photos[2::4])
+
+
+def test_an_input_that_vanishes_fails_its_unit_only_and_a_rerun_retries_it(job, tmp_path):
+    vanishing = tmp_path / "in-2.tfrecord"
+    kept = vanishing.read_bytes()
+    model = MeanColourModel(on_predict=lambda _: vanishing.unlink(missing_ok=True))
+    with pytest.raises(UnitsFailed, match=r"1 of 4 units failed.*unit 2: FileNotFoundError.*rerun the same command"):
+        run(job, model=model)
+    assert _committed(job) == ["00000-of-00004", "00001-of-00004", "00003-of-00004"]
+    assert not Path(job.output_result_prefix + "-summary.json").exists()
+    vanishing.write_bytes(kept)
+    assert run(job, model=MeanColourModel()).complete
+
+
+def test_stop_request_lets_the_unit_in_progress_commit_then_stops(job):
+    stopping = Stopping()
+    with pytest.raises(Stopped, match="stopped before unit 1"):
+        run(job, model=MeanColourModel(on_predict=lambda _: stopping.requested.set()), stopping=stopping)
+    assert _committed(job) == ["00000-of-00004"]
+
+
+def test_abandon_discards_the_unit_in_progress(job):
+    stopping = Stopping()
+    with pytest.raises(Stopped, match="unit 0 of 4 abandoned"):
+        run(job, model=MeanColourModel(on_predict=lambda _: stopping.request(0)), stopping=stopping)
+    out = Path(job.output_result_prefix).parent
+    assert _committed(job) == [] and list(out.glob("*.jsonl*")) == []
