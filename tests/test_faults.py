@@ -186,7 +186,7 @@ def test_rerun_of_a_finished_job_redoes_nothing_and_other_arguments_are_refused(
     assert "model {" not in again.stderr  # not even loaded
     other = run_cli(*job_args(dataset, model_dir, reference["out"], "--score_threshold", "0.6"))
     assert other.returncode == 2
-    assert "records a different job" in other.stderr and "--score_threshold was 0.3, now 0.6" in other.stderr
+    assert "records a different job" in other.stderr and "--score_threshold was its default, now 0.6" in other.stderr
     assert_same_as_reference(reference["out"], reference)
 
 
@@ -243,7 +243,7 @@ def test_missing_or_corrupt_model_dir_is_one_clear_message_and_exit_2(damage, da
         (model / "saved_model.pb").write_bytes(real.read_bytes()[: real.stat().st_size // 3])
     done = run_cli(*job_args(dataset, str(model), tmp_path / "out"))
     assert done.returncode == 2, done.stderr
-    expected = {"missing": "does not exist", "empty": "holds no model", "truncated": "cannot load SavedModel"}[damage]
+    expected = {"missing": "does not exist", "empty": "holds no SavedModel", "truncated": "cannot load SavedModel"}[damage]
     (message,) = [line for line in done.stderr.splitlines() if line.startswith("batch-predict: error:")]
     assert "--model_dir" in message and expected in message
     assert "Traceback" not in done.stderr

@@ -63,7 +63,7 @@ def test_rerun_with_the_same_arguments_sees_the_committed_units(job):
 @pytest.mark.parametrize(
     "change, said",
     [
-        ({"score_threshold": 0.5}, "--score_threshold was 0.3, now 0.5"),
+        ({"score_threshold": 0.5}, "--score_threshold was its default, now 0.5"),
         ({"num_output_shards": 2}, "--num_output_shards was 3, now 2"),
         ({"input_file_format": "json"}, "--input_file_format was 'tfrecord', now 'json'"),
     ],

@@ -34,7 +34,7 @@ _COMMIT_NAME = re.compile(r"(\d{5,})-of-(\d{5,})\.json")
 #: of memory, another GPU).
 _OUTPUT_SETTINGS = (
     "input_file_format", "model_dir", "signature_name", "label_map",
-    "score_threshold", "output_raw", "max_image_pixels", "output_error_prefix",
+    "score_threshold", "output_raw", "max_image_pixels", "output_error_prefix", "model_spec", "model_options",
 )
 
 
@@ -45,9 +45,10 @@ class JobConflict(ValueError):
 def job_identity(spec: JobSpec, files: Sequence[InputFile], units: Sequence[Unit]) -> dict[str, Any]:
     """The settings and inputs that determine a job's output, as stored in `job.json`."""
     settings: dict[str, Any] = {name: getattr(spec, name) for name in _OUTPUT_SETTINGS}
-    for name in ("model_dir", "label_map", "output_error_prefix"):
+    for name in ("model_dir", "label_map", "output_error_prefix", "model_spec"):
         if settings[name]:
             settings[name] = _canonical_url(settings[name])
+    settings["model_options"] = list(spec.model_options)  # as job.json gives it back
     settings["num_output_shards"] = len(units)
     listing = "".join(f"{f.url}\t{f.size}\n" for f in files)
     inputs = {
@@ -72,7 +73,7 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     for name, now in current["settings"].items():
         then = stored.get("settings", {}).get(name)
         if then != now:
-            said.append(f"--{name} was {then!r}, now {now!r}")
+            said.append(f"--{name} was {_shown(then)}, now {_shown(now)}")
     then_in, now_in = stored.get("inputs", {}), current["inputs"]
     if then_in != now_in:
         said.append(
@@ -208,3 +209,8 @@ class JobState:
                     fsspec.core.url_to_fs(leftover)[0].rm(leftover)
             write_atomically(summary_path(self.result_prefix), json.dumps(summary.to_json(), indent=2))
         return summary
+
+
+def _shown(value: Any) -> str:
+    """A setting as the user gave it; None is a flag left to its default."""
+    return "its default" if value is None else repr(value)
