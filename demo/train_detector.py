@@ -91,6 +91,7 @@ def encode_targets(boxes: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, 
     box_targets = np.zeros((4, GRID, GRID), np.float32)
     weights = np.zeros((GRID, GRID), np.float32)
     centres = (np.arange(GRID, dtype=np.float32) + 0.5) * STRIDE
+    # Largest first, so that a smaller object keeps any cell the two would share.
     for box, class_id in sorted(zip(boxes, classes), key=lambda bc: -(bc[0][2] - bc[0][0]) * (bc[0][3] - bc[0][1])):
         w, h = box[2] - box[0], box[3] - box[1]
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -137,27 +138,21 @@ def train(pool_size: int, steps: int, batch_size: int, lr: float, seed: int) -> 
     print(f"rendered {pool_size} training scenes in {time.time() - started:.0f} s", flush=True)
     network = ShapeDetector(len(CLASSES)).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    warmup = min(100, steps // 10)
+    warmup = max(1, min(100, steps // 10))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / steps)))
     )
     network.train()
     for step in range(steps):
         picked = rng.choice(pool_size, batch_size, replace=False)
-        batch, heats, box_targets, weights = [], [], [], []
-        for index, k in zip(picked, rng.integers(0, 8, batch_size)):
-            image, boxes = dihedral(images[index], all_boxes[index], int(k))
-            heat, box_target, weight = encode_targets(boxes, all_classes[index])
-            batch.append(image), heats.append(heat), box_targets.append(box_target), weights.append(weight)
-        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div(255.0)
-        x = x.contiguous(memory_format=torch.channels_last)
-        raw = network(x)
+        views = [dihedral(images[i], all_boxes[i], int(k)) for i, k in zip(picked, rng.integers(0, 8, batch_size))]
+        targets = [encode_targets(boxes, all_classes[i]) for i, (_, boxes) in zip(picked, views)]
+        heats, box_targets, weights = (torch.from_numpy(np.stack(t)) for t in zip(*targets))
+        x = torch.from_numpy(np.stack([image for image, _ in views])).permute(0, 3, 1, 2).float().div(255.0)
+        raw = network(x.contiguous(memory_format=torch.channels_last))
         _, predicted = raw_to_outputs(raw, len(CLASSES))
-        heat_loss = focal_loss(raw[:, : len(CLASSES)], torch.from_numpy(np.stack(heats)))
-        box_loss = giou_loss(
-            predicted.permute(0, 2, 3, 1), torch.from_numpy(np.stack(box_targets)).permute(0, 2, 3, 1),
-            torch.from_numpy(np.stack(weights)),
-        )
+        heat_loss = focal_loss(raw[:, : len(CLASSES)], heats)
+        box_loss = giou_loss(predicted.permute(0, 2, 3, 1), box_targets.permute(0, 2, 3, 1), weights)
         loss = heat_loss + BOX_LOSS_WEIGHT * box_loss
         optimizer.zero_grad()
         loss.backward()
