@@ -36,7 +36,7 @@ class ConvBN(nn.Sequential):
 
 
 class ShapeDetector(nn.Module):
-    """The bare network: NCHW float RGB in [0, 1] -> raw map [N, classes + 4, H/4, W/4]."""
+    """The bare network: NCHW float RGB in [0, 1], H and W multiples of 32 -> raw map [N, classes + 4, H/4, W/4]."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
