@@ -49,11 +49,13 @@ def demo_job(tmp_path_factory) -> dict:
         "--output_result_prefix", str(out / "predictions"), "--output_error_prefix", str(out / "errors"),
     ])
     assert job.returncode == 0, job.stderr
-    read_lines = lambda path: [json.loads(line) for line in path.read_text().splitlines()]  # noqa: E731
+    def read_lines(prefix: str) -> list[dict]:
+        return [json.loads(line) for path in sorted(out.glob(f"{prefix}-*-of-*.jsonl")) for line in path.open()]
+
     return {
         "truth": json.loads((out / "samples" / "ground_truth.json").read_text()),
-        "results": {r["key"]: r for r in read_lines(out / "predictions-00000-of-00001.jsonl")},
-        "errors": read_lines(out / "errors-00000-of-00001.jsonl"),
+        "results": {r["key"]: r for r in read_lines("predictions")},
+        "errors": read_lines("errors"),
         "summary": json.loads((out / "predictions-summary.json").read_text()),
     }
 
