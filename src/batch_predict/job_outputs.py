@@ -8,7 +8,7 @@ summary the shards are found by the job's naming.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import fsspec
@@ -24,8 +24,13 @@ class JobOutputsError(FileNotFoundError):
 
 
 def timeline_path(result_prefix: str) -> str:
-    """`<prefix>-timeline.jsonl`: one line per batch the job wrote (see docs/tools.md)."""
+    """`<prefix>-timeline.jsonl`: one line per batch, as a job may write it whole (see docs/tools.md)."""
     return f"{result_prefix}-timeline.jsonl"
+
+
+def unit_timeline_path(result_prefix: str, index: int, count: int) -> str:
+    """The timeline lines of one committed unit, as the job writes them (`timeline.TimelineWriter`)."""
+    return f"{result_prefix}-job/timeline/{index:05d}-of-{count:05d}.jsonl"
 
 
 def load_summary(result_prefix: str) -> dict[str, Any] | None:
@@ -63,8 +68,41 @@ def read_lines(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
 
 
 def read_timeline(result_prefix: str) -> list[dict[str, Any]]:
-    """The job's timeline lines, or [] when it wrote none."""
-    try:
-        return list(read_lines([timeline_path(result_prefix)]))
-    except FileNotFoundError:
-        return []
+    """The job's timeline lines, in time order, or [] when it wrote none.
+
+    Reads `<prefix>-timeline.jsonl` and every unit's timeline. Lines that carry the wall
+    clock (`time`) are put on one clock, the job's active time: runs that overlap (workers)
+    share it, and the idle gap between a run and its resumption is left out, so `t` is
+    seconds of the job running and the plot shows the rate whenever something ran.
+    """
+    fs, root = fsspec.core.url_to_fs(result_prefix)
+    paths = sorted(fs.glob(root + "-job/timeline/*-of-*.jsonl"))
+    if fs.exists(root + "-timeline.jsonl"):
+        paths.insert(0, root + "-timeline.jsonl")
+    lines = list(read_lines(fs.unstrip_protocol(p) for p in paths))
+    clocked = [line for line in lines if "time" in line]
+    if clocked:
+        to_active = _active_clock([(line["time"] - line["t"], line["time"]) for line in clocked])
+        for line in clocked:
+            line["t"] = round(to_active(line["time"]), 3)
+    return sorted(lines, key=lambda line: float(line["t"]))
+
+
+def _active_clock(spans: list[tuple[float, float]]) -> Callable[[float], float]:
+    """time -> seconds of the union of `spans` (each run's start to a batch) before it."""
+    merged: list[list[float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+
+    def active(when: float) -> float:
+        before = 0.0
+        for start, end in merged:
+            if when <= end:
+                return before + max(0.0, when - start)
+            before += end - start
+        return before
+
+    return active

@@ -35,6 +35,7 @@ _COMMIT_NAME = re.compile(r"(\d{5,})-of-(\d{5,})\.json")
 _OUTPUT_SETTINGS = (
     "input_file_format", "model_dir", "signature_name", "label_map",
     "score_threshold", "output_raw", "max_image_pixels", "output_error_prefix", "model_spec", "model_options",
+    "output_format",
 )
 
 
@@ -141,7 +142,8 @@ class JobState:
 
     def _start_over(self) -> None:
         """Remove every output of an earlier job under both prefixes, its records first."""
-        for path in (f"{self.root}/committed", f"{self.root}/job.json", summary_path(self.result_prefix)):
+        for path in (f"{self.root}/committed", f"{self.root}/timeline", f"{self.root}/job.json",
+                     summary_path(self.result_prefix)):
             fs, root = fsspec.core.url_to_fs(path)
             if fs.exists(root):
                 fs.rm(root, recursive=True)
