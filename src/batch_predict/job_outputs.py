@@ -16,7 +16,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .sinks import summary_path
 
-_SHARD_GLOB = "-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].jsonl"
+_SHARD_GLOB = "-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]."
+#: Result shard endings, in the order a prefix without summary is searched for them.
+_RESULT_EXTENSIONS = ("jsonl", "parquet", "json")
 
 
 class JobOutputsError(FileNotFoundError):
@@ -42,16 +44,17 @@ def load_summary(result_prefix: str) -> dict[str, Any] | None:
         return None
 
 
-def shard_files(prefix: str) -> list[str]:
-    """The `<prefix>-NNNNN-of-NNNNN.jsonl` files that exist, in order."""
+def shard_files(prefix: str, ext: str = "jsonl") -> list[str]:
+    """The `<prefix>-NNNNN-of-NNNNN.<ext>` files that exist, in order."""
     fs, root = fsspec.core.url_to_fs(prefix)
     local = isinstance(fs, LocalFileSystem)
-    return [p if local else fs.unstrip_protocol(p) for p in sorted(fs.glob(root + _SHARD_GLOB))]
+    return [p if local else fs.unstrip_protocol(p) for p in sorted(fs.glob(root + _SHARD_GLOB + ext))]
 
 
 def result_files(result_prefix: str, summary: dict[str, Any] | None = None) -> list[str]:
     """The result shards: as the summary lists them, else as found. Raises `JobOutputsError` if none."""
-    files = summary["result_files"] if summary and summary.get("result_files") else shard_files(result_prefix)
+    files = summary["result_files"] if summary and summary.get("result_files") else next(
+        (found for ext in _RESULT_EXTENSIONS if (found := shard_files(result_prefix, ext))), [])
     if not files:
         raise JobOutputsError(f"no job outputs under {result_prefix!r}: neither {summary_path(result_prefix)} "
                               f"nor {result_prefix}-NNNNN-of-NNNNN.jsonl exists")
@@ -65,6 +68,45 @@ def read_lines(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
             for line in f:
                 if line.strip():
                     yield json.loads(line)
+
+
+def read_results(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The result records of JSON lines or Parquet shards (by their ending), as result lines give them.
+
+    COCO result shards hold detections without keys or sources: read them with `read_coco_results`.
+    """
+    for path in paths:
+        if path.endswith(".parquet"):
+            yield from _parquet_rows(path)
+        elif path.endswith(".jsonl"):
+            yield from read_lines([path])
+        else:
+            raise JobOutputsError(f"{path}: COCO results (--output_format coco) hold no keys or sources; "
+                                  "this tool needs jsonl or parquet results")
+
+
+def _parquet_rows(path: str) -> Iterator[dict[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise JobOutputsError("reading Parquet results needs pyarrow: pip install 'batch-predict[parquet]'") from None
+    with fsspec.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches():
+            for row in batch.to_pylist():
+                row["detections"] = [{k: v for k, v in d.items() if v is not None} for d in row["detections"]]
+                raw = row.pop("raw", None)
+                if raw is not None:
+                    row["raw"] = json.loads(raw)
+                yield row
+
+
+def read_coco_results(paths: Iterable[str]) -> list[dict[str, Any]]:
+    """The entries of COCO detection result shards, one JSON array each."""
+    entries: list[dict[str, Any]] = []
+    for path in paths:
+        with fsspec.open(path, "rt", encoding="utf-8") as f:
+            entries += json.load(f)
+    return entries
 
 
 def read_timeline(result_prefix: str) -> list[dict[str, Any]]:

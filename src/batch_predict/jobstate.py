@@ -20,6 +20,7 @@ from typing import Any
 
 import fsspec
 
+from .result_formats import EXTENSIONS
 from .sinks import JobSummary, UnitCounts, ensure_writable, shard_files, shard_name, summary_path, write_atomically
 from .sources import InputFile
 from .spec import JobSpec
@@ -90,6 +91,7 @@ class JobState:
     def __init__(self, spec: JobSpec, units: Sequence[Unit], identity: dict[str, Any]) -> None:
         self.result_prefix = spec.output_result_prefix
         self.error_prefix = spec.output_error_prefix
+        self.result_ext = EXTENSIONS[spec.output_format]
         self.units = list(units)
         self.identity = identity
         self.root = f"{spec.output_result_prefix}-job"
@@ -153,7 +155,8 @@ class JobState:
 
     def shard_paths(self, unit: Unit) -> tuple[str, str]:
         """(result shard, error shard) that `unit` writes."""
-        return shard_name(self.result_prefix, unit.index, unit.count), shard_name(self.error_prefix, unit.index, unit.count)
+        return (shard_name(self.result_prefix, unit.index, unit.count, self.result_ext),
+                shard_name(self.error_prefix, unit.index, unit.count))
 
     def committed(self) -> dict[int, UnitCounts]:
         """{unit index: its counts} for every unit of this job committed so far, by any process.

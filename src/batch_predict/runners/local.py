@@ -14,6 +14,7 @@ from ..jobstate import JobState
 from ..models import Model, load_model
 from ..observe import JobObserver, Observers
 from ..pipeline import BatchLimit, Stopped
+from ..result_formats import result_writer
 from ..sinks import JobSummary, OutputError
 from ..spec import JobSpec
 from ..timeline import TimelineWriter
@@ -55,6 +56,7 @@ def run(
     started = time.perf_counter()
     files = sources.expand_patterns(spec.input_file_patterns)
     ground_truth = evaluate.load_ground_truth(spec.ground_truth) if spec.ground_truth else None
+    result_writer(spec.output_format)  # a missing library fails now, not after the model loaded
     units = plan_units(files, spec.input_file_format, spec.num_output_shards)
     state = JobState.open(spec, files, units)
     done = state.committed()

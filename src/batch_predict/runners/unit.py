@@ -13,6 +13,7 @@ from ..jobstate import JobState
 from ..models import Model
 from ..observe import JobObserver, ObservedSink, TimedModel, observed_records
 from ..pipeline import BatchLimit, run_pipeline
+from ..result_formats import result_writer
 from ..sinks import UnitCounts, UnitOutputs
 from ..spec import JobSpec
 from ..units import Unit, read_unit
@@ -37,7 +38,7 @@ def run_unit(
     hears of every record read, model call, write and the commit.
     """
     observer = observer or JobObserver()
-    outputs = UnitOutputs(*state.shard_paths(unit), model.labels)
+    outputs = UnitOutputs(*state.shard_paths(unit), model.labels, result_writer(spec.output_format))
     observer.unit_started(unit)
     try:
         read = run_pipeline(
