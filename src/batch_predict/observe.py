@@ -35,7 +35,8 @@ class JobObserver:
         """One record (or one record that could not be read) left the reader."""
 
     def batch_predicted(self, size: int, seconds: float) -> None:
-        """One model call over `size` records took `seconds` (a failing batch is bisected: several calls)."""
+        """One model call over `size` records took `seconds`, whether it succeeded or not (a failing batch
+        is bisected: several calls)."""
 
     def written(self, unit: Unit, outcomes: list[Outcome]) -> None:
         """The lines of `outcomes` went to the unit's (uncommitted) shards."""
@@ -127,9 +128,10 @@ class TimedModel:
 
     def predict(self, records: Sequence[Record]) -> list[Any]:
         started = time.perf_counter()
-        found = self._model.predict(records)
-        self._observer.batch_predicted(len(records), time.perf_counter() - started)
-        return found
+        try:
+            return self._model.predict(records)
+        finally:
+            self._observer.batch_predicted(len(records), time.perf_counter() - started)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
