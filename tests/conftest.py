@@ -53,6 +53,7 @@ def photo_job(tmp_path: Path, **settings) -> "JobSpec":
 
     photos = sorted(shared_file("data/photos").iterdir())
     lines = [{"key": p.name, "b64": base64.b64encode(p.read_bytes()).decode()} for p in photos]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     lines += [{"key": "poison-bus.jpg", "b64": lines[0]["b64"]}, {"key": "junk.jpg", "b64": base64.b64encode(b"no image").decode()}]
     for i in range(2):
         (tmp_path / f"in-{i}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines[i::2]))

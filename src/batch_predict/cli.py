@@ -185,7 +185,7 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
     finally:
         if watchers is not None:
             watchers.close()
-    click.echo(summary_table(summary), err=True)
+    click.echo(summary_table(summary))
     click.echo(
         f"records read {summary.records_read}, predicted {summary.predicted}, failed {summary.failed}, "
         f"detections {summary.detections}, {summary.wall_time_s:.1f} s, {summary.images_per_second:.1f} images/s"
