@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Mapping
 
 import click
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .logformat import configure_logging
 from .observe import Observers
@@ -168,7 +170,10 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
         worker_index, worker_count = worker_from_environment(os.environ)
         watchers = run_watchers(metrics_port, progress_interval_seconds)
-        summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping, observer=watchers)
+        # On a terminal, log lines go above the progress bar instead of through it.
+        with logging_redirect_tqdm() if sys.stderr.isatty() else contextlib.nullcontext():
+            summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping,
+                          observer=watchers)
     except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, GroundTruthError, JobConflict,
             MetricsError) as exc:
         click.echo(f"batch-predict: error: {exc}", err=True)

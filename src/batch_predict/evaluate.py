@@ -171,6 +171,7 @@ def evaluate_coco_results(entries: Iterable[dict[str, Any]], ground_truth: Groun
             detections.append(entry)
         else:
             unknown.add(entry["image_id"])
+    evaluation.ground_truth_images_without_results = len(known - {d["image_id"] for d in detections})
     if not detections:
         raise EvaluationError(f"no detection's image_id is an image of {ground_truth.path} (image ids like "
                               f"{sorted(map(str, unknown))[:2]}); keys must end in the image id, e.g. 000000000009.jpg")

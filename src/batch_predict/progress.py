@@ -131,8 +131,7 @@ class TerminalProgress(Tally):
         super().job_started(units)
         self._bar = tqdm(total=self.snapshot().bytes_total, unit="B", unit_scale=True, unit_divisor=1024,
                          file=self._stream, desc="batch-predict", dynamic_ncols=True, mininterval=0.5,
-                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                    "[{elapsed}<{remaining}] {postfix}")
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
 
     def written(self, unit: Unit, outcomes: list[Outcome]) -> None:
         super().written(unit, outcomes)

@@ -1,4 +1,5 @@
-"""Write results and errors as JSON lines, one shard per unit, committed by renaming.
+"""Write results (JSON lines, or a format of `result_formats`) and errors (JSON lines), one shard
+per unit, committed by renaming.
 
 A shard file name only ever holds a whole unit's lines: a unit writes its shards under
 temporary names and renames them into place when every one of its records is accounted

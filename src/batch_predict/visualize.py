@@ -23,7 +23,6 @@ from .models import Model
 from .observe import JobObserver
 from .records import Outcome, Prediction
 from .sinks import result_line
-from .spec import JobSpec
 from .units import Unit
 
 log = logging.getLogger("batch_predict")
@@ -73,8 +72,3 @@ class Visualizer(JobObserver):
                     f.write(picture)
             except (OSError, ValueError) as exc:
                 log.warning("--visualize: cannot write %s: %s", path, exc)
-
-
-def job_visualizer(spec: JobSpec) -> list[JobObserver]:
-    """The job's visualizer, if `--visualize` asks for one."""
-    return [Visualizer(spec.output_result_prefix, spec.visualize)] if spec.visualize else []

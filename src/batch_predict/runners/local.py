@@ -12,15 +12,14 @@ import time
 from .. import evaluate, sources
 from ..jobstate import JobState
 from ..models import Model, load_model
-from ..observe import JobObserver, Observers
+from ..observe import JobObserver
 from ..pipeline import BatchLimit, Stopped
 from ..result_formats import result_writer
 from ..sinks import JobSummary, OutputError
 from ..spec import JobSpec
-from ..timeline import TimelineWriter
-from ..visualize import job_visualizer
 from ..units import plan_units, units_for_worker
 from .stopping import Stopping
+from .watch import job_observers
 from .unit import run_unit
 
 log = logging.getLogger("batch_predict")
@@ -66,7 +65,7 @@ def run(
         "batch-predict: %d input files in %d units; %d of this run's %d units already committed",
         len(files), len(units), len(mine) - len(pending), len(mine),
     )
-    watchers = Observers([TimelineWriter(spec.output_result_prefix), *job_visualizer(spec), *([observer] if observer else [])])
+    watchers = job_observers(spec, observer)
     watchers.job_started(pending)
     predicted_now = 0
     failures: list[str] = []
