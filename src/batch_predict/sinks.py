@@ -54,8 +54,8 @@ def shard_files(prefix: str, partial_only: bool = False) -> list[str]:
     fs, root = fsspec.core.url_to_fs(prefix)
     parent, base = posixpath.split(root)
     partial = r"\.[0-9a-z-]+\.partial"
-    ends = "|".join(SHARD_EXTENSIONS)
-    pattern = re.compile(re.escape(base) + rf"-\d{{5,}}-of-\d{{5,}}\.({ends})" + (partial if partial_only else f"({partial})?"))
+    shard = re.escape(base) + r"-\d{5,}-of-\d{5,}\.(" + "|".join(SHARD_EXTENSIONS) + ")"
+    pattern = re.compile(shard + (partial if partial_only else f"({partial})?"))
     try:
         listing = fs.ls(parent, detail=False)
     except FileNotFoundError:
