@@ -17,7 +17,7 @@ $(VENV)/.demo-deps: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.demo-deps
-	$(PIP) -e '.[tf,torch,onnx,test,deploy,demo]'
+	$(PIP) -e '.[tf,torch,onnx,test,deploy,demo,metrics,parquet]'
 	touch $@
 
 # The report's test renders its page in a real browser: Debian's chromium, installed where apt

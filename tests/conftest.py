@@ -41,3 +41,24 @@ def photos_dir() -> Path:
 @pytest.fixture(scope="session")
 def yolox_dir() -> Path:
     return shared_file("models/yolox_nano")
+
+
+def photo_job(tmp_path: Path, **settings) -> "JobSpec":
+    """A small real job: the photos as two JSON-lines files keyed by name, plus a record the test
+    model fails on (`poison-bus.jpg`: ValueError) and one that is not an image (ImageDecodeError)."""
+    import base64
+    import json
+
+    from batch_predict.spec import JobSpec
+
+    photos = sorted(shared_file("data/photos").iterdir())
+    lines = [{"key": p.name, "b64": base64.b64encode(p.read_bytes()).decode()} for p in photos]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    lines += [{"key": "poison-bus.jpg", "b64": lines[0]["b64"]}, {"key": "junk.jpg", "b64": base64.b64encode(b"no image").decode()}]
+    for i in range(2):
+        (tmp_path / f"in-{i}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines[i::2]))
+    return JobSpec(
+        input_file_patterns=(str(tmp_path / "in-*.jsonl"),), input_file_format="json",
+        model_dir="unused: the model is given", output_result_prefix=str(tmp_path / "out" / "results"),
+        output_error_prefix=str(tmp_path / "out" / "errors"), batch_size=2, num_decode_workers=2, **settings,
+    )

@@ -209,5 +209,36 @@ def test_help_documents_every_flag():
     help_text = batch_predict("--help").stdout
     for flag in ("input_file_patterns", "input_file_format", "model_dir", "batch_size", "output_result_prefix",
                  "output_error_prefix", "signature_name", "label_map", "score_threshold", "num_output_shards",
-                 "device", "max_error_rate", "output_raw", "max_image_pixels"):
+                 "device", "max_error_rate", "output_raw", "max_image_pixels", "output_format", "visualize",
+                 "log_format", "progress_interval_seconds", "metrics_port"):
         assert f"--{flag}" in help_text
+
+
+def test_a_pod_gets_json_log_lines_with_progress_a_table_and_pictures(tmp_path, photo_bytes):
+    with (tmp_path / "imgs.tfrecord").open("wb") as f:
+        for name in PHOTOS[:3]:
+            write_record(f, photo_bytes[name])
+    model = shared_file("models/yolox_nano/tfod_encoded_savedmodel")
+    run = batch_predict(*job_args(str(tmp_path / "imgs.tfrecord"), "tfrecord", model, tmp_path / "out",
+                                  "--log_format", "json", "--visualize", "2", "--output_format", "parquet"))
+    # stderr is not a terminal here: no bar; TensorFlow's own C++ lines are not ours to format.
+    ours = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    assert ours and all(line["level"] in ("INFO", "WARNING") and line["message"] for line in ours)
+    (last,) = [line for line in ours if line.get("event") == "progress"]
+    assert (last["records_read"], last["predicted"], last["percent"], last["units"]) == (3, 3, 100.0, 1)
+    assert "%|" not in run.stderr
+    table = run.stdout.splitlines()
+    assert table[0].split() == ["records", "read", "3"] and table[-1].startswith("records read 3, predicted 3")
+    assert len(list((tmp_path / "out" / "results-visualized").glob("*.jpg"))) == 2
+    assert (tmp_path / "out" / "results-00000-of-00001.parquet").exists()
+
+
+def test_a_taken_metrics_port_fails_before_any_work(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        run = batch_predict(*job_args(str(tmp_path / "none-*.tfrecord"), "tfrecord", tmp_path, tmp_path / "out",
+                                      "--metrics_port", str(taken.getsockname()[1])), check=False)
+    assert run.returncode == 2 and "--metrics_port" in run.stderr and "Traceback" not in run.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,9 +11,13 @@ import sys
 from collections.abc import Mapping
 
 import click
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .logformat import configure_logging
+from .observe import Observers
 from .pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, find_images, pack
-from .spec import DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, INPUT_FORMATS, JobSpec, SpecError, split_patterns
+from .spec import (DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, INPUT_FORMATS, OUTPUT_FORMATS, JobSpec, SpecError,
+                   split_patterns)
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_SETUP = 2
@@ -114,8 +119,20 @@ def cli() -> None:
 @_flag("termination_grace_seconds", type=float, default=DEFAULT_TERMINATION_GRACE_S, show_default=True,
        help="On SIGTERM, start no new unit and give the unit in progress this long to commit before abandoning it "
             "(keep it below the pod's terminationGracePeriodSeconds). SIGINT or a second SIGTERM abandons at once.")
+@_flag("output_format", type=click.Choice(OUTPUT_FORMATS), default="jsonl", show_default=True,
+       help="Result shards: jsonl (one line per image), parquet (one row per image, detections nested) or coco "
+            "(a JSON array of COCO detection results). Error shards are always JSON lines.")
+@_flag("visualize", type=int, default=0, show_default=True,
+       help="Also draw the detections of the first N predicted images into <output_result_prefix>-visualized/.")
 @_flag("log_level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
-def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_grace_seconds: float, **settings) -> None:
+@_flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+       help="json: one JSON object a log line (for log collectors), progress numbers as keys.")
+@_flag("progress_interval_seconds", type=float, default=30.0, show_default=True,
+       help="When stderr is not a terminal, log one progress line this often; 0: none. On a terminal, a live bar.")
+@_flag("metrics_port", type=int, default=None,
+       help="Serve Prometheus metrics on this port (all interfaces) while the job runs; needs batch-predict[metrics].")
+def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: str, progress_interval_seconds: float,
+            metrics_port: int | None, termination_grace_seconds: float, **settings) -> None:
     """Predict every record of the input files; write results, errors and a summary.
 
     Rerunning the same command after a failure or a kill resumes the job: units already
@@ -123,12 +140,14 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_gr
     Indexed Job (JOB_COMPLETION_INDEX and JOB_COMPLETION_COUNT set), only that shard of the
     units runs; the pods' outputs together are the whole job's.
     """
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    configure_logging(log_level, log_format, sys.stderr)
     from .evaluate import EvaluationError, GroundTruthError
     from .jobstate import JobConflict
     from .labels import LabelMapError
+    from .metrics import MetricsError
     from .models import ModelLoadError
     from .pipeline import Stopped
+    from .progress import summary_table
     from .runners.local import UnitsFailed, run
     from .runners.stopping import Stopping
     from .sinks import OutputError
@@ -146,11 +165,17 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_gr
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    watchers = None
     try:
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
         worker_index, worker_count = worker_from_environment(os.environ)
-        summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping)
-    except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, GroundTruthError, JobConflict) as exc:
+        watchers = run_watchers(metrics_port, progress_interval_seconds)
+        # On a terminal, log lines go above the progress bar instead of through it.
+        with logging_redirect_tqdm() if sys.stderr.isatty() else contextlib.nullcontext():
+            summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping,
+                          observer=watchers)
+    except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, GroundTruthError, JobConflict,
+            MetricsError) as exc:
         click.echo(f"batch-predict: error: {exc}", err=True)
         sys.exit(EXIT_BAD_SETUP)
     except Stopped as exc:
@@ -162,6 +187,10 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_gr
     except UnitsFailed as exc:
         click.echo(f"batch-predict: error: {exc}", err=True)
         sys.exit(EXIT_JOB_FAILED)
+    finally:
+        if watchers is not None:
+            watchers.close()
+    click.echo(summary_table(summary))
     click.echo(
         f"records read {summary.records_read}, predicted {summary.predicted}, failed {summary.failed}, "
         f"detections {summary.detections}, {summary.wall_time_s:.1f} s, {summary.images_per_second:.1f} images/s"
@@ -178,6 +207,18 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_gr
             err=True,
         )
         sys.exit(EXIT_JOB_FAILED)
+
+
+def run_watchers(metrics_port: int | None, progress_interval_s: float) -> Observers:
+    """What watches this run: a bar on a terminal, else periodic log lines; metrics if a port is given."""
+    from .metrics import MetricsServer
+    from .progress import LogProgress, TerminalProgress
+
+    watchers: list = [TerminalProgress(sys.stderr)] if sys.stderr.isatty() else (
+        [LogProgress(progress_interval_s)] if progress_interval_s > 0 else [])
+    if metrics_port is not None:
+        watchers.append(MetricsServer.start(metrics_port))
+    return Observers(watchers)
 
 
 @cli.command("pack")

@@ -19,7 +19,8 @@ from typing import Any
 
 import fsspec
 
-from .job_outputs import load_summary, read_lines, result_files
+from .job_outputs import load_summary, read_coco_results, read_results, result_files
+from .result_formats import image_id_of_key
 from .sinks import summary_path
 
 log = logging.getLogger("batch_predict")
@@ -116,8 +117,8 @@ class KeyMatcher:
         base = key.rsplit("/", 1)[-1]
         if base in self._by_base:
             return self._by_base[base]
-        stem = posixpath.splitext(base)[0]
-        return self._by_id.get(str(int(stem)) if stem.isdigit() else stem)
+        image_id = image_id_of_key(key)
+        return self._by_id.get(str(image_id) if isinstance(image_id, int) else posixpath.splitext(base)[0])
 
 
 def evaluate(results: Iterable[dict[str, Any]], ground_truth: GroundTruth) -> Evaluation:
@@ -151,6 +152,33 @@ def evaluate(results: Iterable[dict[str, Any]], ground_truth: GroundTruth) -> Ev
     evaluation.ground_truth_images_without_results = len(ground_truth.dataset["images"]) - len(keys_of)
     evaluation.detections = len(detections)
     _score(evaluation, ground_truth, sorted(keys_of), detections, COCO, COCOeval)
+    return evaluation
+
+
+def evaluate_coco_results(entries: Iterable[dict[str, Any]], ground_truth: GroundTruth) -> Evaluation:
+    """Score COCO detection results (`--output_format coco`) against the ground truth.
+
+    Their `image_id`s are taken as the ground truth's. The format lists detections only, so
+    it cannot tell an image predicted without detections from one not predicted: every
+    ground-truth image is scored, and a job over part of a data set scores low.
+    """
+    COCO, COCOeval = _coco_tools()
+    known = {image["id"] for image in ground_truth.dataset["images"]}
+    evaluation = Evaluation(ground_truth.path)
+    detections, unknown = [], set()
+    for entry in entries:
+        if entry["image_id"] in known:
+            detections.append(entry)
+        else:
+            unknown.add(entry["image_id"])
+    evaluation.ground_truth_images_without_results = len(known - {d["image_id"] for d in detections})
+    if not detections:
+        raise EvaluationError(f"no detection's image_id is an image of {ground_truth.path} (image ids like "
+                              f"{sorted(map(str, unknown))[:2]}); keys must end in the image id, e.g. 000000000009.jpg")
+    evaluation.images = len(known)
+    evaluation.results_without_ground_truth = len(unknown)
+    evaluation.detections = len(detections)
+    _score(evaluation, ground_truth, sorted(known), detections, COCO, COCOeval)
     return evaluation
 
 
@@ -197,7 +225,10 @@ def format_evaluation(evaluation: Evaluation) -> str:
 
 def evaluate_outputs(result_prefix: str, ground_truth: GroundTruth) -> Evaluation:
     """Score the results a job wrote under `result_prefix`."""
-    return evaluate(read_lines(result_files(result_prefix, load_summary(result_prefix))), ground_truth)
+    files = result_files(result_prefix, load_summary(result_prefix))
+    if all(f.endswith(".json") for f in files):
+        return evaluate_coco_results(read_coco_results(files), ground_truth)
+    return evaluate(read_results(files), ground_truth)
 
 
 def evaluate_job(result_prefix: str, ground_truth: GroundTruth) -> Evaluation:

@@ -20,6 +20,7 @@ from typing import Any
 
 import fsspec
 
+from .result_formats import EXTENSIONS
 from .sinks import JobSummary, UnitCounts, ensure_writable, shard_files, shard_name, summary_path, write_atomically
 from .sources import InputFile
 from .spec import JobSpec
@@ -35,6 +36,7 @@ _COMMIT_NAME = re.compile(r"(\d{5,})-of-(\d{5,})\.json")
 _OUTPUT_SETTINGS = (
     "input_file_format", "model_dir", "signature_name", "label_map",
     "score_threshold", "output_raw", "max_image_pixels", "output_error_prefix", "model_spec", "model_options",
+    "output_format",
 )
 
 
@@ -89,6 +91,7 @@ class JobState:
     def __init__(self, spec: JobSpec, units: Sequence[Unit], identity: dict[str, Any]) -> None:
         self.result_prefix = spec.output_result_prefix
         self.error_prefix = spec.output_error_prefix
+        self.result_ext = EXTENSIONS[spec.output_format]
         self.units = list(units)
         self.identity = identity
         self.root = f"{spec.output_result_prefix}-job"
@@ -141,7 +144,8 @@ class JobState:
 
     def _start_over(self) -> None:
         """Remove every output of an earlier job under both prefixes, its records first."""
-        for path in (f"{self.root}/committed", f"{self.root}/job.json", summary_path(self.result_prefix)):
+        for path in (f"{self.root}/committed", f"{self.root}/timeline", f"{self.root}/job.json",
+                     summary_path(self.result_prefix)):
             fs, root = fsspec.core.url_to_fs(path)
             if fs.exists(root):
                 fs.rm(root, recursive=True)
@@ -151,7 +155,8 @@ class JobState:
 
     def shard_paths(self, unit: Unit) -> tuple[str, str]:
         """(result shard, error shard) that `unit` writes."""
-        return shard_name(self.result_prefix, unit.index, unit.count), shard_name(self.error_prefix, unit.index, unit.count)
+        return (shard_name(self.result_prefix, unit.index, unit.count, self.result_ext),
+                shard_name(self.error_prefix, unit.index, unit.count))
 
     def committed(self) -> dict[int, UnitCounts]:
         """{unit index: its counts} for every unit of this job committed so far, by any process.

@@ -23,7 +23,7 @@ from PIL import Image
 
 from . import svg
 from .annotate import draw_detections, to_jpeg
-from .job_outputs import load_summary, read_lines, read_timeline, result_files, shard_files
+from .job_outputs import load_summary, read_lines, read_results, read_timeline, result_files, shard_files
 from .records import Record
 from .sources import InputFile, expand_patterns, read_file
 
@@ -72,7 +72,7 @@ def collect(result_prefix: str, error_prefix: str | None = None, num_samples: in
     rng = random.Random(seed)
     with_found: list[dict[str, Any]] = []
     without: list[dict[str, Any]] = []
-    for line in read_lines(result_files(result_prefix, summary)):
+    for line in read_results(result_files(result_prefix, summary)):
         data.predicted += 1
         found = line.get("detections", [])
         data.detections += len(found)

@@ -1,4 +1,5 @@
-"""Write results and errors as JSON lines, one shard per unit, committed by renaming.
+"""Write results (JSON lines, or a format of `result_formats`) and errors (JSON lines), one shard
+per unit, committed by renaming.
 
 A shard file name only ever holds a whole unit's lines: a unit writes its shards under
 temporary names and renames them into place when every one of its records is accounted
@@ -12,9 +13,9 @@ import posixpath
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import IO, Any, Protocol
 
 import fsspec
 import numpy as np
@@ -26,9 +27,13 @@ class OutputError(OSError):
     """An output location cannot be written."""
 
 
-def shard_name(prefix: str, index: int, count: int) -> str:
+#: File name endings of result shards (`--output_format` parquet and coco); errors are always .jsonl.
+SHARD_EXTENSIONS = ("jsonl", "parquet", "json")
+
+
+def shard_name(prefix: str, index: int, count: int, ext: str = "jsonl") -> str:
     """`<prefix>-00000-of-00004.jsonl`, the naming of Beam, the Kubeflow job and Vertex AI."""
-    return f"{prefix}-{index:05d}-of-{count:05d}.jsonl"
+    return f"{prefix}-{index:05d}-of-{count:05d}.{ext}"
 
 
 def summary_path(result_prefix: str) -> str:
@@ -49,7 +54,8 @@ def shard_files(prefix: str, partial_only: bool = False) -> list[str]:
     fs, root = fsspec.core.url_to_fs(prefix)
     parent, base = posixpath.split(root)
     partial = r"\.[0-9a-z-]+\.partial"
-    pattern = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}\.jsonl" + (partial if partial_only else f"({partial})?"))
+    shard = re.escape(base) + r"-\d{5,}-of-\d{5,}\.(" + "|".join(SHARD_EXTENSIONS) + ")"
+    pattern = re.compile(shard + (partial if partial_only else f"({partial})?"))
     try:
         listing = fs.ls(parent, detail=False)
     except FileNotFoundError:
@@ -91,6 +97,11 @@ def write_atomically(path: str, text: str) -> None:
 
 def result_line(prediction: Prediction, labels: Mapping[int, str]) -> str:
     """One result line: the record's identity, its size and its detections."""
+    return json.dumps(result_record(prediction, labels), separators=(",", ":"))
+
+
+def result_record(prediction: Prediction, labels: Mapping[int, str]) -> dict[str, Any]:
+    """What a result line holds, as a dict, for every output format to write its own way."""
     record, found = prediction.record, prediction.detections
     size = np.array([record.width, record.height, record.width, record.height], dtype=np.float32)
     # float64 first, so that rounding gives short decimals rather than float32 artefacts.
@@ -115,7 +126,28 @@ def result_line(prediction: Prediction, labels: Mapping[int, str]) -> str:
     }
     if found.raw:
         line["raw"] = found.raw
-    return json.dumps(line, separators=(",", ":"))
+    return line
+
+
+class ResultWriter(Protocol):
+    """Writes predictions into one open result shard in some format; `finish` completes its content."""
+
+    def write(self, predictions: list[Prediction]) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class JsonlResults:
+    """The default result format: one JSON line per prediction."""
+
+    def __init__(self, file: IO[bytes], labels: Mapping[int, str]) -> None:
+        self._file, self._labels = file, labels
+
+    def write(self, predictions: list[Prediction]) -> None:
+        self._file.write("".join(result_line(p, self._labels) + "\n" for p in predictions).encode("utf-8"))
+
+    def finish(self) -> None:
+        pass
 
 
 @dataclass
@@ -185,7 +217,8 @@ class UnitOutputs:
     when the job completes (`JobState.summarize`), with one listing rather than one per unit.
     """
 
-    def __init__(self, result_path: str, error_path: str, labels: Mapping[int, str]) -> None:
+    def __init__(self, result_path: str, error_path: str, labels: Mapping[int, str],
+                 results: Callable[[IO[bytes], Mapping[int, str]], ResultWriter] = JsonlResults) -> None:
         self.labels = labels
         self.paths = (result_path, error_path)
         token = uuid.uuid4().hex[:12]
@@ -200,6 +233,7 @@ class UnitOutputs:
         except OSError as exc:
             self.discard()
             raise OutputError(f"cannot write {path!r}: {exc}") from None
+        self._results = results(self._files[0], labels)
         self.predicted = 0
         self.detections = 0
         self.error_types: Counter[str] = Counter()
@@ -208,7 +242,7 @@ class UnitOutputs:
         predictions = [o for o in outcomes if isinstance(o, Prediction)]
         errors = [o for o in outcomes if isinstance(o, RecordError)]
         if predictions:
-            self._files[0].write("".join(result_line(p, self.labels) + "\n" for p in predictions).encode("utf-8"))
+            self._results.write(predictions)
         if errors:
             text = "".join(json.dumps(e.to_json(), separators=(",", ":")) + "\n" for e in errors)
             self._files[1].write(text.encode("utf-8"))
@@ -225,6 +259,7 @@ class UnitOutputs:
                 f"accounting mismatch: {records_read} records read but {self.predicted} predicted + {failed} failed"
             )
         try:
+            self._results.finish()
             for f in self._files:
                 f.close()
             for fs, temp, root in self._temps:

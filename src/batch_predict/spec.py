@@ -10,6 +10,7 @@ from typing import Literal
 
 InputFormat = Literal["json", "tfrecord", "tfrecord_gzip"]
 INPUT_FORMATS: tuple[str, ...] = ("json", "tfrecord", "tfrecord_gzip")
+OUTPUT_FORMATS: tuple[str, ...] = ("jsonl", "parquet", "coco")
 
 #: Failed fraction above which a finished job still exits non-zero. 5% tolerates the
 #: scattered corrupt files of a real collection, yet stops a job whose records mostly fail
@@ -53,6 +54,8 @@ class JobSpec:
     model_spec: str | None = None
     model_options: tuple[str, ...] = ()
     overwrite: bool = False
+    output_format: str = "jsonl"
+    visualize: int = 0
 
     def __post_init__(self) -> None:
         if not self.input_file_patterns or not all(p.strip() for p in self.input_file_patterns):
@@ -73,6 +76,9 @@ class JobSpec:
         _check_range("max_image_pixels", self.max_image_pixels, 1, 1 << 40)
         _check_range("num_decode_workers", self.num_decode_workers, 0, 1024)
         _check_range("queue_depth", self.queue_depth, 1, 1024)
+        if self.output_format not in OUTPUT_FORMATS:
+            raise SpecError(f"--output_format: expected one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
+        _check_range("visualize", self.visualize, 0, 1_000_000)
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith(("cuda", "gpu")):
             raise SpecError(f"--device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 

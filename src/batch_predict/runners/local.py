@@ -12,11 +12,14 @@ import time
 from .. import evaluate, sources
 from ..jobstate import JobState
 from ..models import Model, load_model
+from ..observe import JobObserver
 from ..pipeline import BatchLimit, Stopped
+from ..result_formats import result_writer
 from ..sinks import JobSummary, OutputError
 from ..spec import JobSpec
 from ..units import plan_units, units_for_worker
 from .stopping import Stopping
+from .watch import job_observers
 from .unit import run_unit
 
 log = logging.getLogger("batch_predict")
@@ -33,6 +36,7 @@ def run(
     worker_index: int = 0,
     worker_count: int = 1,
     stopping: Stopping | None = None,
+    observer: JobObserver | None = None,
 ) -> JobSummary:
     """Predict every record matched by `spec`, write results, errors and a summary.
 
@@ -45,10 +49,13 @@ def run(
     unit. `stopping` (set from signal handlers) stops between units, or abandons one,
     raising `Stopped`. A unit that fails as a whole (an input that cannot be read) is
     left uncommitted, the other units go on, and `UnitsFailed` is raised at the end.
+    `observer` (progress, metrics) hears how the run goes, beside the job's own timeline
+    and `--visualize` pictures; its `job_ended` comes only when the run gets to its summary.
     """
     started = time.perf_counter()
     files = sources.expand_patterns(spec.input_file_patterns)
     ground_truth = evaluate.load_ground_truth(spec.ground_truth) if spec.ground_truth else None
+    result_writer(spec.output_format)  # a missing library fails now, not after the model loaded
     units = plan_units(files, spec.input_file_format, spec.num_output_shards)
     state = JobState.open(spec, files, units)
     done = state.committed()
@@ -58,11 +65,14 @@ def run(
         "batch-predict: %d input files in %d units; %d of this run's %d units already committed",
         len(files), len(units), len(mine) - len(pending), len(mine),
     )
+    watchers = job_observers(spec, observer)
+    watchers.job_started(pending)
     predicted_now = 0
     failures: list[str] = []
     if pending:
         model = model or load_model(spec)
         log.info("batch-predict: model %s", model.describe())
+        watchers.model_loaded(model)
         state.begin()
         limit = BatchLimit()
         for unit in pending:
@@ -70,7 +80,8 @@ def run(
                 raise Stopped(f"stopped before unit {unit.index} of {unit.count}; rerun the same command to resume")
             try:
                 counts = run_unit(
-                    spec, model, state, unit, limit=limit, abandon=stopping.abandon if stopping else None
+                    spec, model, state, unit, limit=limit, abandon=stopping.abandon if stopping else None,
+                    observer=watchers,
                 )
             except Stopped:
                 raise Stopped(f"unit {unit.index} of {unit.count} abandoned; rerun the same command to resume") from None
@@ -82,6 +93,7 @@ def run(
                 continue
             predicted_now += counts.predicted
     summary = state.summarize(len(files), time.perf_counter() - started, predicted_now)
+    watchers.job_ended(summary)
     if failures:
         raise UnitsFailed(
             f"{len(failures)} of {len(units)} units failed and were not committed ({'; '.join(failures[:3])}); "

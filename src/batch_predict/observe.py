@@ -1,0 +1,142 @@
+"""What a running job tells its watchers: progress bars, log lines, metrics, the timeline.
+
+The pipeline knows nothing of them: a runner wraps what it hands the pipeline (the record
+stream, the model, the sink) so that each step reports to one `JobObserver`, and several
+watchers listen through `Observers`. Events of one unit may come from different threads
+(reading, predicting, writing), so an observer guards what it keeps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from .models import Model
+from .pipeline import Sink
+from .records import Outcome, Record, RecordError
+from .sinks import JobSummary, UnitCounts
+from .units import Unit
+
+
+class JobObserver:
+    """Hooks called as a job runs; each does nothing unless a watcher overrides it."""
+
+    def job_started(self, units: Sequence[Unit]) -> None:
+        """This run is about to work on `units` (those not committed yet)."""
+
+    def model_loaded(self, model: Model) -> None:
+        """The run's model is ready (a run with nothing left to do loads none)."""
+
+    def unit_started(self, unit: Unit) -> None:
+        """`unit` starts reading."""
+
+    def record_read(self, unit: Unit, item: Record | RecordError) -> None:
+        """One record (or one record that could not be read) left the reader."""
+
+    def batch_predicted(self, size: int, seconds: float) -> None:
+        """One model call over `size` records took `seconds`, whether it succeeded or not (a failing batch
+        is bisected: several calls)."""
+
+    def written(self, unit: Unit, outcomes: list[Outcome]) -> None:
+        """The lines of `outcomes` went to the unit's (uncommitted) shards."""
+
+    def unit_committed(self, unit: Unit, counts: UnitCounts) -> None:
+        """`unit`'s shards are in place and its commit record written."""
+
+    def unit_abandoned(self, unit: Unit) -> None:
+        """`unit` failed or was stopped; what it wrote was discarded."""
+
+    def job_ended(self, summary: JobSummary) -> None:
+        """This run got to its summary."""
+
+    def close(self) -> None:
+        """Let go of threads, servers and terminals; called by whoever made the observer, however the run ended."""
+
+
+class Observers(JobObserver):
+    """Several observers heard as one, in order."""
+
+    def __init__(self, observers: Iterable[JobObserver]) -> None:
+        self.observers = list(observers)
+
+    def job_started(self, units: Sequence[Unit]) -> None:
+        for o in self.observers:
+            o.job_started(units)
+
+    def model_loaded(self, model: Model) -> None:
+        for o in self.observers:
+            o.model_loaded(model)
+
+    def unit_started(self, unit: Unit) -> None:
+        for o in self.observers:
+            o.unit_started(unit)
+
+    def record_read(self, unit: Unit, item: Record | RecordError) -> None:
+        for o in self.observers:
+            o.record_read(unit, item)
+
+    def batch_predicted(self, size: int, seconds: float) -> None:
+        for o in self.observers:
+            o.batch_predicted(size, seconds)
+
+    def written(self, unit: Unit, outcomes: list[Outcome]) -> None:
+        for o in self.observers:
+            o.written(unit, outcomes)
+
+    def unit_committed(self, unit: Unit, counts: UnitCounts) -> None:
+        for o in self.observers:
+            o.unit_committed(unit, counts)
+
+    def unit_abandoned(self, unit: Unit) -> None:
+        for o in self.observers:
+            o.unit_abandoned(unit)
+
+    def job_ended(self, summary: JobSummary) -> None:
+        for o in self.observers:
+            o.job_ended(summary)
+
+    def close(self) -> None:
+        for o in self.observers:
+            o.close()
+
+
+def observed_records(items: Iterable[Record | RecordError], unit: Unit,
+                     observer: JobObserver) -> Iterator[Record | RecordError]:
+    """`items`, each reported as read."""
+    for item in items:
+        observer.record_read(unit, item)
+        yield item
+
+
+class ObservedSink:
+    """A sink that reports each write after it is done."""
+
+    def __init__(self, sink: Sink, unit: Unit, observer: JobObserver) -> None:
+        self._sink, self._unit, self._observer = sink, unit, observer
+
+    def write(self, outcomes: list[Outcome]) -> None:
+        self._sink.write(outcomes)
+        self._observer.written(self._unit, outcomes)
+
+
+class TimedModel:
+    """A model whose `predict` calls are timed and reported; everything else is the model's own."""
+
+    def __init__(self, model: Model, observer: JobObserver) -> None:
+        self._model, self._observer = model, observer
+
+    def predict(self, records: Sequence[Record]) -> list[Any]:
+        started = time.perf_counter()
+        try:
+            return self._model.predict(records)
+        finally:
+            self._observer.batch_predicted(len(records), time.perf_counter() - started)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def unit_bytes(unit: Unit) -> int:
+    """How many input bytes `unit` covers: the measure of progress, since records are not known up front."""
+    return sum((piece.end if piece.end is not None else piece.file.size) - piece.start for piece in unit.slices)

@@ -1,0 +1,17 @@
+"""What every runner attaches to the units it runs, so each writes the same job outputs."""
+
+from __future__ import annotations
+
+from ..observe import JobObserver, Observers
+from ..spec import JobSpec
+from ..timeline import TimelineWriter
+from ..visualize import Visualizer
+
+
+def job_observers(spec: JobSpec, observer: JobObserver | None = None) -> Observers:
+    """The job's timeline, its `--visualize` pictures, and the caller's `observer` (progress, metrics).
+
+    A runner calls `job_started`, `model_loaded` and `job_ended` on it and passes it to each `run_unit`.
+    """
+    visualizer = [Visualizer(spec.output_result_prefix, spec.visualize)] if spec.visualize else []
+    return Observers([TimelineWriter(spec.output_result_prefix), *visualizer, *([observer] if observer else [])])
