@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+
+if importlib.util.find_spec("torchvision") is not None:
+    # A process that imports torchvision after TensorFlow 2.21 dies (triton loads beside TF's
+    # libraries); the other order works. The suite imports both, in whatever order tests run.
+    importlib.import_module("torchvision")
 
 REPO = Path(__file__).resolve().parents[1]
 
