@@ -19,6 +19,7 @@ EXIT_BAD_SETUP = 2
 #: Kubernetes stops a pod with SIGTERM; 30 s later it sends SIGKILL. The unit in progress
 #: gets most of that to commit, and the process still exits before the kill.
 DEFAULT_TERMINATION_GRACE_S = 20.0
+RUNNERS = ("local", "ray")
 
 log = logging.getLogger("batch_predict")
 
@@ -114,8 +115,17 @@ def cli() -> None:
 @_flag("termination_grace_seconds", type=float, default=DEFAULT_TERMINATION_GRACE_S, show_default=True,
        help="On SIGTERM, start no new unit and give the unit in progress this long to commit before abandoning it "
             "(keep it below the pod's terminationGracePeriodSeconds). SIGINT or a second SIGTERM abandons at once.")
+@_flag("runner", type=click.Choice(RUNNERS), default="local", show_default=True,
+       help="local: in this process (one pod, or one pod of an Indexed Job). ray: on a Ray cluster with Ray Data, "
+            "one model actor per GPU (needs the `ray` extra); same outputs, and either runner resumes the other's job.")
+@_flag("ray_address", default=None,
+       help="--runner ray: the cluster to join (HOST:6379, or ray://HOST:10001). Default: RAY_ADDRESS, which a Ray "
+            "job submission sets, else a new local Ray instance.")
+@_flag("ray_num_actors", type=click.IntRange(min=0), default=0, show_default=True,
+       help="--runner ray: model actors at once. 0: one per GPU in the cluster, or one per node if it has no GPUs.")
 @_flag("log_level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
-def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_grace_seconds: float, **settings) -> None:
+def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_grace_seconds: float, runner: str,
+            ray_address: str | None, ray_num_actors: int, **settings) -> None:
     """Predict every record of the input files; write results, errors and a summary.
 
     Rerunning the same command after a failure or a kill resumes the job: units already
@@ -149,7 +159,15 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_gr
     try:
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
         worker_index, worker_count = worker_from_environment(os.environ)
-        summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping)
+        if runner == "ray":
+            from .runners import ray as ray_runner
+
+            summary = ray_runner.run(spec, address=ray_address, num_actors=ray_num_actors,
+                                     worker_index=worker_index, worker_count=worker_count, stopping=stopping)
+        elif ray_address or ray_num_actors:
+            raise SpecError("--ray_address and --ray_num_actors are settings of --runner ray")
+        else:
+            summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping)
     except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, GroundTruthError, JobConflict) as exc:
         click.echo(f"batch-predict: error: {exc}", err=True)
         sys.exit(EXIT_BAD_SETUP)
