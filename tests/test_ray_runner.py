@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,10 @@ import ray
 
 from batch_predict.jobstate import JobState
 from batch_predict.models import ModelLoadError
+from batch_predict.pipeline import Stopped
 from batch_predict.runners import local
 from batch_predict.runners import ray as ray_runner
+from batch_predict.runners.stopping import Stopping
 from batch_predict.sources import expand_patterns
 from batch_predict.spec import JobSpec
 from batch_predict.units import plan_units
@@ -124,6 +128,21 @@ def test_a_model_that_cannot_load_fails_as_in_the_local_runner_before_anything_i
     with pytest.raises(ModelLoadError, match="--model_dir"):
         ray_runner.run(job(inputs, tmp_path / "out", model_dir=str(tmp_path / "no-such-model.pt")))
     assert [path for path in (tmp_path / "out").rglob("*") if path.is_file()] == []
+
+
+def _unit_that_takes_a_minute(row: dict, done: Path) -> dict:
+    time.sleep(60)
+    (done / str(row["id"])).touch()
+    return row
+
+
+def test_the_driver_stops_while_units_still_run_once_told_to_abandon_them(local_ray, tmp_path):
+    stopping = Stopping()
+    threading.Timer(1.0, stopping.request, args=(0,)).start()  # SIGTERM with no grace, as the CLI makes it
+    units = ray.data.range(2, override_num_blocks=2).map(_unit_that_takes_a_minute, fn_kwargs={"done": tmp_path})
+    with pytest.raises(Stopped, match="units in progress were abandoned; rerun the same command"):
+        list(ray_runner._rows(units, stopping))
+    assert list(tmp_path.iterdir()) == []  # the driver did not wait for them
 
 
 def test_an_actor_returns_a_unit_that_fails_whole_as_an_error_row_and_leaves_it_uncommitted(inputs, tmp_path):
