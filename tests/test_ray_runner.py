@@ -114,7 +114,7 @@ def test_ray_runner_resumes_a_job_the_local_runner_began(local_ray, inputs, refe
     caplog.set_level(logging.INFO, logger="batch_predict")
     summary = ray_runner.run(job(inputs, tmp_path))
     assert "1 of this run's 3 units already committed" in caplog.text
-    assert "2 units on 1 Ray actors" in caplog.text  # one CPU node: one actor
+    assert "2 units on 2 Ray actors" in caplog.text  # no GPUs: one actor per CPU
     assert "unit 00000-of-00003 committed" not in caplog.text
     assert summary.complete
     found = outputs(tmp_path)

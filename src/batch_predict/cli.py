@@ -122,7 +122,7 @@ def cli() -> None:
        help="--runner ray: the cluster to join (HOST:6379, or ray://HOST:10001). Default: RAY_ADDRESS, which a Ray "
             "job submission sets, else a new local Ray instance.")
 @_flag("ray_num_actors", type=click.IntRange(min=0), default=0, show_default=True,
-       help="--runner ray: model actors at once. 0: one per GPU in the cluster, or one per node if it has no GPUs.")
+       help="--runner ray: model actors at once. 0: one per GPU in the cluster, or one per CPU if it has no GPUs.")
 @_flag("log_level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
 def predict(input_file_patterns: tuple[str, ...], log_level: str, termination_grace_seconds: float, runner: str,
             ray_address: str | None, ray_num_actors: int, **settings) -> None:

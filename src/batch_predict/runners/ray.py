@@ -61,7 +61,7 @@ def run(
     Connects to the cluster at `address`, else at `RAY_ADDRESS` (a Ray job submission sets
     it), else starts a local Ray instance; a caller that has already called `ray.init`
     keeps its session. `num_actors` model actors run at once (0: one per GPU of the
-    cluster, or one per node without GPUs). Setup fails fast as in the local runner; the
+    cluster, or one per CPU without GPUs). Setup fails fast as in the local runner; the
     model is loaded once in a Ray task before anything is written. A unit that fails as a
     whole stays uncommitted and `UnitsFailed` is raised at the end. When `stopping.abandon`
     is set the driver stops at once, leaving the units in progress uncommitted.
@@ -83,8 +83,11 @@ def run(
     failures: list[str] = []
     if pending:
         _connect(ray, address)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        actors = min(len(pending), num_actors or gpus or _cpu_nodes(ray))
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        # Without GPUs, one actor per core: Ray gives an actor as many math-library threads
+        # (OMP_NUM_THREADS) as the CPUs it holds, which is one.
+        actors = min(len(pending), num_actors or gpus or max(1, int(resources.get("CPU", 1))))
         per_actor = {"num_gpus": 1 if gpus else 0, "num_cpus": 1}
         log.info("batch-predict: model %s", _check_model(ray, spec, per_actor))
         state.begin()
@@ -166,11 +169,6 @@ def _connect(ray: ModuleType, address: str | None) -> None:
         # handler (the CLI's, which stops the job cleanly) must keep working.
         signal.signal(signal.SIGTERM, previous)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the driver logs each unit
-
-
-def _cpu_nodes(ray: ModuleType) -> int:
-    """Live nodes with CPUs: without GPUs, one actor per node, whose pipeline uses its cores."""
-    return max(1, sum(1 for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU")))
 
 
 def _describe_model(spec: JobSpec) -> dict[str, object]:
