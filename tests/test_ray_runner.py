@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -38,9 +39,11 @@ COUNTS = ("records_read", "predicted", "failed", "detections", "error_types", "u
 
 @pytest.fixture(scope="module")
 def local_ray():
+    on_sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it; later tests get it back
     ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False)
     yield
     ray.shutdown()
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 @pytest.fixture(scope="module")
