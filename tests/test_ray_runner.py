@@ -7,6 +7,7 @@ one bad record in 3 units), so that starting Ray and its actors dominates the ti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -162,9 +163,9 @@ def test_an_actor_returns_a_unit_that_fails_whole_as_an_error_row_and_leaves_it_
     actor = ray_runner.UnitRunner(spec, state, {unit.index: unit for unit in units})
     (copied / "part-1.tfrecord").unlink()
     failed, done = actor({"unit": np.array([2])}), actor({"unit": np.array([0])})
-    assert failed["error"][0].startswith("FileNotFoundError") and failed["predicted"][0] == 0
-    assert (done["error"][0], done["records_read"][0], done["predicted"][0]) == ("", 2, 2)
-    assert list(state.committed()) == [0]
+    assert failed["error"][0].startswith("FileNotFoundError") and failed["counts"][0] == ""
+    assert done["error"][0] == "" and json.loads(done["counts"][0]) == dataclasses.asdict(state.committed()[0])
+    assert list(state.committed()) == [0] and state.committed()[0].predicted == 2
 
 
 def test_the_cli_runs_the_ray_runner_which_finds_a_finished_job_with_nothing_to_do(inputs, tmp_path):

@@ -19,6 +19,8 @@ Ray is imported here only, when this runner is used: it is an optional extra.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import queue
 import signal
@@ -34,7 +36,7 @@ from .. import evaluate, sources
 from ..jobstate import JobState
 from ..models import load_model
 from ..pipeline import BatchLimit, Stopped
-from ..sinks import JobSummary
+from ..sinks import JobSummary, UnitCounts
 from ..spec import JobSpec, SpecError
 from ..units import Unit, plan_units, units_for_worker
 from .local import UnitsFailed
@@ -99,9 +101,10 @@ def run(
                 log.error("unit %d of %d failed and stays uncommitted: %s", unit.index, unit.count, row["error"])
                 failures.append(f"unit {unit.index}: {row['error']}")
                 continue
-            predicted_now += row["predicted"]
+            counts = UnitCounts.from_json(json.loads(row["counts"]))
+            predicted_now += counts.predicted
             log.info("unit %05d-of-%05d committed: %d records read, %d predicted, %d failed",
-                     unit.index, unit.count, row["records_read"], row["predicted"], row["failed"])
+                     unit.index, unit.count, counts.records_read, counts.predicted, counts.failed)
     summary = state.summarize(len(files), time.perf_counter() - started, predicted_now)
     if failures:
         raise UnitsFailed(
@@ -132,15 +135,16 @@ class UnitRunner:
         self.limit = BatchLimit()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{"unit": its number, "counts": its committed counts as JSON, or "error": why it failed}."""
         rows: list[dict[str, Any]] = []
         for index in batch["unit"].tolist():
-            row: dict[str, Any] = {"unit": index, "records_read": 0, "predicted": 0, "failed": 0, "error": ""}
+            row: dict[str, Any] = {"unit": index, "counts": "", "error": ""}
             try:
                 counts = run_unit(self.spec, self.model, self.state, self.units[index], limit=self.limit)
             except Exception as exc:  # one unit's failure must not lose the other units' work
                 row["error"] = f"{type(exc).__name__}: {exc}"
             else:
-                row.update(records_read=counts.records_read, predicted=counts.predicted, failed=counts.failed)
+                row["counts"] = json.dumps(dataclasses.asdict(counts))
             rows.append(row)
         return {name: np.array([row[name] for row in rows]) for name in rows[0]}
 
