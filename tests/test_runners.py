@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from batch_predict.pipeline import Stopped
-from batch_predict.runners.local import UnitsFailed, run
+from batch_predict.runners.local import run
+from batch_predict.runners.plan import UnitsFailed
 from batch_predict.runners.stopping import Stopping
 from batch_predict.spec import JobSpec
 from batch_predict.tfrecord import write_record

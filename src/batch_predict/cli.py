@@ -24,6 +24,7 @@ EXIT_BAD_SETUP = 2
 #: Kubernetes stops a pod with SIGTERM; 30 s later it sends SIGKILL. The unit in progress
 #: gets most of that to commit, and the process still exits before the kill.
 DEFAULT_TERMINATION_GRACE_S = 20.0
+RUNNERS = ("local", "ray")
 
 log = logging.getLogger("batch_predict")
 
@@ -124,6 +125,14 @@ def cli() -> None:
             "(a JSON array of COCO detection results). Error shards are always JSON lines.")
 @_flag("visualize", type=int, default=0, show_default=True,
        help="Also draw the detections of the first N predicted images into <output_result_prefix>-visualized/.")
+@_flag("runner", type=click.Choice(RUNNERS), default="local", show_default=True,
+       help="local: in this process (one pod, or one pod of an Indexed Job). ray: on a Ray cluster with Ray Data, "
+            "one model actor per GPU (needs the `ray` extra); same outputs, and either runner resumes the other's job.")
+@_flag("ray_address", default=None,
+       help="--runner ray: the cluster to join (HOST:6379, or ray://HOST:10001). Default: RAY_ADDRESS, which a Ray "
+            "job submission sets, else a new local Ray instance.")
+@_flag("ray_num_actors", type=click.IntRange(min=0), default=0, show_default=True,
+       help="--runner ray: model actors at once. 0: one per GPU in the cluster, or one per CPU if it has no GPUs.")
 @_flag("log_level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
 @_flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
        help="json: one JSON object a log line (for log collectors), progress numbers as keys.")
@@ -132,7 +141,8 @@ def cli() -> None:
 @_flag("metrics_port", type=int, default=None,
        help="Serve Prometheus metrics on this port (all interfaces) while the job runs; needs batch-predict[metrics].")
 def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: str, progress_interval_seconds: float,
-            metrics_port: int | None, termination_grace_seconds: float, **settings) -> None:
+            metrics_port: int | None, termination_grace_seconds: float, runner: str, ray_address: str | None,
+            ray_num_actors: int, **settings) -> None:
     """Predict every record of the input files; write results, errors and a summary.
 
     Rerunning the same command after a failure or a kill resumes the job: units already
@@ -148,7 +158,8 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
     from .models import ModelLoadError
     from .pipeline import Stopped
     from .progress import summary_table
-    from .runners.local import UnitsFailed, run
+    from .runners.local import run
+    from .runners.plan import UnitsFailed
     from .runners.stopping import Stopping
     from .sinks import OutputError
     from .sources import NoInputError
@@ -169,11 +180,19 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
     try:
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
         worker_index, worker_count = worker_from_environment(os.environ)
+        if runner != "ray" and (ray_address or ray_num_actors):
+            raise SpecError("--ray_address and --ray_num_actors are settings of --runner ray")
         watchers = run_watchers(metrics_port, progress_interval_seconds)
         # On a terminal, log lines go above the progress bar instead of through it.
         with logging_redirect_tqdm() if sys.stderr.isatty() else contextlib.nullcontext():
-            summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping,
-                          observer=watchers)
+            if runner == "ray":
+                from .runners import ray as ray_runner
+
+                summary = ray_runner.run(spec, address=ray_address, num_actors=ray_num_actors, worker_index=worker_index,
+                                         worker_count=worker_count, stopping=stopping, observer=watchers)
+            else:
+                summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping,
+                              observer=watchers)
     except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, GroundTruthError, JobConflict,
             MetricsError) as exc:
         click.echo(f"batch-predict: error: {exc}", err=True)

@@ -7,26 +7,18 @@ interrupted run with the same arguments, or by other workers) are skipped.
 from __future__ import annotations
 
 import logging
-import time
 
-from .. import evaluate, sources
-from ..jobstate import JobState
 from ..models import Model, load_model
 from ..observe import JobObserver
 from ..pipeline import BatchLimit, Stopped
-from ..result_formats import result_writer
 from ..sinks import JobSummary, OutputError
 from ..spec import JobSpec
-from ..units import plan_units, units_for_worker
+from .plan import finish_run, plan_run
 from .stopping import Stopping
-from .watch import job_observers
 from .unit import run_unit
+from .watch import job_observers
 
 log = logging.getLogger("batch_predict")
-
-
-class UnitsFailed(RuntimeError):
-    """Some units could not be run (an input became unreadable); the others are committed."""
 
 
 def run(
@@ -52,35 +44,21 @@ def run(
     `observer` (progress, metrics) hears how the run goes, beside the job's own timeline
     and `--visualize` pictures; its `job_ended` comes only when the run gets to its summary.
     """
-    started = time.perf_counter()
-    files = sources.expand_patterns(spec.input_file_patterns)
-    ground_truth = evaluate.load_ground_truth(spec.ground_truth) if spec.ground_truth else None
-    result_writer(spec.output_format)  # a missing library fails now, not after the model loaded
-    units = plan_units(files, spec.input_file_format, spec.num_output_shards)
-    state = JobState.open(spec, files, units)
-    done = state.committed()
-    mine = units_for_worker(units, worker_index, worker_count)
-    pending = [unit for unit in mine if unit.index not in done]
-    log.info(
-        "batch-predict: %d input files in %d units; %d of this run's %d units already committed",
-        len(files), len(units), len(mine) - len(pending), len(mine),
-    )
+    plan = plan_run(spec, worker_index, worker_count)
     watchers = job_observers(spec, observer)
-    watchers.job_started(pending)
-    predicted_now = 0
-    failures: list[str] = []
-    if pending:
+    watchers.job_started(plan.pending)
+    if plan.pending:
         model = model or load_model(spec)
         log.info("batch-predict: model %s", model.describe())
         watchers.model_loaded(model)
-        state.begin()
+        plan.state.begin()
         limit = BatchLimit()
-        for unit in pending:
+        for unit in plan.pending:
             if stopping is not None and stopping.requested.is_set():
                 raise Stopped(f"stopped before unit {unit.index} of {unit.count}; rerun the same command to resume")
             try:
                 counts = run_unit(
-                    spec, model, state, unit, limit=limit, abandon=stopping.abandon if stopping else None,
+                    spec, model, plan.state, unit, limit=limit, abandon=stopping.abandon if stopping else None,
                     observer=watchers,
                 )
             except Stopped:
@@ -88,23 +66,7 @@ def run(
             except OutputError:
                 raise
             except Exception as exc:  # one unit's failure must not lose the other units' work
-                log.error("unit %d of %d failed and stays uncommitted: %s: %s", unit.index, unit.count, type(exc).__name__, exc)
-                failures.append(f"unit {unit.index}: {type(exc).__name__}: {exc}")
+                plan.unit_failed(unit, f"{type(exc).__name__}: {exc}")
                 continue
-            predicted_now += counts.predicted
-    summary = state.summarize(len(files), time.perf_counter() - started, predicted_now)
-    watchers.job_ended(summary)
-    if failures:
-        raise UnitsFailed(
-            f"{len(failures)} of {len(units)} units failed and were not committed ({'; '.join(failures[:3])}); "
-            "rerun the same command to retry them"
-        )
-    log.info(
-        "batch-predict: %d of %d units committed; %d records read, %d predicted, %d failed, %d detections; "
-        "this run %.1f s (%.1f images/s)",
-        summary.units_committed, summary.units, summary.records_read, summary.predicted, summary.failed,
-        summary.detections, summary.wall_time_s, summary.images_per_second,
-    )
-    if ground_truth is not None and summary.complete:
-        evaluate.evaluate_job(spec.output_result_prefix, ground_truth)
-    return summary
+            plan.predicted_now += counts.predicted
+    return finish_run(plan, watchers)

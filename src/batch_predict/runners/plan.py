@@ -1,0 +1,84 @@
+"""What every runner does before and after running units: plan the run, then sum it up.
+
+The runners differ only in where units run (this process, Ray actors); the checks before
+any work and the summary after it are one piece of code, so every runner fails, resumes and
+reports alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import evaluate, sources
+from ..jobstate import JobState
+from ..observe import JobObserver
+from ..result_formats import result_writer
+from ..sinks import JobSummary
+from ..spec import JobSpec
+from ..units import Unit, plan_units, units_for_worker
+
+log = logging.getLogger("batch_predict")
+
+
+class UnitsFailed(RuntimeError):
+    """Some units could not be run (an input became unreadable); the others are committed."""
+
+
+@dataclass
+class RunPlan:
+    """One run's share of a job: the units still to do, and what its summary needs."""
+
+    spec: JobSpec
+    files: list[sources.InputFile]
+    units: list[Unit]
+    pending: list[Unit]
+    state: JobState
+    ground_truth: Any
+    started: float = field(default_factory=time.perf_counter)
+    predicted_now: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def unit_failed(self, unit: Unit, reason: str) -> None:
+        """A unit that failed whole stays uncommitted; the run goes on and reports it at the end."""
+        log.error("unit %d of %d failed and stays uncommitted: %s", unit.index, unit.count, reason)
+        self.failures.append(f"unit {unit.index}: {reason}")
+
+
+def plan_run(spec: JobSpec, worker_index: int, worker_count: int) -> RunPlan:
+    """Everything that can fail before any work: inputs, ground truth, output format, job state."""
+    files = sources.expand_patterns(spec.input_file_patterns)
+    ground_truth = evaluate.load_ground_truth(spec.ground_truth) if spec.ground_truth else None
+    result_writer(spec.output_format)  # a missing library fails now, not after the model loaded
+    units = plan_units(files, spec.input_file_format, spec.num_output_shards)
+    state = JobState.open(spec, files, units)
+    done = state.committed()
+    mine = units_for_worker(units, worker_index, worker_count)
+    pending = [unit for unit in mine if unit.index not in done]
+    log.info(
+        "batch-predict: %d input files in %d units; %d of this run's %d units already committed",
+        len(files), len(units), len(mine) - len(pending), len(mine),
+    )
+    return RunPlan(spec, files, units, pending, state, ground_truth)
+
+
+def finish_run(plan: RunPlan, observer: JobObserver) -> JobSummary:
+    """The job's summary from every commit record; `UnitsFailed` if this run left units undone."""
+    summary = plan.state.summarize(len(plan.files), time.perf_counter() - plan.started, plan.predicted_now)
+    observer.job_ended(summary)
+    if plan.failures:
+        raise UnitsFailed(
+            f"{len(plan.failures)} of {len(plan.units)} units failed and were not committed "
+            f"({'; '.join(plan.failures[:3])}); rerun the same command to retry them"
+        )
+    log.info(
+        "batch-predict: %d of %d units committed; %d records read, %d predicted, %d failed, %d detections; "
+        "this run %.1f s (%.1f images/s)",
+        summary.units_committed, summary.units, summary.records_read, summary.predicted, summary.failed,
+        summary.detections, summary.wall_time_s, summary.images_per_second,
+    )
+    if plan.ground_truth is not None and summary.complete:
+        evaluate.evaluate_job(plan.spec.output_result_prefix, plan.ground_truth)
+    return summary
