@@ -10,6 +10,8 @@ from typing import Literal
 
 InputFormat = Literal["json", "tfrecord", "tfrecord_gzip"]
 INPUT_FORMATS: tuple[str, ...] = ("json", "tfrecord", "tfrecord_gzip")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+COMPILE_MODES: tuple[str, ...] = ("none", "torch_compile", "cuda_graphs")
 
 #: Failed fraction above which a finished job still exits non-zero. 5% tolerates the
 #: scattered corrupt files of a real collection, yet stops a job whose records mostly fail
@@ -53,6 +55,10 @@ class JobSpec:
     model_spec: str | None = None
     model_options: tuple[str, ...] = ()
     overwrite: bool = False
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: str = "none"
+    num_workers: int = 1  # processes, one per GPU; 0: one per visible GPU
 
     def __post_init__(self) -> None:
         if not self.input_file_patterns or not all(p.strip() for p in self.input_file_patterns):
@@ -73,6 +79,10 @@ class JobSpec:
         _check_range("max_image_pixels", self.max_image_pixels, 1, 1 << 40)
         _check_range("num_decode_workers", self.num_decode_workers, 0, 1024)
         _check_range("queue_depth", self.queue_depth, 1, 1024)
+        for name, choices in (("precision", PRECISIONS), ("compile", COMPILE_MODES)):
+            if getattr(self, name) not in choices:
+                raise SpecError(f"--{name}: expected one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        _check_range("num_workers", self.num_workers, 0, 1024)
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith(("cuda", "gpu")):
             raise SpecError(f"--device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
