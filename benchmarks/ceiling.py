@@ -41,28 +41,31 @@ def yolox_model_only(
     if channels_last:
         model = model.to(memory_format=layout)
     inputs = [
-        (torch.rand((batch, 3, size, size), device=device) * 255).to(dtype).contiguous(memory_format=layout)
+        (torch.rand((batch, 3, size, size)) * 255).to(device, dtype).contiguous(memory_format=layout)
         for _ in range(2)
     ]
     turn = [0]
 
     with torch.inference_mode():
-        call = lambda x: model(x)  # noqa: E731
+        call = model
         if cuda_graph:
             static = inputs[0].clone()
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
+            with torch.jit.optimized_execution(False):  # as CudaGraphRunner: no JIT compiling inside the capture
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        model(static)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
                     model(static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                model(static)
 
-            def call(x):
+            def replay(x: torch.Tensor) -> None:
                 static.copy_(x)
                 graph.replay()
+
+            call = replay
 
         def step() -> int:
             turn[0] ^= 1
@@ -82,7 +85,7 @@ def fasterrcnn_model_only(
     model = fasterrcnn(device, **kwargs)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    images = [[torch.rand((3, *size), device=device) for _ in range(batch)] for _ in range(2)]
+    images = [[torch.rand((3, *size)).to(device) for _ in range(batch)] for _ in range(2)]
     turn = [0]
     autocast = precision != "fp32"
 

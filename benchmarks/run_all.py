@@ -30,6 +30,7 @@ import torch
 import baselines
 import ceiling
 import end_to_end
+import stages
 from make_inputs import make_file
 from batch_predict.models import load_model
 from batch_predict.records import Record
@@ -163,12 +164,11 @@ def main() -> None:
 
     # 1. Ceilings.
     results.measure("plumbing_no_model", lambda: end_to_end.plumbing(pattern, args.work / "plumbing", yolox_batch))
-    for precision, batch, cl, graph in [("fp32", yolox_batch, False, False), (half, yolox_batch, False, False),
-                                        (half, 2 * yolox_batch, False, False), (half, yolox_batch, True, False),
-                                        (half, yolox_batch, False, cuda)]:
-        name = f"yolox_model_{precision}_b{batch}" + ("_cl" if cl else "") + ("_graph" if graph else "")
-        results.measure(name, lambda p=precision, b=batch, c=cl, g=graph: ceiling.yolox_model_only(
-            args.yolox, device, b, p, args.seconds, channels_last=c, cuda_graph=g))
+    for precision, batch, cl in [("fp32", yolox_batch, False), (half, yolox_batch, False),
+                                 (half, 2 * yolox_batch, False), (half, yolox_batch, True)]:
+        name = f"yolox_model_{precision}_b{batch}" + ("_cl" if cl else "")
+        results.measure(name, lambda p=precision, b=batch, c=cl: ceiling.yolox_model_only(
+            args.yolox, device, b, p, args.seconds, channels_last=c))
     if cuda:
         results.measure("decode_nvjpeg_b256", lambda: ceiling.nvjpeg_decode(encoded, device, 256, args.seconds))
     else:
@@ -201,17 +201,20 @@ def main() -> None:
     (frcnn_dir / "model.yaml").write_text(json.dumps({
         "architecture": "fasterrcnn_resnet50_fpn", "architecture_args": {"num_classes": 91, **frcnn_args},
         "model": "weights.pth"}))
+    # Units of 2000 records (8 batches of 256) for YOLOX, 250 (8 of 32) for Faster R-CNN: each
+    # unit fills and drains the pipeline once, as a shard of a real job does.
     yolox_args = ["--input_file_patterns", pattern, "--input_file_format", "tfrecord", "--model_dir", args.yolox,
-                  "--model_spec", args.spec, "--device", "cuda" if cuda else "cpu"]
+                  "--model_spec", args.spec, "--device", "cuda" if cuda else "cpu",
+                  "--num_output_shards", str(max(2, args.images // 2000))]
     frcnn_cli = ["--input_file_patterns", frcnn_pattern, "--input_file_format", "tfrecord",
                  "--model_dir", str(frcnn_dir / "weights.pth"), "--device", "cuda" if cuda else "cpu",
-                 "--batch_size", str(frcnn_batch), "--num_output_shards", "12"]
+                 "--batch_size", str(frcnn_batch), "--num_output_shards", "6"]
     cli_log = args.out / "cli.log"
     runs = [
         ("e2e_yolox_fp32", yolox_args + ["--batch_size", str(yolox_batch)], 1),
         (f"e2e_yolox_{half}", yolox_args + ["--batch_size", str(yolox_batch), "--precision", half], 1),
-        (f"e2e_yolox_{half}_graphs", yolox_args + ["--batch_size", str(yolox_batch), "--precision", half,
-                                                   "--compile", "cuda_graphs"], 1),
+        (f"e2e_yolox_{half}_decode_threads_all", yolox_args + ["--batch_size", str(yolox_batch), "--precision", half,
+                                                               "--num_decode_workers", str(os.cpu_count())], 1),
         ("e2e_frcnn_fp32", frcnn_cli, 1),
         (f"e2e_frcnn_{half}", frcnn_cli + ["--precision", half], 1),
     ]
@@ -222,8 +225,6 @@ def main() -> None:
             (f"e2e_frcnn_{half}_x{workers}", frcnn_cli + ["--precision", half], workers),
         ]
     for name, cli_args, count in runs:
-        if name.endswith("_graphs") and not cuda:
-            continue
         results.measure(name, lambda a=cli_args, c=count, n=name: end_to_end.run_cli(a, args.work / n, c, cli_log))
 
     # 3. The usual ways.
@@ -236,6 +237,18 @@ def main() -> None:
             n, m, device, paths, args.work / f"dl_{n}.jsonl", 32 if not args.quick else 4, args.seconds,
             workers=None if not args.quick else 2))
 
+    # Where the time of the job's own model path goes, stage by stage.
+    for precision in ("fp32", half):
+        results.measure(f"stages_yolox_{precision}", lambda p=precision: stages.stage_times(JobSpec(
+            input_file_patterns=("x",), input_file_format="tfrecord", model_dir=args.yolox, model_spec=args.spec,
+            output_result_prefix="x", output_error_prefix="y", device=str(device), precision=p),
+            encoded[: 8 * yolox_batch], yolox_batch))
+
+    if cuda:  # last: a capture that fails can leave the device in a state later work trips on
+        results.measure(f"yolox_model_{half}_b{yolox_batch}_graph", lambda: ceiling.yolox_model_only(
+            args.yolox, device, yolox_batch, half, args.seconds, cuda_graph=True))
+        graphs = yolox_args + ["--batch_size", str(yolox_batch), "--precision", half, "--compile", "cuda_graphs"]
+        results.measure(f"e2e_yolox_{half}_graphs", lambda: end_to_end.run_cli(graphs, args.work / "graphs", 1, cli_log))
     print_table(results, half, yolox_batch, frcnn_batch, workers)
 
 

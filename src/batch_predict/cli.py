@@ -107,7 +107,8 @@ def cli() -> None:
 @_flag("output_raw", is_flag=True, default=False, help="Also write the signature's other outputs, per image, as lists.")
 @_flag("max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True,
        help="Refuse images declaring more pixels than this, before decoding them (decompression bombs).")
-@_flag("num_decode_workers", type=int, default=0, show_default=True, help="Decode threads; 0 means one per CPU core.")
+@_flag("num_decode_workers", type=int, default=0, show_default=True, help="Decode threads; 0 means one per CPU core, or 2 for models that decode on the GPU "
+            "(they need only each image's size from its header).")
 @_flag("precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
        help="PyTorch models: run the model in float16 or bfloat16 (pre- and post-processing stay float32). "
             "Detections move slightly (scores by about 0.01); see docs/benchmarks.md.")

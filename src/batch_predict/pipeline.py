@@ -32,6 +32,10 @@ U = TypeVar("U")
 
 _DONE = object()
 _DECODE_CHUNK = 16
+#: Decode threads by default for a model that decodes for itself: reading an image's size from
+#: its header takes microseconds, and more threads only take the GIL from the thread that
+#: feeds the GPU (each of its waits for the GPU then costs a GIL hand-over).
+_PROBE_WORKERS = 2
 #: Batches prepared ahead of the one running: enough to hide preparing, few enough that
 #: their device memory stays small beside the model's.
 _PREPARED_AHEAD = 2
@@ -349,7 +353,7 @@ def run_pipeline(
             yield item
 
     limit = limit or BatchLimit()
-    workers = num_decode_workers or os.cpu_count() or 1
+    workers = num_decode_workers or (_PROBE_WORKERS if model.input_kind == "encoded" else os.cpu_count() or 1)
     writer = _Writer(sink, queue_depth)
     with ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-decode") as pool:
         chunks_deep = max(2, queue_depth * batch_size // _DECODE_CHUNK)

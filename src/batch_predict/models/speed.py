@@ -97,13 +97,16 @@ class CudaGraphRunner:
         static_input = inputs.clone()
         side = torch.cuda.Stream(inputs.device)
         side.wait_stream(torch.cuda.current_stream(inputs.device))
-        with torch.cuda.stream(side):
-            for _ in range(3):  # warm-up: cuDNN picks its algorithms outside the capture
-                self._runner(static_input)
-        torch.cuda.current_stream(inputs.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_output = self._runner(static_input)
+        # TorchScript's optimizing executor profiles and compiles fusions on its first calls,
+        # which a capture cannot hold; plain execution records the same kernels.
+        with torch.jit.optimized_execution(False):
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up: cuDNN picks its algorithms outside the capture
+                    self._runner(static_input)
+            torch.cuda.current_stream(inputs.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_output = self._runner(static_input)
         return graph, static_input, static_output
 
     def describe(self) -> dict[str, object]:
