@@ -43,21 +43,28 @@ def run_cli(args: Sequence[str], prefix: Path, workers: int, log: Path) -> dict:
 
 
 def steady_state(committed: Path, workers: int) -> dict:
-    """Throughput between commits: each unit's records over the time since its worker's previous commit.
+    """Throughput between commits, summed over workers: each worker's records after its first
+    commit over the time from its first commit to its last.
 
     Units are dealt to workers by index modulo the worker count (`units_for_worker`), so
-    each worker's commits are a chain; the first of each chain holds the start-up and is left out.
+    each worker's commits are a chain; its first unit holds the start-up and is left out.
+    Summing rates rather than dividing by the whole span keeps workers that start a second
+    apart from counting as slower.
     """
     chains: dict[int, list[tuple[float, int]]] = {}
     for path in committed.glob("*.json"):
         record = json.loads(path.read_text())
         chains.setdefault(record["unit"] % workers, []).append((path.stat().st_mtime, record["counts"]["records_read"]))
-    firsts = [min(chain)[0] for chain in chains.values()]
-    last = max(t for chain in chains.values() for t, _ in chain)
-    records = sum(n for chain in chains.values() for _, n in sorted(chain)[1:])
-    span = last - min(firsts)
-    return {"steady_per_s": round(records / span, 1) if span > 0 else None, "steady_records": records,
-            "steady_s": round(span, 3)}
+    rate, records, spans = 0.0, 0, []
+    for chain in chains.values():
+        chain.sort()
+        span = chain[-1][0] - chain[0][0]
+        counted = sum(n for _, n in chain[1:])
+        if span > 0:
+            rate += counted / span
+            records += counted
+            spans.append(round(span, 3))
+    return {"steady_per_s": round(rate, 1) if spans else None, "steady_records": records, "steady_s": spans}
 
 
 class NoModel:

@@ -258,7 +258,7 @@ def print_table(results: Results, half: str, yolox_batch: int, frcnn_batch: int,
         if "error" in result:
             figure = "FAILED " + result["error"][:80]
         else:
-            figure = next((f"{result[k]:>10}" for k in ("steady_per_s", "items_per_s") if result.get(k) is not None), "")
+            figure = next((f"{result[k]:>10}" for k in ("steady_per_s", "items_per_s", "slowest_stage_per_s") if result.get(k) is not None), "")
             if "whole_command_per_s" in result:
                 figure += f"   (whole command {result['whole_command_per_s']}/s, {result['records']} records)"
             if name == "yolox_precision_agreement":
