@@ -42,12 +42,18 @@ def run_cli(args: Sequence[str], prefix: Path, workers: int, log: Path) -> dict:
     }
 
 
+#: Units each worker leaves out of the steady state: the first holds the start-up, the second
+#: the first partial batch, a new input shape that a TorchScript graph spends seconds
+#: re-specializing for (seen on the H200, docs/benchmarks.md).
+WARMUP_UNITS = 2
+
+
 def steady_state(committed: Path, workers: int) -> dict:
-    """Throughput between commits, summed over workers: each worker's records after its first
-    commit over the time from its first commit to its last.
+    """Throughput between commits, summed over workers: each worker's records after its warm-up
+    units over the time from the last warm-up commit to its last commit.
 
     Units are dealt to workers by index modulo the worker count (`units_for_worker`), so
-    each worker's commits are a chain; its first unit holds the start-up and is left out.
+    each worker's commits are a chain; its first `WARMUP_UNITS` units are left out.
     Summing rates rather than dividing by the whole span keeps workers that start a second
     apart from counting as slower.
     """
@@ -58,8 +64,10 @@ def steady_state(committed: Path, workers: int) -> dict:
     rate, records, spans = 0.0, 0, []
     for chain in chains.values():
         chain.sort()
-        span = chain[-1][0] - chain[0][0]
-        counted = sum(n for _, n in chain[1:])
+        if len(chain) <= WARMUP_UNITS:
+            continue
+        span = chain[-1][0] - chain[WARMUP_UNITS - 1][0]
+        counted = sum(n for _, n in chain[WARMUP_UNITS:])
         if span > 0:
             rate += counted / span
             records += counted

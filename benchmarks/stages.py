@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from batch_predict import decode
 from batch_predict.models import load_model
 from batch_predict.records import Prediction, Record
@@ -33,7 +35,8 @@ def stage_times(job: JobSpec, encoded: list[bytes], batch: int) -> dict:
         prepared = model.prepare(chunk)
         sync()
         t1 = time.perf_counter()
-        model.infer(prepared)
+        with torch.inference_mode():  # as `complete` runs it: a TorchScript graph re-specializes on a grad-mode change
+            model.infer(prepared)
         sync()
         t2 = time.perf_counter()
         found = model.complete(prepared)
