@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from batch_predict.pipeline import (
-    BatchLimit, Stopped, background, form_batches, is_out_of_memory, predict_isolating, prepare_for, run_pipeline,
+    BatchLimit, Stopped, background, form_batches, is_out_of_memory, predict_isolating, predict_prepared, prepare_for,
+    run_pipeline,
 )
 from batch_predict.records import Prediction, Record, RecordError
 from batch_predict.sinks import UnitOutputs
 
 from images import encode, gradient
-from toymodels import MeanColourModel
+from toymodels import MeanColourModel, StagedMeanColourModel
 
 
 def _record(key, width=8, height=6):
@@ -176,3 +177,42 @@ def test_a_source_that_fails_mid_way_raises_and_stops_every_thread():
         run_pipeline(failing(), MeanColourModel(), _ListSink(), batch_size=4, max_image_pixels=1 << 20,
                      num_decode_workers=2, queue_depth=2)
     _wait_until_no_pipeline_threads()
+
+
+# Batches prepared ahead (StagedModel): the same outcomes as predicting each batch in turn.
+
+def _outcomes_of(model, tmp_path, name, records):
+    outputs = UnitOutputs(str(tmp_path / f"{name}-00000-of-00001.jsonl"), str(tmp_path / f"{name}e-00000-of-00001.jsonl"), {1: "image"})
+    read = run_pipeline(records, model, outputs, batch_size=8, max_image_pixels=1 << 20, num_decode_workers=2, queue_depth=2)
+    counts = outputs.commit(read)
+    lines = [(tmp_path / f"{name}{kind}-00000-of-00001.jsonl").read_text() for kind in ("", "e")]
+    return counts, lines
+
+
+def test_batches_prepared_ahead_give_the_outcomes_of_batches_predicted_in_turn(tmp_path):
+    records = [Record(f"k{i}", "src", i, encoded=encode(gradient(8 + i % 3, 8))) for i in range(60)]
+    records[9] = Record("poison-9", "src", 9, encoded=encode(gradient(8, 8)))
+    records[33] = Record("too-big-33", "src", 33, encoded=encode(gradient(8, 8)))
+    staged = StagedMeanColourModel(memory=4)
+    in_turn = _outcomes_of(MeanColourModel(memory=4), tmp_path, "turn", records)
+    ahead = _outcomes_of(staged, tmp_path, "ahead", records)
+    assert ahead == in_turn
+    assert in_turn[0].failed == 2 and in_turn[0].predicted == 58
+    assert staged.prepared  # the prepare stage ran
+
+
+def test_a_prepared_batch_that_fails_is_bisected_so_only_its_bad_record_fails():
+    model, limit = StagedMeanColourModel(), BatchLimit()
+    batch = [_record(f"r{i}") for i in range(8)]
+    batch[5] = _record("poison-5")
+    outcomes = predict_prepared(model, batch, model.prepare(batch), limit)
+    assert [o.key for o in outcomes if isinstance(o, RecordError)] == ["poison-5"]
+    assert [o.record.key for o in outcomes if isinstance(o, Prediction)] == [r.key for r in batch if r.key != "poison-5"]
+
+
+def test_a_prepared_batch_larger_than_the_memory_limit_is_cut_first():
+    model, limit = StagedMeanColourModel(memory=2), BatchLimit()
+    limit.size = 2
+    batch = [_record(f"r{i}") for i in range(8)]
+    outcomes = predict_prepared(model, batch, model.prepare(batch), limit)
+    assert all(isinstance(o, Prediction) for o in outcomes) and set(model.batch_sizes) == {2}

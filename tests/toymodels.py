@@ -51,3 +51,22 @@ class MeanColourModel:
 
     def describe(self) -> dict[str, object]:
         return {"backend": "test"}
+
+
+class StagedMeanColourModel(MeanColourModel):
+    """`MeanColourModel` that prepares batches apart from running them, as `TensorModel` does,
+    so that the pipeline prepares ahead; failures and out-of-memory happen when it runs."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.prepared: list[int] = []
+
+    def prepare(self, records: Sequence[Record]) -> list[Record]:
+        self.prepared.append(len(records))
+        return list(records)
+
+    def complete(self, prepared: list[Record]) -> list[Detections]:
+        return MeanColourModel.predict(self, prepared)
+
+    def predict(self, records: Sequence[Record]) -> list[Detections]:
+        return self.complete(self.prepare(records))

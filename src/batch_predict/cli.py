@@ -16,8 +16,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .logformat import configure_logging
 from .observe import Observers
 from .pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, find_images, pack
-from .spec import (DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, INPUT_FORMATS, OUTPUT_FORMATS, JobSpec, SpecError,
-                   split_patterns)
+from .spec import (
+    COMPILE_MODES, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, INPUT_FORMATS, OUTPUT_FORMATS, PRECISIONS, JobSpec,
+    SpecError, split_patterns,
+)
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_SETUP = 2
@@ -110,7 +112,19 @@ def cli() -> None:
 @_flag("output_raw", is_flag=True, default=False, help="Also write the signature's other outputs, per image, as lists.")
 @_flag("max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True,
        help="Refuse images declaring more pixels than this, before decoding them (decompression bombs).")
-@_flag("num_decode_workers", type=int, default=0, show_default=True, help="Decode threads; 0 means one per CPU core.")
+@_flag("num_decode_workers", type=int, default=0, show_default=True, help="Decode threads; 0 means one per CPU core, or 2 for models that decode on the GPU "
+            "(they need only each image's size from its header).")
+@_flag("precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+       help="PyTorch models: run the model in float16 or bfloat16 (pre- and post-processing stay float32). "
+            "Detections move slightly (scores by about 0.01); see docs/benchmarks.md.")
+@_flag("channels_last", is_flag=True, default=False,
+       help="PyTorch models: NHWC memory layout for the model's convolutions (faster on tensor cores).")
+@_flag("compile", type=click.Choice(COMPILE_MODES), default="none", show_default=True,
+       help="PyTorch models: torch_compile (torch.compile, fixed shapes) or cuda_graphs (replay one CUDA graph per "
+            "batch; needs a fixed input size; the last batch is padded). Either costs time at start.")
+@_flag("num_workers", type=int, default=1, show_default=True,
+       help="Worker processes on this machine, each on its own GPU (cuda:i), dividing the units; 0: one per "
+            "visible GPU. With JOB_COMPLETION_INDEX set, each pod runs this many.")
 @_flag("ground_truth", default=None,
        help="A COCO instances.json: after the job, score the results (mAP, mAP@0.5, AP per class) into the summary. "
             "Results match its images by key: the image's file_name, its last path part, or its id.")

@@ -9,6 +9,7 @@ torchvision's decoders see, so every backend and input kind agrees.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -20,6 +21,9 @@ from .records import Record
 # any pixel is allocated; Pillow's fixed limit would override a user's higher --max_image_pixels.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 Image.MAX_IMAGE_PIXELS = None
+
+#: SOF0-SOF15 but DHT (C4), JPG (C8) and DAC (CC), which share the range.
+_START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 _CHANNELS_TO_RGB = {1: lambda a: np.repeat(a, 3, axis=2), 3: lambda a: a, 4: lambda a: a[:, :, :3]}
 
@@ -56,10 +60,39 @@ def probe(record: Record, max_pixels: int) -> Record:
     """Fill in the size from the image header alone, for models that decode for themselves."""
     if record.array is not None:
         return record
-    image = _open(record.encoded or b"")
-    record.width, record.height = image.size
+    data = record.encoded or b""
+    size = jpeg_size(data)
+    record.width, record.height = size if size is not None else _open(data).size
     check_size(record.width, record.height, max_pixels)
     return record
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, or None for anything else (Pillow then says).
+
+    Walks the segment markers to the first start-of-frame: a few steps, against opening the
+    file with Pillow, which parses every header segment in Python while holding the GIL. At
+    ten thousand images a second that difference is a third of a core.
+    """
+    if data[:2] != b"\xff\xd8":
+        return None
+    at, end = 2, len(data)
+    while at + 9 <= end:
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker in _START_OF_FRAME:
+            height, width = struct.unpack_from(">HH", data, at + 5)
+            return (width, height) if width and height else None
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            at += 2
+        elif marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        else:
+            at += 2 + struct.unpack_from(">H", data, at + 2)[0]
+    return None
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:

@@ -36,7 +36,7 @@ _COMMIT_NAME = re.compile(r"(\d{5,})-of-(\d{5,})\.json")
 _OUTPUT_SETTINGS = (
     "input_file_format", "model_dir", "signature_name", "label_map",
     "score_threshold", "output_raw", "max_image_pixels", "output_error_prefix", "model_spec", "model_options",
-    "output_format",
+    "output_format", "precision",
 )
 
 

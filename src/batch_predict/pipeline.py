@@ -1,9 +1,12 @@
 """The stages of a job, overlapped through bounded queues.
 
-    read (thread) -> decode (thread pool) -> batch -> predict (caller's thread) -> write (thread)
+    read (thread) -> decode (thread pool) -> batch -> [prepare (thread)] -> predict (caller's thread) -> write (thread)
 
 Each queue holds a few items, so memory stays bounded however large the input, and the
-model never waits for I/O or decoding that could have been done ahead of it.
+model never waits for I/O or decoding that could have been done ahead of it. A model that
+can prepare a batch apart from running it (`StagedModel`: decode and preprocess, on the GPU
+for `TensorModel`) gets the prepare stage: batch n+1 is decoded and preprocessed while
+batch n runs, so the GPU is not idle between batches.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from . import decode
 from .models import Model
-from .records import Outcome, Prediction, Record, RecordError
+from .records import Detections, Outcome, Prediction, Record, RecordError
 
 log = logging.getLogger("batch_predict")
 
@@ -29,6 +32,13 @@ U = TypeVar("U")
 
 _DONE = object()
 _DECODE_CHUNK = 16
+#: Decode threads by default for a model that decodes for itself: reading an image's size from
+#: its header takes microseconds, and more threads only take the GIL from the thread that
+#: feeds the GPU (each of its waits for the GPU then costs a GIL hand-over).
+_PROBE_WORKERS = 2
+#: Batches prepared ahead of the one running: enough to hide preparing, few enough that
+#: their device memory stays small beside the model's.
+_PREPARED_AHEAD = 2
 
 
 #: Error types of a device or host running out of memory: torch.cuda.OutOfMemoryError,
@@ -40,6 +50,15 @@ class Sink(Protocol):
     """Where outcomes go, in the order they were produced."""
 
     def write(self, outcomes: list[Outcome]) -> None: ...
+
+
+@runtime_checkable
+class StagedModel(Protocol):
+    """A model whose `predict(records)` is `complete(prepare(records))`, each callable from its own thread."""
+
+    def prepare(self, records: Sequence[Record]) -> Any: ...
+
+    def complete(self, prepared: Any) -> list[Detections]: ...
 
 
 class Stopped(Exception):
@@ -89,18 +108,24 @@ def background(items: Iterable[T], depth: int) -> Iterator[T]:
         stop.set()
 
 
-def ordered_map(fn: Callable[[T], U], items: Iterable[T], pool: ThreadPoolExecutor, depth: int) -> Iterator[U]:
-    """`map(fn, items)` on a pool, in order, with at most `depth` chunks in flight."""
+def ordered_map(
+    fn: Callable[[T], U], chunks: Iterable[list[T]], pool: ThreadPoolExecutor, depth: int
+) -> Iterator[list[U]]:
+    """`fn` over each chunk of items on a pool, chunks in order, at most `depth` in flight.
+
+    Chunks, not items, cross threads: each hand-over through a queue costs a few
+    microseconds of the GIL, which at thousands of records a second is worth sharing.
+    """
     pending: list[Future] = []
     try:
-        for chunk in _chunks(items, _DECODE_CHUNK):
+        for chunk in chunks:
             pending.append(pool.submit(lambda c=chunk: [fn(x) for x in c]))
             if len(pending) >= depth:
-                yield from pending.pop(0).result()
+                yield pending.pop(0).result()
         for future in pending:
-            yield from future.result()
+            yield future.result()
     finally:
-        _close(items)
+        _close(chunks)
 
 
 def _close(items: Iterable) -> None:
@@ -234,6 +259,37 @@ def _bisect(model: Model, batch: Sequence[Record], limit: BatchLimit) -> list[Ou
     return [Prediction(record, detections) for record, detections in zip(batch, found, strict=True)]
 
 
+def prepare_ahead(
+    model: StagedModel, batches: Iterable[list[Record] | RecordError]
+) -> Iterator[tuple[list[Record] | RecordError, Any]]:
+    """Each batch with its prepared form (None for an error, or a batch that failed to prepare:
+    `predict_prepared` then runs it through `predict_isolating`, which finds the bad records)."""
+    for batch in batches:
+        prepared = None
+        if not isinstance(batch, RecordError):
+            try:
+                prepared = model.prepare(batch)
+            except Exception:  # the batch is retried, bisected, on the model's thread
+                prepared = None
+        yield batch, prepared
+
+
+def predict_prepared(model: StagedModel, batch: list[Record], prepared: Any, limit: BatchLimit) -> list[Outcome]:
+    """`predict_isolating` for a batch prepared ahead, with the same outcomes.
+
+    A batch larger than the out-of-memory limit, or one that fails, goes through
+    `predict_isolating`, which cuts and bisects it as if it had never been prepared.
+    """
+    if limit.size is not None and len(batch) > limit.size:
+        return predict_isolating(model, batch, limit)
+    try:
+        found = model.complete(prepared)
+    except Exception:  # any failure: the batch is redone, bisected
+        del prepared  # its device memory, before the retry needs it
+        return predict_isolating(model, batch, limit)
+    return [Prediction(record, detections) for record, detections in zip(batch, found, strict=True)]
+
+
 class _Writer:
     """Writes outcomes in a thread, so formatting JSON never delays the next batch."""
 
@@ -297,24 +353,34 @@ def run_pipeline(
             yield item
 
     limit = limit or BatchLimit()
-    workers = num_decode_workers or os.cpu_count() or 1
+    workers = num_decode_workers or (_PROBE_WORKERS if model.input_kind == "encoded" else os.cpu_count() or 1)
     writer = _Writer(sink, queue_depth)
     with ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-decode") as pool:
-        source = background(counted(records), queue_depth * batch_size)
-        prepared = background(
-            ordered_map(prepare_for(model, max_image_pixels), source, pool, depth=2 * workers), queue_depth * batch_size
-        )
-        batches = form_batches(prepared, batch_size, model.same_size_batches)
+        chunks_deep = max(2, queue_depth * batch_size // _DECODE_CHUNK)
+        source = background(_chunks(counted(records), _DECODE_CHUNK), chunks_deep)
+        prepared = background(ordered_map(prepare_for(model, max_image_pixels), source, pool, depth=2 * workers), chunks_deep)
+        batches = form_batches(itertools.chain.from_iterable(prepared), batch_size, model.same_size_batches)
+        if isinstance(model, StagedModel):
+            staged = background(prepare_ahead(model, batches), _PREPARED_AHEAD)
+        else:
+            staged = ((batch, None) for batch in batches)
         try:
-            for batch in batches:
+            for batch, ready in staged:
                 if abandon is not None and abandon.is_set():
                     raise Stopped("abandoned on request")
-                writer.put([batch] if isinstance(batch, RecordError) else predict_isolating(model, batch, limit))
+                if isinstance(batch, RecordError):
+                    writer.put([batch])
+                elif ready is not None:
+                    writer.put(predict_prepared(model, batch, ready, limit))
+                else:
+                    writer.put(predict_isolating(model, batch, limit))
+                del ready  # frees the batch's device memory now, not when the next one arrives
         except BaseException:
             writer.abort()
             raise
         finally:
             # Stops the reading and decoding threads now, not when the exception is collected.
+            staged.close()
             batches.close()
             prepared.close()
     writer.finish()

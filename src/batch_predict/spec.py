@@ -11,6 +11,8 @@ from typing import Literal
 InputFormat = Literal["json", "tfrecord", "tfrecord_gzip"]
 INPUT_FORMATS: tuple[str, ...] = ("json", "tfrecord", "tfrecord_gzip")
 OUTPUT_FORMATS: tuple[str, ...] = ("jsonl", "parquet", "coco")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+COMPILE_MODES: tuple[str, ...] = ("none", "torch_compile", "cuda_graphs")
 
 #: Failed fraction above which a finished job still exits non-zero. 5% tolerates the
 #: scattered corrupt files of a real collection, yet stops a job whose records mostly fail
@@ -56,6 +58,10 @@ class JobSpec:
     overwrite: bool = False
     output_format: str = "jsonl"
     visualize: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: str = "none"
+    num_workers: int = 1  # processes, one per GPU; 0: one per visible GPU
 
     def __post_init__(self) -> None:
         if not self.input_file_patterns or not all(p.strip() for p in self.input_file_patterns):
@@ -79,6 +85,10 @@ class JobSpec:
         if self.output_format not in OUTPUT_FORMATS:
             raise SpecError(f"--output_format: expected one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
         _check_range("visualize", self.visualize, 0, 1_000_000)
+        for name, choices in (("precision", PRECISIONS), ("compile", COMPILE_MODES)):
+            if getattr(self, name) not in choices:
+                raise SpecError(f"--{name}: expected one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        _check_range("num_workers", self.num_workers, 0, 1024)
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith(("cuda", "gpu")):
             raise SpecError(f"--device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -32,6 +32,9 @@ _BACKENDS = {
     "state_dict": ("torchvision_arch", "torch"),
 }
 
+#: Formats whose runtimes choose their own kernels: the PyTorch speed options do not reach them.
+_NO_SPEED_OPTIONS = ("savedmodel", "onnx")
+
 
 def find_labels(job: JobSpec, spec: ModelSpec, located: Located) -> dict[int, str]:
     """{class id: name}, in the order given: `--label_map`, else the spec's `labels`, else a
@@ -57,6 +60,10 @@ def load_model(job: JobSpec) -> Model:
     if spec.class_ids == "label_order" and not labels:
         raise spec.error("class_ids", "label_order maps output k to the k-th label, but no labels were found")
     module_name, extra = _BACKENDS[located.format]
+    if located.format in _NO_SPEED_OPTIONS and (job.precision, job.channels_last, job.compile) != ("fp32", False, "none"):
+        raise ModelLoadError(
+            f"--precision, --channels_last and --compile apply to PyTorch models; {located.path!r} is a {located.format} model"
+        )
     try:
         backend = importlib.import_module(f"{__name__}.{module_name}")
     except ImportError as exc:

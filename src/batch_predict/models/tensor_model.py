@@ -8,6 +8,8 @@ so that a pipeline can overlap them (preparing batch n+1 while batch n runs).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -71,6 +73,7 @@ class TensorModel:
         self._decoder_name = spec.require_decoder()
         self._decoder = DECODERS[self._decoder_name]
         self._preprocessor = Preprocessor(spec.input, device)
+        self._streams = PrepareStream(device)
         self._class_ids = np.array(list(self.labels), np.int64) if spec.class_ids == "label_order" else None
         on_device = device.type == "cuda" if decode_on_device is None else decode_on_device
         self.input_kind: InputKind = "encoded" if on_device else "image"
@@ -91,9 +94,30 @@ class TensorModel:
             ) from None
 
     def prepare(self, records: Sequence[Record]) -> Prepared:
-        if self.input_kind == "encoded":
-            return self._preprocessor.from_encoded([r.encoded or b"" for r in records])
-        return self._preprocessor.from_arrays([r.array for r in records])
+        """Decode and preprocess a batch. On CUDA this runs on a stream of its own, so that a
+        pipeline thread can prepare batch n+1 while batch n runs on the default stream."""
+        with torch.inference_mode(), self._streams.preparing():
+            if self.input_kind == "encoded":
+                prepared = self._preprocessor.from_encoded([r.encoded or b"" for r in records])
+            else:
+                prepared = self._preprocessor.from_arrays([r.array for r in records])
+            return self._streams.hand_over(prepared)
+
+    def complete(self, prepared: Prepared) -> list[Detections]:
+        """Run the model on a prepared batch and decode its detections (one copy to the host)."""
+        try:
+            with torch.inference_mode():
+                self._streams.receive(prepared)
+                padded = self.decode(self.infer(prepared), prepared)
+        except torch.cuda.OutOfMemoryError:
+            # The allocator keeps the failed batch's blocks cached; free them, so that the
+            # halves the pipeline retries with get that memory.
+            del prepared
+            torch.cuda.empty_cache()
+            raise
+        return to_detections(
+            padded, prepared.geometry, prepared.image_sizes, self.spec.thresholds.score, self._class_ids
+        )
 
     def infer(self, prepared: Prepared) -> Any:
         return self._runner(prepared.inputs)
@@ -108,12 +132,7 @@ class TensorModel:
         return self._decoder(outputs, context)
 
     def predict(self, records: Sequence[Record]) -> list[Detections]:
-        with torch.inference_mode():
-            prepared = self.prepare(records)
-            padded = self.decode(self.infer(prepared), prepared)
-        return to_detections(
-            padded, prepared.geometry, prepared.image_sizes, self.spec.thresholds.score, self._class_ids
-        )
+        return self.complete(self.prepare(records))
 
     def describe(self) -> dict[str, object]:
         spec = self.spec
@@ -131,6 +150,34 @@ class TensorModel:
             "labels": len(self.labels),
             "spec": spec.source,
         }
+
+
+class PrepareStream:
+    """The CUDA stream batches are prepared on, and the hand-over of their tensors to the
+    stream the model runs on; on the CPU, nothing."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def preparing(self) -> contextlib.AbstractContextManager:
+        return torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+
+    def hand_over(self, prepared: Prepared) -> Prepared:
+        if self._stream is None:
+            return prepared
+        ready = torch.cuda.Event()
+        ready.record(self._stream)
+        return dataclasses.replace(prepared, ready=ready)
+
+    def receive(self, prepared: Prepared) -> None:
+        """Make the current stream wait for the batch, and keep its memory from being reused by
+        the prepare stream until the current stream is done with it."""
+        if prepared.ready is None:
+            return
+        current = torch.cuda.current_stream(self._stream.device)
+        current.wait_event(prepared.ready)
+        for tensor in prepared.inputs if isinstance(prepared.inputs, list) else [prepared.inputs]:
+            tensor.record_stream(current)
 
 
 class FixedBatchRunner:

@@ -20,6 +20,7 @@ from ..spec import JobSpec
 from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import DTYPES, ModelSpec
+from .speed import accelerate
 from .tensor_model import FixedBatchRunner, Runner, TensorModel, torch_device
 
 
@@ -82,7 +83,7 @@ def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], job: JobS
     shape, dtype = _declared_input(program)
     batch = shape[0] if shape else None
     resolved = spec.resolve_input(shape, dtype if dtype in DTYPES else None)
-    runner: Runner = ExportedRunner(program)
+    runner: Runner = accelerate(ExportedRunner(program), job, device)
     if batch is not None:
         runner = FixedBatchRunner(runner, batch)
     return TensorModel(runner, resolved, labels, device, backend="torch_export")

@@ -17,6 +17,7 @@ from ..spec import JobSpec
 from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
+from .speed import accelerate
 from .tensor_model import TensorModel, torch_device
 
 
@@ -38,6 +39,6 @@ class TorchScriptRunner:
 
 def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], job: JobSpec) -> TensorModel:
     device = torch_device(job.device)
-    runner = TorchScriptRunner(read_bytes(located.path), device, located.path)
+    runner = accelerate(TorchScriptRunner(read_bytes(located.path), device, located.path), job, device)
     # A TorchScript module does not declare its input shape: the spec gives it.
     return TensorModel(runner, spec.resolve_input(None, None), labels, device, backend="torchscript")

@@ -18,6 +18,7 @@ from ..spec import JobSpec
 from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
+from .speed import accelerate
 from .tensor_model import TensorModel, torch_device
 
 _CHECKPOINT_KEYS = ("model", "state_dict")
@@ -83,5 +84,5 @@ def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], job: JobS
     except RuntimeError as exc:
         summary = " ".join(str(exc).split())[:400]
         raise ModelLoadError(f"--model_dir: {located.path!r} does not fit {spec.architecture}: {summary}") from None
-    runner = ModuleRunner(module.eval().to(device), spec.architecture)
+    runner = accelerate(ModuleRunner(module.eval().to(device), spec.architecture), job, device)
     return TensorModel(runner, spec.resolve_input(None, None), labels, device, backend="torchvision")

@@ -38,12 +38,18 @@ def run(
     goes on. `model`, if given, is used instead of loading `spec.model_dir` (a notebook
     that runs several jobs loads it once). Worker `worker_index` of `worker_count` runs only its share of the units
     (`units_for_worker`); the summary file is written by whichever run commits the last
-    unit. `stopping` (set from signal handlers) stops between units, or abandons one,
+    unit. With `spec.num_workers` other than 1, the share runs in that many processes, one
+    per GPU (`runners/workers.py`). `stopping` (set from signal handlers) stops between units, or abandons one,
     raising `Stopped`. A unit that fails as a whole (an input that cannot be read) is
     left uncommitted, the other units go on, and `UnitsFailed` is raised at the end.
     `observer` (progress, metrics) hears how the run goes, beside the job's own timeline
     and `--visualize` pictures; its `job_ended` comes only when the run gets to its summary.
     """
+    if spec.num_workers != 1 and model is None:
+        from .workers import run_workers
+
+        return run_workers(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping,
+                           observer=observer)
     plan = plan_run(spec, worker_index, worker_count)
     watchers = job_observers(spec, observer)
     watchers.job_started(plan.pending)

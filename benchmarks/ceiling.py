@@ -1,0 +1,135 @@
+"""The ceilings: a model alone on preloaded device tensors, and JPEG decoding alone."""
+
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from timing import throughput
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_yolox(path: str, device: torch.device) -> torch.nn.Module:
+    return torch.jit.load(path, map_location=device).eval()
+
+
+def fasterrcnn(device: torch.device, **kwargs) -> torch.nn.Module:
+    """torchvision's Faster R-CNN with random weights (none downloaded); the speed is the architecture's."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(
+        "fasterrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=91, **kwargs
+    )
+    return model.eval().to(device)
+
+
+def yolox_model_only(
+    path: str, device: torch.device, batch: int, precision: str, seconds: float,
+    channels_last: bool = False, cuda_graph: bool = False, size: int = 416,
+) -> dict:
+    """YOLOX-Nano's network alone on preloaded batches (two, alternated, of random pixels)."""
+    dtype = DTYPES[precision]
+    model = load_yolox(path, device).to(dtype)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model = model.to(memory_format=layout)
+    inputs = [
+        (torch.rand((batch, 3, size, size)) * 255).to(device, dtype).contiguous(memory_format=layout)
+        for _ in range(2)
+    ]
+    turn = [0]
+
+    with torch.inference_mode():
+        call = model
+        if cuda_graph:
+            static = inputs[0].clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.jit.optimized_execution(False):  # as CudaGraphRunner: no JIT compiling inside the capture
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        model(static)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    model(static)
+
+            def replay(x: torch.Tensor) -> None:
+                static.copy_(x)
+                graph.replay()
+
+            call = replay
+
+        def step() -> int:
+            turn[0] ^= 1
+            call(inputs[turn[0]])
+            return batch
+
+        result = throughput(step, seconds)
+    return {**result, "batch": batch, "precision": precision, "channels_last": channels_last, "cuda_graph": cuda_graph}
+
+
+def fasterrcnn_model_only(
+    device: torch.device, batch: int, precision: str, seconds: float, channels_last: bool = False,
+    size: tuple[int, int] = (480, 640), **kwargs,
+) -> dict:
+    """Faster R-CNN's forward (its own resize, normalization and post-processing included) on
+    preloaded lists of random 0..1 images; fp16/bf16 through autocast, as torchvision supports."""
+    model = fasterrcnn(device, **kwargs)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images = [[torch.rand((3, *size)).to(device) for _ in range(batch)] for _ in range(2)]
+    turn = [0]
+    autocast = precision != "fp32"
+
+    def step() -> int:
+        turn[0] ^= 1
+        with torch.inference_mode(), torch.autocast(device.type, DTYPES[precision], enabled=autocast):
+            model(images[turn[0]])
+        return batch
+
+    result = throughput(step, seconds, warmup=3)
+    return {**result, "batch": batch, "precision": precision, "channels_last": channels_last}
+
+
+def nvjpeg_decode(encoded: list[bytes], device: torch.device, batch: int, seconds: float) -> dict:
+    """Batched decode_jpeg on the GPU (nvjpeg), host bytes in, device RGB tensors out."""
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
+    chunks = [data[i : i + batch] for i in range(0, len(data) - batch + 1, batch)] or [data]
+    turn = [0]
+
+    def step() -> int:
+        chunk = chunks[turn[0] % len(chunks)]
+        turn[0] += 1
+        decode_jpeg(chunk, mode=ImageReadMode.RGB, device=device)
+        return len(chunk)
+
+    return {**throughput(step, seconds), "batch": batch}
+
+
+def _pil_decode(data: bytes) -> int:
+    np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return 1
+
+
+def pil_decode(encoded: list[bytes], seconds: float, threads: int = 1) -> dict:
+    """Pillow decode to RGB arrays: one core, or a pool of threads (Pillow releases the GIL)."""
+    turn = [0]
+    chunk = 64 * threads
+
+    with ThreadPoolExecutor(threads) as pool:
+        def step() -> int:
+            start = (turn[0] * chunk) % max(1, len(encoded) - chunk)
+            turn[0] += 1
+            return sum(pool.map(_pil_decode, encoded[start : start + chunk]))
+
+        result = throughput(step, seconds, warmup=1)
+    return {**result, "threads": threads, "cpu_count": os.cpu_count()}
+

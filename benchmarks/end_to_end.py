@@ -1,0 +1,106 @@
+"""This project end to end: TFRecords of JPEGs to JSON lines, through the real CLI.
+
+Two figures per run: the whole command (process start, model load, CUDA start included),
+and the steady state, read off the times the units were committed: records of every unit
+but each worker's first, over the time from each worker's first commit to the last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from batch_predict.records import Detections
+
+
+def run_cli(args: Sequence[str], prefix: Path, workers: int, log: Path) -> dict:
+    command = [sys.executable, "-m", "batch_predict", *args,
+               "--output_result_prefix", str(prefix), "--output_error_prefix", f"{prefix}-errors",
+               "--num_workers", str(workers), "--overwrite"]
+    started = time.perf_counter()
+    with open(log, "a") as stream:
+        stream.write("$ " + " ".join(command) + "\n")
+        stream.flush()
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=stream, text=True, env=os.environ.copy())
+        stream.write(done.stdout)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"exit {done.returncode}: {done.stdout[-400:]} (see {log})")
+    summary = json.loads(Path(f"{prefix}-summary.json").read_text())
+    return {
+        "records": summary["records_read"], "predicted": summary["predicted"], "failed": summary["failed"],
+        "detections": summary["detections"], "command_s": round(wall, 2),
+        "whole_command_per_s": round(summary["predicted"] / wall, 1),
+        **steady_state(Path(f"{prefix}-job/committed"), workers),
+    }
+
+
+#: Units each worker leaves out of the steady state: the first holds the start-up, the second
+#: the first partial batch, a new input shape that a TorchScript graph spends seconds
+#: re-specializing for (seen on the H200, docs/benchmarks.md).
+WARMUP_UNITS = 2
+
+
+def steady_state(committed: Path, workers: int) -> dict:
+    """Throughput between commits, summed over workers: each worker's records after its warm-up
+    units over the time from the last warm-up commit to its last commit.
+
+    Units are dealt to workers by index modulo the worker count (`units_for_worker`), so
+    each worker's commits are a chain; its first `WARMUP_UNITS` units are left out.
+    Summing rates rather than dividing by the whole span keeps workers that start a second
+    apart from counting as slower.
+    """
+    chains: dict[int, list[tuple[float, int]]] = {}
+    for path in committed.glob("*.json"):
+        record = json.loads(path.read_text())
+        chains.setdefault(record["unit"] % workers, []).append((path.stat().st_mtime, record["counts"]["records_read"]))
+    rate, records, spans = 0.0, 0, []
+    for chain in chains.values():
+        chain.sort()
+        if len(chain) <= WARMUP_UNITS:
+            continue
+        span = chain[-1][0] - chain[WARMUP_UNITS - 1][0]
+        counted = sum(n for _, n in chain[WARMUP_UNITS:])
+        if span > 0:
+            rate += counted / span
+            records += counted
+            spans.append(round(span, 3))
+    return {"steady_per_s": round(rate, 1) if spans else None, "steady_records": records, "steady_s": spans}
+
+
+class NoModel:
+    """Takes encoded images and finds nothing: what is left is the job's own plumbing."""
+
+    input_kind = "encoded"
+    same_size_batches = False
+    labels: dict[int, str] = {}
+
+    def predict(self, records: Sequence) -> list[Detections]:
+        empty = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+        return [empty] * len(records)
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": "none"}
+
+
+def plumbing(pattern: str, prefix: Path, batch: int) -> dict:
+    """records/s through read -> probe -> batch -> write with a model that costs nothing."""
+    from batch_predict import run
+    from batch_predict.spec import JobSpec
+
+    spec = JobSpec(
+        input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir="none",
+        output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors", batch_size=batch, overwrite=True,
+    )
+    started = time.perf_counter()
+    summary = run(spec, model=NoModel())
+    wall = time.perf_counter() - started
+    return {"records": summary.records_read, "items_per_s": round(summary.records_read / wall, 1), "seconds": round(wall, 2),
+            **steady_state(Path(f"{prefix}-job/committed"), 1)}

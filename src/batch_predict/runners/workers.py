@@ -1,0 +1,129 @@
+"""Several worker processes on one machine, one per GPU, sharing one job's units.
+
+One process per GPU rather than threads: each has its own Python interpreter (no GIL
+shared between the GPUs' pipelines) and its own CUDA context. The units are divided as
+between the pods of an Indexed Job (`units_for_worker`), and the job state merges their
+commits, so the outputs and the summary are those of one process running them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import pickle
+from typing import Any
+
+from ..observe import JobObserver
+from ..pipeline import Stopped
+from ..sinks import JobSummary
+from ..spec import JobSpec
+from ..units import units_for_worker
+from .plan import finish_run, plan_run
+from .stopping import Stopping
+
+log = logging.getLogger("batch_predict")
+
+
+def local_worker_count(spec: JobSpec) -> int:
+    """`--num_workers`, with 0 meaning one per visible GPU (one when there is none)."""
+    if spec.num_workers:
+        return spec.num_workers
+    import torch
+
+    return max(1, torch.cuda.device_count()) if spec.device in ("auto", "cuda") else 1
+
+
+def worker_device(requested: str, local_index: int) -> str:
+    """The device of the `local_index`-th worker: its own GPU when `--device` names no particular one."""
+    if requested not in ("auto", "cuda"):
+        return requested
+    import torch
+
+    if not torch.cuda.is_available():
+        return requested
+    return f"cuda:{local_index % torch.cuda.device_count()}"
+
+
+def _work(spec: JobSpec, local_index: int, index: int, count: int, results: Any) -> None:
+    from .local import run
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [worker {index}] %(message)s")
+    # The parent evaluates against the ground truth once, when all workers are done.
+    worker_spec = dataclasses.replace(spec, num_workers=1, device=worker_device(spec.device, local_index), ground_truth=None)
+    try:
+        run(worker_spec, worker_index=index, worker_count=count)
+        results.put((index, None))
+    except BaseException as exc:  # handed to the parent, which raises it
+        try:
+            pickle.dumps(exc)
+        except Exception:  # an exception that cannot cross processes is sent as its text
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        results.put((index, exc))
+
+
+def run_workers(
+    spec: JobSpec,
+    *,
+    worker_index: int = 0,
+    worker_count: int = 1,
+    stopping: Stopping | None = None,
+    observer: JobObserver | None = None,
+) -> JobSummary:
+    """Run the job's share of (`worker_index`, `worker_count`) in `local_worker_count(spec)` processes.
+
+    Worker i of this machine is worker `worker_index * n + i` of `worker_count * n` overall,
+    so machines of several GPUs in an Indexed Job divide the units as one list of workers.
+    The first failure of a worker (bad setup, failed units) is raised here after all have
+    ended; a stop request ends the workers at once, leaving their units in progress
+    uncommitted for a rerun. `observer` hears when the run starts and ends; the workers
+    write the job's timeline and pictures.
+    """
+    count = local_worker_count(spec)
+    plan = plan_run(spec, worker_index, worker_count)
+    if spec.overwrite:
+        # Once, here: workers starting over each would delete each other's commits.
+        plan.state.begin()
+        plan.pending = units_for_worker(plan.units, worker_index, worker_count)
+        spec = dataclasses.replace(spec, overwrite=False)
+    watchers = observer or JobObserver()
+    watchers.job_started(plan.pending)
+    predicted_before = sum(c.predicted for c in plan.state.committed().values())
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    results = context.Queue()
+    processes = [
+        context.Process(
+            target=_work,
+            args=(spec, i, worker_index * count + i, worker_count * count, results),
+            name=f"batch-predict-worker-{i}",
+        )
+        for i in range(count)
+    ]
+    log.info("batch-predict: %d worker processes", count)
+    for process in processes:
+        process.start()
+    failures: dict[int, BaseException] = {}
+    reported = 0
+    while reported < count:
+        if stopping is not None and stopping.requested.is_set():
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join()
+            raise Stopped("workers stopped; rerun the same command to resume")
+        if not any(p.is_alive() for p in processes) and results.empty():
+            failures[-1] = RuntimeError("a worker process died without reporting (killed, or out of host memory?)")
+            break
+        try:
+            index, failure = results.get(timeout=0.2)
+        except Exception:  # queue.Empty: nothing yet
+            continue
+        reported += 1
+        if failure is not None:
+            failures[index] = failure
+    for process in processes:
+        process.join()
+    if failures:
+        raise failures[min(failures)]
+    plan.predicted_now = sum(c.predicted for c in plan.state.committed().values()) - predicted_before
+    return finish_run(plan, watchers)

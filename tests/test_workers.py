@@ -1,0 +1,63 @@
+"""Several worker processes on one machine (one per GPU there; on the CPU here) divide a
+job's units and leave the outputs and summary of one process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from batch_predict import run
+from batch_predict.runners.workers import local_worker_count, worker_device
+from batch_predict.spec import JobSpec
+
+from backend_helpers import REPO, write_tfrecord
+
+SPEC = str(REPO / "examples" / "specs" / "yolox_nano.yaml")
+
+
+def _job(inputs: str, prefix: Path, model: Path, workers: int) -> JobSpec:
+    return JobSpec(
+        input_file_patterns=(inputs,), input_file_format="tfrecord", model_dir=str(model), model_spec=SPEC,
+        output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors", device="cpu", batch_size=2,
+        num_workers=workers,
+    )
+
+
+def _outputs(prefix: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(prefix.parent.glob(f"{prefix.name}*-of-*.jsonl"))}
+
+
+def test_two_workers_write_what_one_writes(tmp_path, photos_dir, yolox_dir):
+    photos = sorted(p for p in photos_dir.iterdir() if p.suffix in (".jpg", ".png"))
+    for shard in range(3):
+        write_tfrecord(tmp_path / f"in-{shard}.tfrecord",
+                       {p.name: p.read_bytes() for p in photos[shard::3]} | {f"broken-{shard}": b"not an image"})
+    model = yolox_dir / "yolox_nano_torchscript.pt"
+    one = run(_job(str(tmp_path / "in-*.tfrecord"), tmp_path / "one" / "r", model, 1))
+    two = run(_job(str(tmp_path / "in-*.tfrecord"), tmp_path / "two" / "r", model, 2))
+    assert _outputs(tmp_path / "one" / "r") == _outputs(tmp_path / "two" / "r")
+    assert len(_outputs(tmp_path / "two" / "r")) == 6  # results and errors of 3 units
+    assert (two.records_read, two.predicted, two.failed, two.units_committed) == (
+        one.records_read, one.predicted, one.failed, one.units_committed)
+    assert two.failed == 3 and two.predicted == len(photos)
+    summary = json.loads((tmp_path / "two" / "r-summary.json").read_text())
+    assert summary["records_read"] == one.records_read
+
+
+def test_a_worker_failing_at_setup_fails_the_run_with_its_error(tmp_path, photos_dir):
+    from batch_predict.models import ModelLoadError
+
+    write_tfrecord(tmp_path / "in.tfrecord", {"bus": (photos_dir / "bus.jpg").read_bytes()})
+    (tmp_path / "model.pt").write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError):
+        run(_job(str(tmp_path / "in.tfrecord"), tmp_path / "r", tmp_path / "model.pt", 2))
+
+
+def test_workers_take_one_gpu_each_unless_a_device_is_named():
+    assert worker_device("cpu", 1) == "cpu"
+    assert worker_device("cuda:3", 1) == "cuda:3"
+    spec = JobSpec(input_file_patterns=("x",), input_file_format="tfrecord", model_dir="m",
+                   output_result_prefix="r", output_error_prefix="e", device="cpu", num_workers=0)
+    assert local_worker_count(spec) == 1
