@@ -8,14 +8,15 @@ import pytest
 
 from batch_predict.inspect_model import format_description, inspect_model
 from batch_predict.models import ModelLoadError
+from batch_predict.spec import ModelSettings
 
-from conftest import shared_file
+from conftest import REPO, shared_file
 from test_cli import batch_predict
 
 
 def test_an_encoded_input_savedmodel_is_described_with_its_tensors_and_labels():
-    info = inspect_model(str(shared_file("models/yolox_nano/tfod_encoded_savedmodel")),
-                         label_map=str(shared_file("models/yolox_nano/labels.txt")))
+    info = inspect_model(ModelSettings(str(shared_file("models/yolox_nano/tfod_encoded_savedmodel")),
+                                       label_map=str(shared_file("models/yolox_nano/labels.txt"))))
     assert info["backend"] == "tensorflow-savedmodel" and info["signature"] == "serving_default"
     assert info["input"] == {"name": "inputs", "dtype": "string", "shape": "(None,)"}
     assert {o["name"]: o["shape"] for o in info["outputs"]} == {
@@ -26,14 +27,14 @@ def test_an_encoded_input_savedmodel_is_described_with_its_tensors_and_labels():
 
 
 def test_an_image_tensor_savedmodel_is_fed_decoded_pixels_in_same_size_batches():
-    info = inspect_model(str(shared_file("models/yolox_nano/tfod_image_savedmodel")))
+    info = inspect_model(ModelSettings(str(shared_file("models/yolox_nano/tfod_image_savedmodel"))))
     assert info["input"]["dtype"] == "uint8" and info["input"]["shape"] == "(None, None, None, 3)"
     assert "one size" in info["feeds"] and info["labels"] == {}
 
 
 def test_a_signature_the_job_cannot_feed_fails_as_the_job_would():
     with pytest.raises(ModelLoadError, match="'images': float32"):
-        inspect_model(str(shared_file("models/yolox_nano/raw_savedmodel")))
+        inspect_model(ModelSettings(str(shared_file("models/yolox_nano/raw_savedmodel"))))
 
 
 def test_text_spells_out_tensors_wraps_labels_whole_and_keeps_fields_a_backend_adds():
@@ -60,3 +61,9 @@ def test_the_cli_prints_text_or_json_and_fails_cleanly_on_a_model_it_cannot_run(
     failed = batch_predict("inspect", str(shared_file("models/yolox_nano/raw_savedmodel")), check=False)
     assert failed.returncode == 2 and "batch-predict inspect: error:" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def test_a_bare_network_is_described_through_its_model_spec():
+    info = inspect_model(ModelSettings(str(shared_file("models/yolox_nano/yolox_nano_torchscript.pt")),
+                                       model_spec=str(REPO / "examples/specs/yolox_nano.yaml")))
+    assert info["backend"] == "torchscript" and info["labels"]["1"] == "person"

@@ -76,7 +76,7 @@ def test_coco_results_of_yolox_on_coco8_score_as_its_result_lines_do(tmp_path):
         output_result_prefix=str(tmp_path / "jsonl" / "results"), output_error_prefix=str(tmp_path / "jsonl" / "errors"),
         score_threshold=0.01, batch_size=4,
     )
-    model = load_model(spec)
+    model = load_model(spec.model_settings())
     run(spec, model=model)
     coco = dataclasses.replace(spec, output_format="coco", output_result_prefix=str(tmp_path / "coco" / "results"),
                                output_error_prefix=str(tmp_path / "coco" / "errors"))

@@ -40,7 +40,7 @@ def test_a_model_file_with_a_pickled_payload_is_refused_without_running_it(tmp_p
         output_result_prefix=str(tmp_path / "r"), output_error_prefix=str(tmp_path / "e"),
     )
     with pytest.raises(ModelLoadError):
-        load_model(spec)
+        load_model(spec.model_settings())
     assert not marker.exists()
 
 

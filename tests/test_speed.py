@@ -9,7 +9,7 @@ import pytest
 from batch_predict.decode import decode
 from batch_predict.models import ModelLoadError, load_model
 from batch_predict.records import Record
-from batch_predict.spec import JobSpec
+from batch_predict.spec import ModelSettings
 
 from backend_helpers import REPO
 
@@ -19,11 +19,8 @@ SPEC = str(REPO / "examples" / "specs" / "yolox_nano.yaml")
 BF16_SCORE, BF16_IOU = 0.1, 0.9
 
 
-def _job(model_dir, **options) -> JobSpec:
-    return JobSpec(
-        input_file_patterns=("unused",), input_file_format="tfrecord", model_dir=str(model_dir),
-        output_result_prefix="unused", output_error_prefix="unused", device="cpu", **options,
-    )
+def _job(model_dir, **options) -> ModelSettings:
+    return ModelSettings(model_dir=str(model_dir), device="cpu", **options)
 
 
 @pytest.fixture(scope="module")

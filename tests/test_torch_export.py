@@ -84,4 +84,4 @@ def test_an_archive_that_would_unpickle_an_object_is_refused(tmp_path):
         model_options=("output.decoder=boxes", "input.size=416"),
     )
     with pytest.raises(ModelLoadError, match=r"stores 1 pickled object\(s\) \(evil\); refusing to unpickle them"):
-        load_model(job)
+        load_model(job.model_settings())

@@ -87,7 +87,7 @@ def test_weights_of_another_shape_do_not_fit(model_folder, tmp_path):
         model_options=("architecture_args={num_classes: 5}",),
     )
     with pytest.raises(ModelLoadError, match=r"weights\.pth' does not fit fasterrcnn_mobilenet_v3_large_fpn: .*size mismatch"):
-        load_model(job)
+        load_model(job.model_settings())
 
 
 def test_a_weights_file_holding_other_objects_is_never_unpickled(tmp_path):

@@ -298,16 +298,20 @@ def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_pr
 @click.argument("model_dir")
 @_flag("signature_name", default="serving_default", show_default=True, help="SavedModel signature to show.")
 @_flag("label_map", default=None, help="As for the job: else label_map.pbtxt or labels.txt inside MODEL_DIR.")
+@_flag("model_spec", default=None, help="As for the job: the model spec YAML, else model.yaml beside the model.")
+@_flag("model_option", "model_options", multiple=True, help="As for the job: KEY=VALUE overriding a model spec field.")
+@_flag("device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def inspect_command(model_dir: str, signature_name: str, label_map: str | None, as_json: bool) -> None:
+def inspect_command(model_dir: str, as_json: bool, **settings) -> None:
     """Show a model's backend, signature, input, outputs and labels, and what the job will feed it."""
     from .inspect_model import format_description, inspect_model
     from .labels import LabelMapError
     from .models import ModelLoadError
+    from .spec import ModelSettings
 
     try:
-        info = inspect_model(model_dir, signature_name=signature_name, label_map=label_map)
-    except (ModelLoadError, LabelMapError) as exc:
+        info = inspect_model(ModelSettings(model_dir, **settings))
+    except (ModelLoadError, LabelMapError, SpecError) as exc:
         click.echo(f"batch-predict inspect: error: {exc}", err=True)
         sys.exit(EXIT_BAD_SETUP)
     click.echo(json.dumps(info, indent=2) if as_json else format_description(info))

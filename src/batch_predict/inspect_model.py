@@ -9,36 +9,23 @@ from __future__ import annotations
 from typing import Any
 
 from .models import load_model
-from .spec import JobSpec
+from .spec import ModelSettings
 
 _FEEDS = {
     "encoded": "encoded image bytes as stored (JPEG, PNG, ...); images of any size share a batch",
     "image": "RGB uint8 pixels decoded on the CPU; a batch holds images of one size",
 }
-_PLACEHOLDER = "(inspect: no input or output)"
 _TEXT_ORDER = ("model_dir", "backend", "signature", "signatures", "input", "feeds", "outputs")
 _NO_LABELS = "none: detections carry class ids only (give --label_map for names)"
 _INDENT = 12
 
 
-def model_spec(model_dir: str, *, signature_name: str = "serving_default", label_map: str | None = None,
-               device: str = "cpu") -> JobSpec:
-    """A JobSpec holding only what `load_model` reads: inspecting reads no input and writes no
-    output, so those fields say so instead of naming real locations."""
-    return JobSpec(
-        input_file_patterns=(_PLACEHOLDER,), input_file_format="tfrecord", model_dir=model_dir,
-        output_result_prefix=_PLACEHOLDER, output_error_prefix=_PLACEHOLDER,
-        signature_name=signature_name, label_map=label_map, device=device,
-    )
-
-
-def inspect_model(model_dir: str, *, signature_name: str = "serving_default", label_map: str | None = None,
-                  device: str = "cpu") -> dict[str, Any]:
+def inspect_model(settings: ModelSettings) -> dict[str, Any]:
     """The backend's own description, with the model directory, the full label map and what the
     job feeds the model. Raises `ModelLoadError` or `LabelMapError` as the job would."""
-    model = load_model(model_spec(model_dir, signature_name=signature_name, label_map=label_map, device=device))
+    model = load_model(settings)
     return {
-        "model_dir": model_dir,
+        "model_dir": settings.model_dir,
         **model.describe(),
         "feeds": _FEEDS.get(model.input_kind, model.input_kind),
         "labels": {str(k): v for k, v in sorted(model.labels.items())},

@@ -29,6 +29,37 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    """What loading and running a model needs: the part of a `JobSpec` that `load_model` reads,
+    so that a model can be loaded (by `inspect`, a notebook) without a job around it."""
+
+    model_dir: str
+    model_spec: str | None = None
+    model_options: tuple[str, ...] = ()
+    signature_name: str = "serving_default"
+    label_map: str | None = None
+    score_threshold: float | None = None  # None: the model spec's, else 0.3
+    output_raw: bool = False
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: str = "none"
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.model_dir:
+            raise SpecError("--model_dir: required")
+        _check_range("batch_size", self.batch_size, 1, 1 << 16)
+        if self.score_threshold is not None:
+            _check_range("score_threshold", self.score_threshold, 0.0, 1.0)
+        for name, choices in (("precision", PRECISIONS), ("compile", COMPILE_MODES)):
+            if getattr(self, name) not in choices:
+                raise SpecError(f"--{name}: expected one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith(("cuda", "gpu")):
+            raise SpecError(f"--device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """What to read, which model to run, and where to write.
 
@@ -71,13 +102,11 @@ class JobSpec:
                 f"--input_file_format: unknown format {self.input_file_format!r}; "
                 f"expected one of {', '.join(INPUT_FORMATS)}"
             )
-        for name in ("model_dir", "output_result_prefix", "output_error_prefix"):
+        for name in ("output_result_prefix", "output_error_prefix"):
             if not getattr(self, name):
                 raise SpecError(f"--{name}: required")
-        _check_range("batch_size", self.batch_size, 1, 1 << 16)
+        self.model_settings()  # validates the model's settings
         _check_range("num_output_shards", self.num_output_shards, 0, 99_999)
-        if self.score_threshold is not None:
-            _check_range("score_threshold", self.score_threshold, 0.0, 1.0)
         _check_range("max_error_rate", self.max_error_rate, 0.0, 1.0)
         _check_range("max_image_pixels", self.max_image_pixels, 1, 1 << 40)
         _check_range("num_decode_workers", self.num_decode_workers, 0, 1024)
@@ -85,12 +114,11 @@ class JobSpec:
         if self.output_format not in OUTPUT_FORMATS:
             raise SpecError(f"--output_format: expected one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
         _check_range("visualize", self.visualize, 0, 1_000_000)
-        for name, choices in (("precision", PRECISIONS), ("compile", COMPILE_MODES)):
-            if getattr(self, name) not in choices:
-                raise SpecError(f"--{name}: expected one of {', '.join(choices)}, got {getattr(self, name)!r}")
         _check_range("num_workers", self.num_workers, 0, 1024)
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith(("cuda", "gpu")):
-            raise SpecError(f"--device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def model_settings(self) -> ModelSettings:
+        """The settings `load_model` reads."""
+        return ModelSettings(**{name: getattr(self, name) for name in ModelSettings.__dataclass_fields__})
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:

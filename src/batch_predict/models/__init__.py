@@ -1,6 +1,6 @@
 """Model backends, chosen by what `--model_dir` holds; one module per backend.
 
-Adding a backend is one module with a `load(located, spec, labels, job) -> Model` function
+Adding a backend is one module with a `load(located, spec, labels, settings) -> Model` function
 and one entry in `_BACKENDS`. Each is imported only when used, so the TF path never imports
 PyTorch and the PyTorch paths never import TensorFlow.
 """
@@ -12,7 +12,7 @@ import importlib
 import fsspec
 
 from ..labels import load_label_map
-from ..spec import JobSpec
+from ..spec import ModelSettings
 from .base import InputKind, Model, ModelLoadError, PredictError
 from .formats import Located, find_spec_file, locate
 from .model_spec import ModelSpec, ModelSpecError, load_spec
@@ -36,11 +36,11 @@ _BACKENDS = {
 _NO_SPEED_OPTIONS = ("savedmodel", "onnx")
 
 
-def find_labels(job: JobSpec, spec: ModelSpec, located: Located) -> dict[int, str]:
+def find_labels(settings: ModelSettings, spec: ModelSpec, located: Located) -> dict[int, str]:
     """{class id: name}, in the order given: `--label_map`, else the spec's `labels`, else a
     label_map.pbtxt or labels.txt that ships beside the model."""
-    if job.label_map:
-        return load_label_map(job.label_map)
+    if settings.label_map:
+        return load_label_map(settings.label_map)
     if isinstance(spec.labels, tuple):
         return dict(enumerate(spec.labels))
     if isinstance(spec.labels, str):
@@ -52,15 +52,15 @@ def find_labels(job: JobSpec, spec: ModelSpec, located: Located) -> dict[int, st
     return {}
 
 
-def load_model(job: JobSpec) -> Model:
-    """Load the model `job.model_dir` holds, with its spec, or raise `ModelLoadError` saying why not."""
-    spec = load_spec(job.model_spec or find_spec_file(job.model_dir), job.model_options, job.score_threshold)
-    located = locate(job.model_dir, spec)
-    labels = find_labels(job, spec, located)
+def load_model(settings: ModelSettings) -> Model:
+    """Load the model `settings.model_dir` holds, with its spec, or raise `ModelLoadError` saying why not."""
+    spec = load_spec(settings.model_spec or find_spec_file(settings.model_dir), settings.model_options, settings.score_threshold)
+    located = locate(settings.model_dir, spec)
+    labels = find_labels(settings, spec, located)
     if spec.class_ids == "label_order" and not labels:
         raise spec.error("class_ids", "label_order maps output k to the k-th label, but no labels were found")
     module_name, extra = _BACKENDS[located.format]
-    if located.format in _NO_SPEED_OPTIONS and (job.precision, job.channels_last, job.compile) != ("fp32", False, "none"):
+    if located.format in _NO_SPEED_OPTIONS and (settings.precision, settings.channels_last, settings.compile) != ("fp32", False, "none"):
         raise ModelLoadError(
             f"--precision, --channels_last and --compile apply to PyTorch models; {located.path!r} is a {located.format} model"
         )
@@ -71,4 +71,4 @@ def load_model(job: JobSpec) -> Model:
             f"--model_dir: {located.path!r} is a {located.format} model, but {exc.name} is not installed: "
             f"pip install 'batch-predict[{extra}]'"
         ) from None
-    return backend.load(located, spec, labels, job)
+    return backend.load(located, spec, labels, settings)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from ..spec import JobSpec
+from ..spec import ModelSettings
 from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
@@ -57,9 +57,9 @@ class OnnxRunner:
         return {"format": "onnx", "providers": self.session.get_providers(), "input_name": self.input_name}
 
 
-def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], job: JobSpec) -> TensorModel:
+def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings: ModelSettings) -> TensorModel:
     ort = _import_onnxruntime()
-    providers, device = _providers(ort, job.device)
+    providers, device = _providers(ort, settings.device)
     try:
         session = ort.InferenceSession(read_bytes(located.path), providers=providers)
     except Exception as exc:  # onnxruntime raises its own types for unreadable models

@@ -1,6 +1,6 @@
 """Speed options for PyTorch runners: reduced precision, channels-last, compilation.
 
-Each is a `JobSpec` flag whose default leaves the model exactly as loaded. They wrap the
+Each is a job flag (a `ModelSettings` field) whose default leaves the model exactly as loaded. They wrap the
 backend's runner, so every PyTorch backend gets them the same way, and the pre- and
 post-processing around the call (in `TensorModel`) stays in float32.
 """
@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 
-from ..spec import JobSpec
+from ..spec import ModelSettings
 from .base import ModelLoadError
 from .tensor_model import FixedBatchRunner, Runner
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def is_default(job: JobSpec) -> bool:
-    return job.precision == "fp32" and not job.channels_last and job.compile == "none"
+def is_default(settings: ModelSettings) -> bool:
+    return settings.precision == "fp32" and not settings.channels_last and settings.compile == "none"
 
 
 class SpeedRunner:
@@ -31,21 +31,21 @@ class SpeedRunner:
     the numerically touchy parts (losses, box arithmetic, NMS) in float32.
     """
 
-    def __init__(self, runner: Any, job: JobSpec, device: torch.device) -> None:
+    def __init__(self, runner: Any, settings: ModelSettings, device: torch.device) -> None:
         module = runner.module
-        self._dtype = _DTYPES.get(job.precision)
+        self._dtype = _DTYPES.get(settings.precision)
         self._scripted = isinstance(module, torch.jit.ScriptModule)
-        self._channels_last = job.channels_last
+        self._channels_last = settings.channels_last
         self._device = device
         if self._dtype is not None and self._scripted:
             module = module.to(self._dtype)
-        if job.channels_last:
+        if settings.channels_last:
             module = module.to(memory_format=torch.channels_last)
-        if job.compile == "torch_compile":
+        if settings.compile == "torch_compile":
             module = torch.compile(module, dynamic=False)
         runner.module = module
         self._runner = runner
-        self._describe = {**runner.describe(), "precision": job.precision, "channels_last": job.channels_last, "compile": job.compile}
+        self._describe = {**runner.describe(), "precision": settings.precision, "channels_last": settings.channels_last, "compile": settings.compile}
 
     def _precision(self) -> contextlib.AbstractContextManager:
         if self._dtype is None or self._scripted:
@@ -113,16 +113,16 @@ class CudaGraphRunner:
         return self._runner.describe()
 
 
-def accelerate(runner: Any, job: JobSpec, device: torch.device) -> Runner:
+def accelerate(runner: Any, settings: ModelSettings, device: torch.device) -> Runner:
     """`runner` (one with a `module`) with the job's speed options; itself when all are at their defaults."""
-    if is_default(job):
+    if is_default(settings):
         return runner
-    if job.compile == "cuda_graphs" and device.type != "cuda":
+    if settings.compile == "cuda_graphs" and device.type != "cuda":
         raise ModelLoadError(f"--compile cuda_graphs: needs a CUDA device; the model is on {device}")
-    if job.precision == "fp16" and device.type == "cpu":
+    if settings.precision == "fp16" and device.type == "cpu":
         raise ModelLoadError("--precision fp16: not on the CPU (few CPU kernels take float16); use bf16")
-    fast: Runner = SpeedRunner(runner, job, device)
-    if job.compile == "cuda_graphs":
+    fast: Runner = SpeedRunner(runner, settings, device)
+    if settings.compile == "cuda_graphs":
         # One shape per graph: every batch, the last partial one too, is padded to --batch_size.
-        fast = FixedBatchRunner(CudaGraphRunner(fast), job.batch_size)
+        fast = FixedBatchRunner(CudaGraphRunner(fast), settings.batch_size)
     return fast

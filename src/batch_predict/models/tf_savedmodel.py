@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..records import Detections, Record
-from ..spec import JobSpec
+from ..spec import ModelSettings
 from .base import InputKind, Model, ModelLoadError, PredictError
 from .detections import Geometry, tfod_to_padded, to_detections
 from .formats import Located
@@ -189,13 +189,13 @@ class TFTensorRunner:
         return {"format": "savedmodel", "signature": self._signature.name, "input_name": self._signature.input_name}
 
 
-def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], job: JobSpec) -> Model:
+def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings: ModelSettings) -> Model:
     """A TF OD API signature as it is; any other signature through the spec's decoder."""
     tf = _import_tensorflow()
-    signature = Signature(tf, located.path, job.signature_name, _tf_device(tf, job.device))
+    signature = Signature(tf, located.path, settings.signature_name, _tf_device(tf, settings.device))
     input_kind = signature.tfod_input_kind()
     if input_kind is not None and spec.output.decoder in (None, "tfod"):
-        return TFODModel(signature, input_kind, spec, labels, job.output_raw)
+        return TFODModel(signature, input_kind, spec, labels, settings.output_raw)
     if spec.output.decoder is None:
         raise ModelLoadError(
             f"signature {signature.name!r} takes {signature.describe_input()} and returns {signature.output_names}: "

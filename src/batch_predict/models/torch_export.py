@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.export.passes import move_to_device_pass
 
-from ..spec import JobSpec
+from ..spec import ModelSettings
 from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import DTYPES, ModelSpec
@@ -71,8 +71,8 @@ class ExportedRunner:
         return {"format": "torch_export"}
 
 
-def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], job: JobSpec) -> TensorModel:
-    device = torch_device(job.device)
+def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings: ModelSettings) -> TensorModel:
+    device = torch_device(settings.device)
     data = read_bytes(located.path)
     check_plain_archive(data, located.path)
     try:
@@ -83,7 +83,7 @@ def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], job: JobS
     shape, dtype = _declared_input(program)
     batch = shape[0] if shape else None
     resolved = spec.resolve_input(shape, dtype if dtype in DTYPES else None)
-    runner: Runner = accelerate(ExportedRunner(program), job, device)
+    runner: Runner = accelerate(ExportedRunner(program), settings, device)
     if batch is not None:
         runner = FixedBatchRunner(runner, batch)
     return TensorModel(runner, resolved, labels, device, backend="torch_export")

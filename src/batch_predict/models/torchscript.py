@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..spec import JobSpec
+from ..spec import ModelSettings
 from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
@@ -37,8 +37,8 @@ class TorchScriptRunner:
         return {"format": "torchscript"}
 
 
-def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], job: JobSpec) -> TensorModel:
-    device = torch_device(job.device)
-    runner = accelerate(TorchScriptRunner(read_bytes(located.path), device, located.path), job, device)
+def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings: ModelSettings) -> TensorModel:
+    device = torch_device(settings.device)
+    runner = accelerate(TorchScriptRunner(read_bytes(located.path), device, located.path), settings, device)
     # A TorchScript module does not declare its input shape: the spec gives it.
     return TensorModel(runner, spec.resolve_input(None, None), labels, device, backend="torchscript")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torchvision
 
-from ..spec import JobSpec
+from ..spec import ModelSettings
 from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
@@ -70,13 +70,13 @@ class ModuleRunner:
         return {"format": "state_dict", "architecture": self.name}
 
 
-def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], job: JobSpec) -> TensorModel:
+def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings: ModelSettings) -> TensorModel:
     if spec.architecture is None:
         raise spec.error(
             "architecture",
             f"{located.path!r} holds only weights (a state dict); name the torchvision architecture they belong to",
         )
-    device = torch_device(job.device)
+    device = torch_device(settings.device)
     module = build(spec)
     state = read_state_dict(read_bytes(located.path), located.path)
     try:
@@ -84,5 +84,5 @@ def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], job: JobS
     except RuntimeError as exc:
         summary = " ".join(str(exc).split())[:400]
         raise ModelLoadError(f"--model_dir: {located.path!r} does not fit {spec.architecture}: {summary}") from None
-    runner = accelerate(ModuleRunner(module.eval().to(device), spec.architecture), job, device)
+    runner = accelerate(ModuleRunner(module.eval().to(device), spec.architecture), settings, device)
     return TensorModel(runner, spec.resolve_input(None, None), labels, device, backend="torchvision")

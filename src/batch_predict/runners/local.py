@@ -54,7 +54,7 @@ def run(
     watchers = job_observers(spec, observer)
     watchers.job_started(plan.pending)
     if plan.pending:
-        model = model or load_model(spec)
+        model = model or load_model(spec.model_settings())
         log.info("batch-predict: model %s", model.describe())
         watchers.model_loaded(model)
         plan.state.begin()

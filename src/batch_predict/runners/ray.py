@@ -110,7 +110,7 @@ class UnitRunner:
 
     def __init__(self, spec: JobSpec, state: JobState, units: dict[int, Unit]) -> None:
         self.spec, self.state, self.units = spec, state, units
-        self.model = load_model(spec)
+        self.model = load_model(spec.model_settings())
         self.limit = BatchLimit()
         self.watchers = job_observers(spec)  # the job's timeline and --visualize pictures
         self.watchers.model_loaded(self.model)
@@ -158,7 +158,7 @@ def _connect(ray: ModuleType, address: str | None) -> None:
 
 
 def _describe_model(spec: JobSpec) -> dict[str, object]:
-    return load_model(spec).describe()
+    return load_model(spec.model_settings()).describe()
 
 
 def _check_model(ray: ModuleType, spec: JobSpec, per_actor: dict[str, int]) -> dict[str, object]:
