@@ -308,6 +308,19 @@ def _labels(line: dict) -> list[str]:
     return [d["label"] for d in line["detections"]]
 
 
+def _yolox_job(tmp_path: Path, pattern: str, input_format: str, model_dir: str) -> tuple[dict, dict]:
+    """(results, errors) by key of one CLI run with a YOLOX-Nano export that must finish (exit 0)."""
+    out = tmp_path / "out"
+    done = run_cli(
+        "--input_file_patterns", pattern, "--input_file_format", input_format,
+        "--model_dir", model_dir, "--label_map", str(shared_file("models/yolox_nano/labels.txt")),
+        "--batch_size", "4", "--output_result_prefix", str(out / "results"), "--output_error_prefix", str(out / "errors"),
+        "--max_error_rate", "1",
+    )
+    assert done.returncode == 0, done.stderr
+    return _lines(out, "results"), _lines(out, "errors")
+
+
 def _lines(out: Path, kind: str) -> dict[str, dict]:
     return {line["key"]: line for p in sorted(out.glob(f"{kind}-*.jsonl")) for line in map(json.loads, p.open())}
 
@@ -328,15 +341,8 @@ def test_bad_and_odd_images_in_tfrecords_through_the_cli(odd_images, model_dir, 
     framed = bytearray(_framed_photos(3))
     (tmp_path / "bad-length-crc.tfrecord").write_bytes(bytes(framed[:8]) + bytes([framed[8] ^ 1]) + bytes(framed[9:]))
     (tmp_path / "truncated-last.tfrecord").write_bytes(bytes(framed[:-10]))
+    results, errors = _yolox_job(tmp_path, str(tmp_path / "*.tfrecord"), "tfrecord", model_dir)
     out = tmp_path / "out"
-    done = run_cli(
-        "--input_file_patterns", str(tmp_path / "*.tfrecord"), "--input_file_format", "tfrecord",
-        "--model_dir", model_dir, "--label_map", str(shared_file("models/yolox_nano/labels.txt")),
-        "--batch_size", "4", "--output_result_prefix", str(out / "results"), "--output_error_prefix", str(out / "errors"),
-        "--max_error_rate", "1",
-    )
-    assert done.returncode == 0, done.stderr
-    results, errors = _lines(out, "results"), _lines(out, "errors")
     expected = {
         **EXPECTED_IMAGE_ERRORS,
         "truncated-jpeg": ("InvalidArgumentError", "predict", "Invalid JPEG data"),
@@ -398,16 +404,9 @@ def test_bad_json_lines_and_odd_images_through_the_cli_with_an_image_tensor_mode
         '{"key": "nan", "inputs": [[[NaN, 0, 0]]]}',
     ]
     (tmp_path / "in.json").write_text("\n".join(lines) + "\n")
+    results, errors = _yolox_job(tmp_path, str(tmp_path / "in.json"), "json",
+                                 str(shared_file("models/yolox_nano/tfod_image_savedmodel")))
     out = tmp_path / "out"
-    done = run_cli(
-        "--input_file_patterns", str(tmp_path / "in.json"), "--input_file_format", "json",
-        "--model_dir", str(shared_file("models/yolox_nano/tfod_image_savedmodel")),
-        "--label_map", str(shared_file("models/yolox_nano/labels.txt")),
-        "--batch_size", "4", "--output_result_prefix", str(out / "results"), "--output_error_prefix", str(out / "errors"),
-        "--max_error_rate", "1",
-    )
-    assert done.returncode == 0, done.stderr
-    results, errors = _lines(out, "results"), _lines(out, "errors")
     expected = {
         **EXPECTED_IMAGE_ERRORS,
         "truncated-jpeg": ("ImageDecodeError", "decode", "image file is truncated"),
