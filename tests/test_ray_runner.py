@@ -134,13 +134,13 @@ def test_a_model_that_cannot_load_fails_as_in_the_local_runner_before_anything_i
     assert [path for path in (tmp_path / "out").rglob("*") if path.is_file()] == []
 
 
-def _unit_that_takes_a_minute(row: dict, done: Path) -> dict:
-    time.sleep(60)
-    (done / str(row["id"])).touch()
-    return row
-
-
 def test_the_driver_stops_while_units_still_run_once_told_to_abandon_them(local_ray, tmp_path):
+    # Defined in here so that Ray pickles it by value: its workers cannot import this tests folder.
+    def _unit_that_takes_a_minute(row: dict, done: Path) -> dict:
+        time.sleep(60)
+        (done / str(row["id"])).touch()
+        return row
+
     stopping = Stopping()
     threading.Timer(1.0, stopping.request, args=(0,)).start()  # SIGTERM with no grace, as the CLI makes it
     units = ray.data.range(2, override_num_blocks=2).map(_unit_that_takes_a_minute, fn_kwargs={"done": tmp_path})
