@@ -12,7 +12,7 @@ from ..spec import ModelSettings
 from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
-from .tensor_model import FixedBatchRunner, Runner, TensorModel, torch_device
+from .tensor_model import TensorModel, at_few_batch_sizes, torch_device
 
 _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
 
@@ -73,7 +73,8 @@ def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings:
         raise spec.error("input.dtype", f"input {name!r} is {declared.type}; supported: {', '.join(_ONNX_DTYPES)}")
     shape = [d if isinstance(d, int) else None for d in declared.shape]
     resolved = spec.resolve_input(shape, _ONNX_DTYPES[declared.type])
-    runner: Runner = OnnxRunner(session, name, device)
-    if shape and shape[0] is not None:
-        runner = FixedBatchRunner(runner, shape[0])
+    runner = at_few_batch_sizes(
+        OnnxRunner(session, name, device), settings.batch_size,
+        export_batch=shape[0] if shape else None, costly_shapes=device.type == "cuda",
+    )
     return TensorModel(runner, resolved, labels, device, backend="onnx")

@@ -14,7 +14,7 @@ import torch
 
 from ..spec import ModelSettings
 from .base import ModelLoadError
-from .tensor_model import FixedBatchRunner, Runner
+from .tensor_model import Runner, at_few_batch_sizes
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -75,7 +75,7 @@ class CudaGraphRunner:
     Kernel launches cost microseconds each, which for a small model on a large GPU adds
     up to a good share of the batch's time; a graph launches them all at once. Outputs
     live in the graph's static buffers and are overwritten by the next replay, so the
-    caller copies them out (`FixedBatchRunner` joins its chunks into new tensors).
+    caller copies them out (`PaddingRunner` joins its chunks into new tensors).
     """
 
     def __init__(self, runner: Runner) -> None:
@@ -113,16 +113,17 @@ class CudaGraphRunner:
         return self._runner.describe()
 
 
-def accelerate(runner: Any, settings: ModelSettings, device: torch.device) -> Runner:
-    """`runner` (one with a `module`) with the job's speed options; itself when all are at their defaults."""
-    if is_default(settings):
-        return runner
+def accelerate(
+    runner: Any, settings: ModelSettings, device: torch.device, *, export_batch: int | None = None
+) -> Runner:
+    """`runner` (one with a `module`) with the job's speed options, called at a few batch sizes
+    only where new input shapes are costly (`at_few_batch_sizes`)."""
     if settings.compile == "cuda_graphs" and device.type != "cuda":
         raise ModelLoadError(f"--compile cuda_graphs: needs a CUDA device; the model is on {device}")
     if settings.precision == "fp16" and device.type == "cpu":
         raise ModelLoadError("--precision fp16: not on the CPU (few CPU kernels take float16); use bf16")
-    fast: Runner = SpeedRunner(runner, settings, device)
+    fast: Runner = runner if is_default(settings) else SpeedRunner(runner, settings, device)
     if settings.compile == "cuda_graphs":
-        # One shape per graph: every batch, the last partial one too, is padded to --batch_size.
-        fast = FixedBatchRunner(CudaGraphRunner(fast), settings.batch_size)
-    return fast
+        fast = CudaGraphRunner(fast)
+    costly_shapes = device.type == "cuda" or settings.compile != "none"
+    return at_few_batch_sizes(fast, settings.batch_size, export_batch=export_batch, costly_shapes=costly_shapes)

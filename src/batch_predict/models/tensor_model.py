@@ -180,26 +180,56 @@ class PrepareStream:
             tensor.record_stream(current)
 
 
-class FixedBatchRunner:
-    """A runner for a model whose batch size was fixed at export: chunks of `batch`, the last
-    one padded with zeros, outputs joined and trimmed back to the real images."""
+def halvings(batch_size: int) -> tuple[int, ...]:
+    """`batch_size` and its halves, rounded up, down to 1: the sizes that bisecting a failing
+    batch and splitting one that ran out of memory cut batches to."""
+    sizes = [batch_size]
+    while sizes[-1] > 1:
+        sizes.append((sizes[-1] + 1) // 2)
+    return tuple(sizes)
 
-    def __init__(self, runner: Runner, batch: int) -> None:
+
+class PaddingRunner:
+    """Runs tensor batches only at the given batch sizes: chunks of the largest, the last one
+    padded with zeros up to the smallest size that holds it, outputs joined and trimmed back
+    to the real images.
+
+    A model exported with a fixed batch dimension takes one size. On a GPU each new input
+    shape costs seconds (a TorchScript re-specialization, a torch.compile recompilation, a
+    CUDA graph capture), and a job meets a new one at the end of every unit; padding to
+    `halvings(--batch_size)` bounds those shapes to a handful, at the cost of computing a few
+    blank images in a unit's last batch. Lists of differently sized images pass through.
+    """
+
+    def __init__(self, runner: Runner, sizes: Sequence[int]) -> None:
         self._runner = runner
-        self._batch = batch
+        self._sizes = sorted(set(sizes))
 
-    def __call__(self, inputs: torch.Tensor) -> Any:
-        count = inputs.shape[0]
+    def __call__(self, inputs: Any) -> Any:
+        if not isinstance(inputs, torch.Tensor):
+            return self._runner(inputs)
+        count, largest = inputs.shape[0], self._sizes[-1]
         outputs = []
-        for start in range(0, count, self._batch):
-            chunk = inputs[start : start + self._batch]
-            if len(chunk) < self._batch:
-                chunk = torch.cat([chunk, chunk.new_zeros((self._batch - len(chunk), *chunk.shape[1:]))])
+        for start in range(0, count, largest):
+            chunk = inputs[start : start + largest]
+            size = next(size for size in self._sizes if size >= len(chunk))
+            if size > len(chunk):
+                chunk = torch.cat([chunk, chunk.new_zeros((size - len(chunk), *chunk.shape[1:]))])
             outputs.append(self._runner(chunk))
         return _join(outputs, count)
 
     def describe(self) -> dict[str, object]:
-        return {**self._runner.describe(), "fixed_batch": self._batch}
+        return {**self._runner.describe(), "batch_sizes": self._sizes}
+
+
+def at_few_batch_sizes(runner: Runner, batch_size: int, *, export_batch: int | None, costly_shapes: bool) -> Runner:
+    """`runner` called only at `export_batch` when the model was exported with one, else, when
+    new shapes are `costly_shapes` (a GPU, a compiled model), at `halvings(batch_size)`."""
+    if export_batch is not None:
+        return PaddingRunner(runner, (export_batch,))
+    if costly_shapes:
+        return PaddingRunner(runner, halvings(batch_size))
+    return runner
 
 
 def _join(chunks: list[Any], count: int) -> Any:

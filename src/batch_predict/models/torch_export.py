@@ -21,7 +21,7 @@ from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import DTYPES, ModelSpec
 from .speed import accelerate
-from .tensor_model import FixedBatchRunner, Runner, TensorModel, torch_device
+from .tensor_model import TensorModel, torch_device
 
 
 def check_plain_archive(data: bytes, path: str) -> None:
@@ -83,7 +83,5 @@ def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings:
     shape, dtype = _declared_input(program)
     batch = shape[0] if shape else None
     resolved = spec.resolve_input(shape, dtype if dtype in DTYPES else None)
-    runner: Runner = accelerate(ExportedRunner(program), settings, device)
-    if batch is not None:
-        runner = FixedBatchRunner(runner, batch)
+    runner = accelerate(ExportedRunner(program), settings, device, export_batch=batch)
     return TensorModel(runner, resolved, labels, device, backend="torch_export")

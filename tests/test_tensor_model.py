@@ -1,0 +1,80 @@
+"""The batch sizes a PyTorch or ONNX model is called at: few and fixed where new input shapes
+cost a recompilation, each image's outputs the same as when it runs alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from batch_predict.models.speed import accelerate
+from batch_predict.models.tensor_model import PaddingRunner, at_few_batch_sizes, halvings
+from batch_predict.spec import ModelSettings
+
+
+class ShapeRecorder:
+    """A real small network that notes the batch size of every call."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, inputs):
+        self.batch_sizes.append(len(inputs))
+        features = self.module(inputs)
+        return {"features": features, "pair": (features.sum(1), features.max(1).values)}
+
+    def describe(self) -> dict[str, object]:
+        return {"format": "test"}
+
+
+def test_halvings_are_the_sizes_bisection_and_out_of_memory_splits_cut_a_batch_to():
+    assert halvings(256) == (256, 128, 64, 32, 16, 8, 4, 2, 1)
+    assert halvings(100) == (100, 50, 25, 13, 7, 4, 2, 1)
+    assert halvings(1) == (1,)
+
+
+@pytest.mark.parametrize("count, calls", [(5, [8]), (3, [4]), (8, [8]), (20, [8, 8, 4]), (1, [1])])
+def test_batches_are_padded_to_the_smallest_allowed_size_and_trimmed_back(count, calls):
+    recorder = ShapeRecorder()
+    runner = PaddingRunner(recorder, halvings(8))
+    images = torch.rand((count, 3, 12, 12))
+    with torch.inference_mode():
+        outputs = runner(images)
+        alone = [recorder.module(image[None]) for image in images]
+    assert recorder.batch_sizes == calls
+    assert outputs["features"].shape == (count, 4) and outputs["pair"][0].shape == outputs["pair"][1].shape == (count,)
+    torch.testing.assert_close(outputs["features"], torch.cat(alone), atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_exported_with_one_batch_size_is_only_called_at_it():
+    recorder = ShapeRecorder()
+    runner = at_few_batch_sizes(recorder, 32, export_batch=3, costly_shapes=True)
+    with torch.inference_mode():
+        assert runner(torch.rand((7, 3, 12, 12)))["features"].shape == (7, 4)
+    assert recorder.batch_sizes == [3, 3, 3] and runner.describe()["batch_sizes"] == [3]
+
+
+def test_lists_of_differently_sized_images_pass_through_unpadded():
+    seen = []
+    runner = PaddingRunner(lambda images: seen.append([tuple(i.shape) for i in images]) or len(images), (4,))
+    assert runner([torch.zeros((3, 10, 12)), torch.zeros((3, 20, 8))]) == 2
+    assert seen == [[(3, 10, 12), (3, 20, 8)]]
+
+
+def test_on_the_cpu_an_uncompiled_model_runs_each_batch_at_its_own_size():
+    """Padding there would cost real compute for nothing: the CPU does not recompile per shape."""
+    recorder = ShapeRecorder()
+    runner = accelerate(recorder, ModelSettings(model_dir="unused", device="cpu", batch_size=8), torch.device("cpu"))
+    with torch.inference_mode():
+        runner(torch.rand((5, 3, 12, 12)))
+    assert runner is recorder and recorder.batch_sizes == [5]
+
+
+def test_a_compiled_model_is_called_at_the_halvings_of_the_batch_size():
+    """torch.compile with fixed shapes compiles once per batch size (and falls back to eager
+    after a few), so a job's partial batches must not each bring a new one."""
+    recorder = ShapeRecorder()
+    settings = ModelSettings(model_dir="unused", device="cpu", batch_size=8, compile="torch_compile")
+    runner = accelerate(recorder, settings, torch.device("cpu"))
+    assert runner.describe()["batch_sizes"] == [1, 2, 4, 8] and runner.describe()["compile"] == "torch_compile"
