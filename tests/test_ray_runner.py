@@ -136,17 +136,24 @@ def test_a_model_that_cannot_load_fails_as_in_the_local_runner_before_anything_i
 
 def test_the_driver_stops_while_units_still_run_once_told_to_abandon_them(local_ray, tmp_path):
     # Defined in here so that Ray pickles it by value: its workers cannot import this tests folder.
-    def _unit_that_takes_a_minute(row: dict, done: Path) -> dict:
-        time.sleep(60)
-        (done / str(row["id"])).touch()
+    def _unit_that_runs_until_released(row: dict, folder: Path) -> dict:
+        deadline = time.monotonic() + 60
+        while not (folder / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (folder / f"done-{row['id']}").touch()
         return row
 
     stopping = Stopping()
     threading.Timer(1.0, stopping.request, args=(0,)).start()  # SIGTERM with no grace, as the CLI makes it
-    units = ray.data.range(2, override_num_blocks=2).map(_unit_that_takes_a_minute, fn_kwargs={"done": tmp_path})
+    units = ray.data.range(2, override_num_blocks=2).map(_unit_that_runs_until_released, fn_kwargs={"folder": tmp_path})
     with pytest.raises(Stopped, match="units in progress were abandoned; rerun the same command"):
         list(ray_runner._rows(units, stopping))
     assert list(tmp_path.iterdir()) == []  # the driver did not wait for them
+    # Let the abandoned units end, so that no dataset is still running when this module shuts Ray down.
+    (tmp_path / "release").touch()
+    for thread in [t for t in threading.enumerate() if t.name == "ray-rows"]:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
 
 
 def test_an_actor_returns_a_unit_that_fails_whole_as_an_error_row_and_leaves_it_uncommitted(inputs, tmp_path):
