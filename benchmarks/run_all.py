@@ -34,7 +34,7 @@ import stages
 from make_inputs import make_file
 from batch_predict.models import load_model
 from batch_predict.records import Record
-from batch_predict.spec import JobSpec
+from batch_predict.spec import ModelSettings
 from batch_predict.tfrecord import read_records
 
 log = logging.getLogger("bench")
@@ -182,14 +182,13 @@ def main() -> None:
 
     # Reduced precision against fp32, on real images through the job's model.
     def precision_agreement() -> dict:
-        common = dict(input_file_patterns=("x",), input_file_format="tfrecord", model_dir=args.yolox,
-                      model_spec=args.spec, output_result_prefix="x", output_error_prefix="y", device=str(device))
+        common = dict(model_dir=args.yolox, model_spec=args.spec, device=str(device))
         records = [Record(str(i), "x", i, encoded=b) for i, b in enumerate(encoded[:256])]
         if not cuda:
             from batch_predict.decode import decode
             records = [decode(r, 1 << 30) for r in records]
-        reference = load_model(JobSpec(**common)).predict(records)
-        return {precision: agreement(reference, load_model(JobSpec(**common, precision=precision)).predict(records))
+        reference = load_model(ModelSettings(**common)).predict(records)
+        return {precision: agreement(reference, load_model(ModelSettings(**common, precision=precision)).predict(records))
                 for precision in (["fp16", "bf16"] if cuda else ["bf16"])}
 
     results.measure("yolox_precision_agreement", precision_agreement)
@@ -239,9 +238,8 @@ def main() -> None:
 
     # Where the time of the job's own model path goes, stage by stage.
     for precision in ("fp32", half):
-        results.measure(f"stages_yolox_{precision}", lambda p=precision: stages.stage_times(JobSpec(
-            input_file_patterns=("x",), input_file_format="tfrecord", model_dir=args.yolox, model_spec=args.spec,
-            output_result_prefix="x", output_error_prefix="y", device=str(device), precision=p),
+        results.measure(f"stages_yolox_{precision}", lambda p=precision: stages.stage_times(ModelSettings(
+            model_dir=args.yolox, model_spec=args.spec, device=str(device), precision=p, batch_size=yolox_batch),
             encoded[: 8 * yolox_batch], yolox_batch))
 
     if cuda:  # last: a capture that fails can leave the device in a state later work trips on

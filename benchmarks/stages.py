@@ -16,13 +16,13 @@ from batch_predict import decode
 from batch_predict.models import load_model
 from batch_predict.records import Prediction, Record
 from batch_predict.sinks import result_line
-from batch_predict.spec import JobSpec
+from batch_predict.spec import ModelSettings
 
 from timing import sync
 
 
-def stage_times(job: JobSpec, encoded: list[bytes], batch: int) -> dict:
-    model = load_model(job)
+def stage_times(settings: ModelSettings, encoded: list[bytes], batch: int) -> dict:
+    model = load_model(settings)
     records = [decode.probe(Record(str(i), "bench", i, encoded=data), 1 << 30) for i, data in enumerate(encoded)]
     if model.input_kind == "image":
         records = [decode.decode(r, 1 << 30) for r in records]
