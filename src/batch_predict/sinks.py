@@ -8,7 +8,6 @@ for, so a job killed at any moment leaves whole shards or none.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 import uuid
@@ -19,6 +18,7 @@ from typing import IO, Any, Protocol
 
 import fsspec
 import numpy as np
+import orjson
 
 from .records import Outcome, Prediction, RecordError
 
@@ -95,9 +95,19 @@ def write_atomically(path: str, text: str) -> None:
         raise OutputError(f"cannot write {path!r}: {exc}") from None
 
 
-def result_line(prediction: Prediction, labels: Mapping[int, str]) -> str:
+def json_line(value: Any) -> bytes:
+    """One line of JSON lines, as UTF-8.
+
+    orjson rather than the json module: the writer thread formats every detection of every
+    image, and at thousands of images a second json.dumps would hold the GIL for a large
+    share of the time the thread feeding the GPU needs it (docs/benchmarks.md, "Host").
+    """
+    return orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def result_line(prediction: Prediction, labels: Mapping[int, str]) -> bytes:
     """One result line: the record's identity, its size and its detections."""
-    return json.dumps(result_record(prediction, labels), separators=(",", ":"))
+    return json_line(result_record(prediction, labels))
 
 
 def result_record(prediction: Prediction, labels: Mapping[int, str]) -> dict[str, Any]:
@@ -144,7 +154,7 @@ class JsonlResults:
         self._file, self._labels = file, labels
 
     def write(self, predictions: list[Prediction]) -> None:
-        self._file.write("".join(result_line(p, self._labels) + "\n" for p in predictions).encode("utf-8"))
+        self._file.write(b"".join(result_line(p, self._labels) for p in predictions))
 
     def finish(self) -> None:
         pass
@@ -244,8 +254,7 @@ class UnitOutputs:
         if predictions:
             self._results.write(predictions)
         if errors:
-            text = "".join(json.dumps(e.to_json(), separators=(",", ":")) + "\n" for e in errors)
-            self._files[1].write(text.encode("utf-8"))
+            self._files[1].write(b"".join(json_line(e.to_json()) for e in errors))
         self.predicted += len(predictions)
         self.detections += sum(len(p.detections.scores) for p in predictions)
         self.error_types.update(e.error_type for e in errors)

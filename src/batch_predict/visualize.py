@@ -9,7 +9,6 @@ ends so); each run writes up to N.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 import threading
@@ -22,7 +21,7 @@ from .annotate import draw_detections, to_jpeg
 from .models import Model
 from .observe import JobObserver
 from .records import Outcome, Prediction
-from .sinks import result_line
+from .sinks import result_record
 from .units import Unit
 
 log = logging.getLogger("batch_predict")
@@ -66,7 +65,7 @@ class Visualizer(JobObserver):
             try:
                 image = Image.fromarray(record.array) if record.array is not None else Image.open(io.BytesIO(record.encoded))
                 # The result line's own detections, so the picture shows exactly what the shard says.
-                detections = json.loads(result_line(prediction, self.labels))["detections"]
+                detections = result_record(prediction, self.labels)["detections"]
                 picture = to_jpeg(draw_detections(image, detections, self.width))
                 with fsspec.open(path, "wb", auto_mkdir=True) as f:
                     f.write(picture)

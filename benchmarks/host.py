@@ -1,0 +1,105 @@
+"""The host's share of the job, on the CPU alone: formatting result lines, and the plumbing.
+
+Every image's detections are formatted into a JSON line by the writer thread, which shares
+the GIL with the thread that feeds the GPU; at thousands of images a second that formatting
+is a large share of one core. This measures it per image at a given number of detections,
+for the job's `result_line` and for the json module (what the job used before), and the
+whole plumbing (read -> probe -> batch -> write) with a model that finds that many boxes.
+
+    PYTHONPATH=src:benchmarks python benchmarks/host.py --inputs '/tmp/bench/*.tfrecord' --out /tmp/host
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from batch_predict import run
+from batch_predict.records import Detections, Prediction, Record
+from batch_predict.sinks import result_line, result_record
+from batch_predict.spec import JobSpec
+
+LABELS = {i: f"class {i}" for i in range(80)}
+
+
+def random_detections(count: int, rng: np.random.Generator) -> Detections:
+    corners = np.sort(rng.uniform(0, 640, (count, 2, 2)), axis=1).reshape(count, 4).astype(np.float32)
+    return Detections(corners, rng.uniform(0.3, 1, count).astype(np.float32), rng.integers(0, 80, count))
+
+
+def formatting(detections: int, images: int = 2000, repeats: int = 3) -> dict:
+    """Images per second through `result_line`, and through json.dumps of the same records."""
+    rng = np.random.default_rng(0)
+    predictions = [Prediction(Record(f"image-{i}", "bench", i, width=640, height=480), random_detections(detections, rng))
+                   for i in range(images)]
+
+    def json_module(prediction: Prediction) -> bytes:
+        return (json.dumps(result_record(prediction, LABELS), separators=(",", ":")) + "\n").encode()
+
+    rates = {}
+    for name, line in (("result_line", lambda p: result_line(p, LABELS)), ("json_module", json_module)):
+        best = min(_seconds(lambda: [line(p) for p in predictions]) for _ in range(repeats))
+        rates[f"{name}_per_s"] = round(images / best)
+    return {"detections_per_image": detections, **rates, "speedup": round(rates["result_line_per_s"] / rates["json_module_per_s"], 2)}
+
+
+def _seconds(work) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+class FixedDetections:
+    """Takes encoded images and finds the same `count` boxes in each: the job's plumbing and writing alone."""
+
+    input_kind = "encoded"
+    same_size_batches = False
+
+    def __init__(self, count: int) -> None:
+        self.labels = LABELS
+        self._found = random_detections(count, np.random.default_rng(0))
+
+    def predict(self, records: Sequence[Record]) -> list[Detections]:
+        return [self._found] * len(records)
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": "fixed"}
+
+
+def plumbing(pattern: str, out: Path, detections: int, batch: int) -> dict:
+    spec = JobSpec(
+        input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir="none",
+        output_result_prefix=str(out / "results"), output_error_prefix=str(out / "errors"), batch_size=batch,
+        overwrite=True,
+    )
+    started = time.perf_counter()
+    summary = run(spec, model=FixedDetections(detections))
+    wall = time.perf_counter() - started
+    return {"detections_per_image": detections, "records": summary.records_read, "seconds": round(wall, 2),
+            "records_per_s": round(summary.records_read / wall)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs", help="TFRecords of JPEGs (benchmarks/make_inputs.py); without it, formatting only")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch_size", type=int, default=256)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+                     "formatting": [formatting(n) for n in (0, 10, 30, 100)]}
+    if args.inputs:
+        results["plumbing"] = [plumbing(args.inputs, args.out / f"plumbing-{n}", n, args.batch_size) for n in (0, 30)]
+    (args.out / "host.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
