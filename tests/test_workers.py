@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from batch_predict import run
+from batch_predict.progress import Tally
 from batch_predict.runners.workers import local_worker_count, worker_device
 from batch_predict.spec import JobSpec
 
@@ -36,7 +37,8 @@ def test_two_workers_write_what_one_writes(tmp_path, photos_dir, yolox_dir):
                        {p.name: p.read_bytes() for p in photos[shard::3]} | {f"broken-{shard}": b"not an image"})
     model = yolox_dir / "yolox_nano_torchscript.pt"
     one = run(_job(str(tmp_path / "in-*.tfrecord"), tmp_path / "one" / "r", model, 1))
-    two = run(_job(str(tmp_path / "in-*.tfrecord"), tmp_path / "two" / "r", model, 2))
+    tally = Tally()
+    two = run(_job(str(tmp_path / "in-*.tfrecord"), tmp_path / "two" / "r", model, 2), observer=tally)
     assert _outputs(tmp_path / "one" / "r") == _outputs(tmp_path / "two" / "r")
     assert len(_outputs(tmp_path / "two" / "r")) == 6  # results and errors of 3 units
     assert (two.records_read, two.predicted, two.failed, two.units_committed) == (
@@ -44,6 +46,11 @@ def test_two_workers_write_what_one_writes(tmp_path, photos_dir, yolox_dir):
     assert two.failed == 3 and two.predicted == len(photos)
     summary = json.loads((tmp_path / "two" / "r-summary.json").read_text())
     assert summary["records_read"] == one.records_read
+    # The parent's watchers heard every unit of both workers, as a progress bar needs.
+    seen = tally.snapshot()
+    assert (seen.records_read, seen.predicted, seen.failed, seen.units_committed, seen.units) == (
+        two.records_read, two.predicted, two.failed, 3, 3)
+    assert seen.bytes_done == seen.bytes_total > 0 and tally.error_types == {"ImageDecodeError": 3}
 
 
 def test_a_worker_failing_at_setup_fails_the_run_with_its_error(tmp_path, photos_dir):

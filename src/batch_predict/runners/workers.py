@@ -3,7 +3,8 @@
 One process per GPU rather than threads: each has its own Python interpreter (no GIL
 shared between the GPUs' pipelines) and its own CUDA context. The units are divided as
 between the pods of an Indexed Job (`units_for_worker`), and the job state merges their
-commits, so the outputs and the summary are those of one process running them all.
+commits, so the outputs and the summary are those of one process running them all. Each
+worker's events reach the parent's watchers (progress bar, metrics) through `Relay`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import dataclasses
 import logging
 import multiprocessing
 import pickle
+import queue
+import threading
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..observe import JobObserver
 from ..pipeline import Stopped
-from ..sinks import JobSummary
+from ..records import Outcome, Prediction, Record, RecordError
+from ..sinks import JobSummary, UnitCounts
 from ..spec import JobSpec
-from ..units import units_for_worker
+from ..units import Unit, units_for_worker
 from .plan import finish_run, plan_run
 from .stopping import Stopping
 
@@ -45,21 +51,91 @@ def worker_device(requested: str, local_index: int) -> str:
     return f"cuda:{local_index % torch.cuda.device_count()}"
 
 
-def _work(spec: JobSpec, local_index: int, index: int, count: int, results: Any) -> None:
+class Relay(JobObserver):
+    """A worker's unit events, sent to the parent process every `interval_s` and at each commit.
+
+    Records travel without their image bytes or pixels, and units as their index: what the
+    parent's watchers count needs neither. Sending in lots keeps the cost per record to
+    appending to a list.
+    """
+
+    def __init__(self, messages: Any, interval_s: float = 0.5) -> None:
+        self._messages = messages
+        self._interval_s = interval_s
+        self._events: list[tuple] = []
+        self._lock = threading.Lock()
+        self._sent = time.monotonic()
+
+    def _add(self, event: tuple, send: bool = False) -> None:
+        with self._lock:
+            self._events.append(event)
+            if send or time.monotonic() - self._sent >= self._interval_s:
+                self._send()
+
+    def _send(self) -> None:
+        if self._events:
+            self._messages.put(("events", self._events))
+            self._events = []
+        self._sent = time.monotonic()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._send()
+
+    def unit_started(self, unit: Unit) -> None:
+        self._add(("unit_started", unit.index))
+
+    def record_read(self, unit: Unit, item: Record | RecordError) -> None:
+        self._add(("record_read", unit.index, _without_pixels(item)))
+
+    def batch_predicted(self, size: int, seconds: float) -> None:
+        self._add(("batch_predicted", size, seconds))
+
+    def written(self, unit: Unit, outcomes: list[Outcome]) -> None:
+        self._add(("written", unit.index, [_without_pixels(o) for o in outcomes]))
+
+    def unit_committed(self, unit: Unit, counts: UnitCounts) -> None:
+        self._add(("unit_committed", unit.index, counts), send=True)
+
+    def unit_abandoned(self, unit: Unit) -> None:
+        self._add(("unit_abandoned", unit.index), send=True)
+
+
+def _without_pixels(item: Any) -> Any:
+    if isinstance(item, Record):
+        return dataclasses.replace(item, encoded=None, array=None)
+    if isinstance(item, Prediction):
+        return Prediction(_without_pixels(item.record), item.detections)
+    return item
+
+
+def replay(events: list[tuple], units: Mapping[int, Unit], observer: JobObserver) -> None:
+    """Call `observer` as a `Relay` in another process was called."""
+    for name, *args in events:
+        if name == "batch_predicted":
+            observer.batch_predicted(*args)
+        else:
+            getattr(observer, name)(units[args[0]], *args[1:])
+
+
+def _work(spec: JobSpec, local_index: int, index: int, count: int, messages: Any) -> None:
     from .local import run
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [worker {index}] %(message)s")
     # The parent evaluates against the ground truth once, when all workers are done.
     worker_spec = dataclasses.replace(spec, num_workers=1, device=worker_device(spec.device, local_index), ground_truth=None)
+    relay = Relay(messages)
     try:
-        run(worker_spec, worker_index=index, worker_count=count)
-        results.put((index, None))
+        run(worker_spec, worker_index=index, worker_count=count, observer=relay)
+        relay.flush()
+        messages.put(("done", index, None))
     except BaseException as exc:  # handed to the parent, which raises it
+        relay.flush()
         try:
             pickle.dumps(exc)
         except Exception:  # an exception that cannot cross processes is sent as its text
             exc = RuntimeError(f"{type(exc).__name__}: {exc}")
-        results.put((index, exc))
+        messages.put(("done", index, exc))
 
 
 def run_workers(
@@ -76,8 +152,8 @@ def run_workers(
     so machines of several GPUs in an Indexed Job divide the units as one list of workers.
     The first failure of a worker (bad setup, failed units) is raised here after all have
     ended; a stop request ends the workers at once, leaving their units in progress
-    uncommitted for a rerun. `observer` hears when the run starts and ends; the workers
-    write the job's timeline and pictures.
+    uncommitted for a rerun. `observer` hears the run start and end here, and every unit's
+    events as the workers relay them; the workers write the job's timeline and pictures.
     """
     count = local_worker_count(spec)
     plan = plan_run(spec, worker_index, worker_count)
@@ -88,13 +164,14 @@ def run_workers(
         spec = dataclasses.replace(spec, overwrite=False)
     watchers = observer or JobObserver()
     watchers.job_started(plan.pending)
+    units = {unit.index: unit for unit in plan.units}
     predicted_before = sum(c.predicted for c in plan.state.committed().values())
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
-    results = context.Queue()
+    messages = context.Queue()
     processes = [
         context.Process(
             target=_work,
-            args=(spec, i, worker_index * count + i, worker_count * count, results),
+            args=(spec, i, worker_index * count + i, worker_count * count, messages),
             name=f"batch-predict-worker-{i}",
         )
         for i in range(count)
@@ -111,13 +188,17 @@ def run_workers(
             for process in processes:
                 process.join()
             raise Stopped("workers stopped; rerun the same command to resume")
-        if not any(p.is_alive() for p in processes) and results.empty():
+        if not any(p.is_alive() for p in processes) and messages.empty():
             failures[-1] = RuntimeError("a worker process died without reporting (killed, or out of host memory?)")
             break
         try:
-            index, failure = results.get(timeout=0.2)
-        except Exception:  # queue.Empty: nothing yet
+            kind, *message = messages.get(timeout=0.2)
+        except queue.Empty:
             continue
+        if kind == "events":
+            replay(message[0], units, watchers)
+            continue
+        index, failure = message
         reported += 1
         if failure is not None:
             failures[index] = failure
