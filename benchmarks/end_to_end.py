@@ -78,7 +78,7 @@ def steady_state(committed: Path, workers: int) -> dict:
 class NoModel:
     """Takes encoded images and finds nothing: what is left is the job's own plumbing."""
 
-    input_kind = "encoded"
+    input_kind = "jpeg"
     same_size_batches = False
     labels: dict[int, str] = {}
 

@@ -59,7 +59,7 @@ def _seconds(work) -> float:
 class FixedDetections:
     """Takes encoded images and finds the same `count` boxes in each: the job's plumbing and writing alone."""
 
-    input_kind = "encoded"
+    input_kind = "jpeg"
     same_size_batches = False
 
     def __init__(self, count: int) -> None:

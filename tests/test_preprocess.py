@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from batch_predict.models.model_spec import InputSpec
-from batch_predict.models.preprocess import Preprocessor, decode_batch, placements
+from batch_predict.models.preprocess import Preprocessor, device_images, placements
 
 CPU = torch.device("cpu")
 
@@ -53,11 +53,11 @@ def test_resizing_samples_at_half_pixel_centres_without_antialiasing():
 
 def test_padding_channel_order_and_normalization(photos_dir):
     image = np.asarray(Image.open(photos_dir / "zidane.jpg").convert("RGB"))  # 1280 x 720
-    plain = Preprocessor(_spec(pad_value=114, value_range=(0.0, 255.0)), CPU).from_arrays([image])
-    bgr = Preprocessor(_spec(pad_value=114, value_range=(0.0, 255.0), channels="BGR"), CPU).from_arrays([image]).inputs
+    plain = Preprocessor(_spec(pad_value=114, value_range=(0.0, 255.0)), CPU).from_images([image])
+    bgr = Preprocessor(_spec(pad_value=114, value_range=(0.0, 255.0), channels="BGR"), CPU).from_images([image]).inputs
     normalized = Preprocessor(
         _spec(pad_value=114, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)), CPU
-    ).from_arrays([image]).inputs
+    ).from_images([image]).inputs
     rgb = plain.inputs
     assert rgb.shape == (1, 3, 416, 416)
     assert torch.all(rgb[0, :, 234:] == 114) and not torch.all(rgb[0, :, 233] == 114)  # 720 * 0.325 = 234 rows
@@ -69,16 +69,16 @@ def test_padding_channel_order_and_normalization(photos_dir):
 
 def test_nhwc_and_uint8_inputs_keep_the_pixels():
     image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    out = Preprocessor(_spec(size=(8, 8), layout="NHWC", dtype="uint8"), CPU).from_arrays([image]).inputs
+    out = Preprocessor(_spec(size=(8, 8), layout="NHWC", dtype="uint8"), CPU).from_images([image]).inputs
     assert out.dtype == torch.uint8 and torch.equal(out[0], torch.from_numpy(image))
 
 
 def test_a_batch_of_mixed_sizes_equals_each_image_prepared_alone(photos_dir):
     images = [np.asarray(Image.open(photos_dir / n).convert("RGB")) for n in ("bus.jpg", "zidane.jpg", "bus.jpg")]
     preprocessor = Preprocessor(_spec(pad_value=114), CPU)
-    batch = preprocessor.from_arrays(images)
+    batch = preprocessor.from_images(images)
     for i, image in enumerate(images):
-        alone = preprocessor.from_arrays([image])
+        alone = preprocessor.from_images([image])
         assert torch.equal(batch.inputs[i], alone.inputs[0])
         np.testing.assert_array_equal(batch.geometry.offset[i], alone.geometry.offset[0])
     assert batch.image_sizes.tolist() == [[810, 1080], [1280, 720], [810, 1080]]
@@ -86,14 +86,14 @@ def test_a_batch_of_mixed_sizes_equals_each_image_prepared_alone(photos_dir):
 
 def test_resize_none_hands_over_a_list_of_native_size_images():
     images = [np.zeros((5, 7, 3), np.uint8), np.zeros((6, 4, 3), np.uint8)]
-    prepared = Preprocessor(_spec(resize="none", size=None), CPU).from_arrays(images)
+    prepared = Preprocessor(_spec(resize="none", size=None), CPU).from_images(images)
     assert [tuple(t.shape) for t in prepared.inputs] == [(3, 5, 7), (3, 6, 4)] and prepared.input_size is None
 
 
 def test_encoded_images_decode_in_a_batch_to_the_pixels_pillow_decodes(photos_dir):
     names = ["bus.jpg", "skimage_chelsea.png", "zidane.jpg"]
     encoded = [(photos_dir / n).read_bytes() for n in names]
-    decoded = decode_batch(encoded, CPU)
+    decoded = device_images(encoded, CPU)
     for name, image in zip(names, decoded):
         expected = np.asarray(Image.open(photos_dir / name).convert("RGB"))
         assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(expected.copy())), name
@@ -104,4 +104,4 @@ def test_a_damaged_image_fails_its_batch(photos_dir, damage):
     good = (photos_dir / "zidane.jpg").read_bytes()
     bad = good[:20000] if damage == "truncated jpeg" else b"not an image at all"
     with pytest.raises(RuntimeError):
-        decode_batch([good, bad], CPU)
+        device_images([good, bad], CPU)

@@ -1,14 +1,25 @@
-"""The batch sizes a PyTorch or ONNX model is called at: few and fixed where new input shapes
-cost a recompilation, each image's outputs the same as when it runs alone."""
+"""What a PyTorch or ONNX model is fed: batch sizes few and fixed where new input shapes cost a
+recompilation, and on the GPU path JPEGs encoded, everything else decoded by the CPU workers."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from batch_predict.models import load_model
+from batch_predict.models.model_spec import load_spec
 from batch_predict.models.speed import accelerate
-from batch_predict.models.tensor_model import PaddingRunner, at_few_batch_sizes, halvings
+from batch_predict.models.tensor_model import PaddingRunner, TensorModel, at_few_batch_sizes, halvings
+from batch_predict.models.torchscript import TorchScriptRunner
+from batch_predict.pipeline import prepare_for
+from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
+
+from backend_helpers import REPO
+
+SPEC = str(REPO / "examples" / "specs" / "yolox_nano.yaml")
 
 
 class ShapeRecorder:
@@ -78,3 +89,29 @@ def test_a_compiled_model_is_called_at_the_halvings_of_the_batch_size():
     settings = ModelSettings(model_dir="unused", device="cpu", batch_size=8, compile="torch_compile")
     runner = accelerate(recorder, settings, torch.device("cpu"))
     assert runner.describe()["batch_sizes"] == [1, 2, 4, 8] and runner.describe()["compile"] == "torch_compile"
+
+
+def test_on_the_gpu_path_jpegs_reach_the_model_encoded_and_other_images_as_pixels(yolox_dir, photos_dir):
+    """What a CUDA model is fed, run here on the CPU: JPEGs stay encoded for its batched decode;
+    PNGs and JSON arrays are decoded by the pipeline's CPU workers, not one by one in its
+    prepare step. The detections are those of the all-pixels path."""
+    path = yolox_dir / "yolox_nano_torchscript.pt"
+    pixels_path = load_model(ModelSettings(model_dir=str(path), model_spec=SPEC, device="cpu"))
+    cpu = torch.device("cpu")
+    jpeg_path = TensorModel(TorchScriptRunner(path.read_bytes(), cpu, str(path)), load_spec(SPEC).resolve_input(None, None),
+                            pixels_path.labels, cpu, backend="torchscript", decode_on_device=True)
+    assert (jpeg_path.input_kind, pixels_path.input_kind) == ("jpeg", "image")
+    bus = photos_dir / "bus.jpg"
+    records = lambda: [  # noqa: E731
+        Record("bus", "s", 0, encoded=bus.read_bytes()),
+        Record("chelsea", "s", 1, encoded=(photos_dir / "skimage_chelsea.png").read_bytes()),
+        Record("array", "s", 2, array=np.asarray(Image.open(photos_dir / "zidane.jpg").convert("RGB"))),
+    ]
+    fed = [prepare_for(jpeg_path, 1 << 30)(r) for r in records()]
+    assert fed[0].encoded is not None and fed[0].array is None and (fed[0].width, fed[0].height) == (810, 1080)
+    assert [r.encoded is None and r.array is not None for r in fed[1:]] == [True, True]
+    expected = pixels_path.predict([prepare_for(pixels_path, 1 << 30)(r) for r in records()])
+    for found, wanted in zip(jpeg_path.predict(fed), expected, strict=True):
+        assert len(wanted.scores) > 0
+        np.testing.assert_allclose(found.boxes, wanted.boxes, atol=1e-3)
+        np.testing.assert_allclose(found.scores, wanted.scores, atol=1e-5)

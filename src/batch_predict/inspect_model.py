@@ -14,6 +14,7 @@ from .spec import ModelSettings
 _FEEDS = {
     "encoded": "encoded image bytes as stored (JPEG, PNG, ...); images of any size share a batch",
     "image": "RGB uint8 pixels decoded on the CPU; a batch holds images of one size",
+    "jpeg": "JPEG bytes decoded in batches on the model's device; other images as pixels decoded on the CPU",
 }
 _TEXT_ORDER = ("model_dir", "backend", "signature", "signatures", "input", "feeds", "outputs")
 _NO_LABELS = "none: detections carry class ids only (give --label_map for names)"

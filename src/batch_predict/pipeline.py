@@ -142,10 +142,15 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def prepare_for(model: Model, max_pixels: int) -> Callable[[Record | RecordError], Record | RecordError]:
-    """The decode step this model needs: sizes only when it decodes for itself, pixels otherwise."""
+    """The decode step this model needs: sizes only for what it decodes itself, pixels otherwise."""
     if model.input_kind == "encoded":
         def step(record: Record) -> Record:
             return decode.probe(decode.encode_png(record), max_pixels)
+    elif model.input_kind == "jpeg":
+        def step(record: Record) -> Record:
+            if record.array is None and decode.is_jpeg(record.encoded or b""):
+                return decode.probe(record, max_pixels)
+            return decode.decode(record, max_pixels)
     else:
         step = partial(decode.decode, max_pixels=max_pixels)
 
@@ -353,7 +358,7 @@ def run_pipeline(
             yield item
 
     limit = limit or BatchLimit()
-    workers = num_decode_workers or (_PROBE_WORKERS if model.input_kind == "encoded" else os.cpu_count() or 1)
+    workers = num_decode_workers or (_PROBE_WORKERS if model.input_kind != "image" else os.cpu_count() or 1)
     writer = _Writer(sink, queue_depth)
     with ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-decode") as pool:
         chunks_deep = max(2, queue_depth * batch_size // _DECODE_CHUNK)

@@ -7,7 +7,7 @@ from typing import Literal, Protocol
 
 from ..records import Detections, Record
 
-InputKind = Literal["encoded", "image"]
+InputKind = Literal["encoded", "jpeg", "image"]
 
 
 class ModelLoadError(ValueError):
@@ -25,8 +25,9 @@ class PredictError(RuntimeError):
 class Model(Protocol):
     """A detector that turns a batch of records into detections in original-image pixels.
 
-    `input_kind` says what records must carry: `"encoded"` bytes (the model decodes) or
-    `"image"` RGB arrays. `same_size_batches` says whether one batch must hold images of a
+    `input_kind` says what records must carry: `"encoded"` bytes (the model decodes; arrays
+    are encoded as PNG for it), `"jpeg"` (JPEGs encoded, for the model to decode in batches on
+    its device; anything else as RGB arrays) or `"image"` RGB arrays. `same_size_batches` says whether one batch must hold images of a
     single size, as for a TF OD API `image_tensor` signature fed native-size images.
     """
 

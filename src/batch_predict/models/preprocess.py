@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from ..decode import is_jpeg
 from .detections import Geometry
 from .model_spec import InputSpec
 
-_JPEG_MAGIC = b"\xff\xd8"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "uint8": torch.uint8}
 
 
@@ -78,16 +78,9 @@ class Preprocessor:
         self._a = ((high - low) / 255.0 / std).view(1, 3, 1, 1)
         self._b = ((low - mean) / std).view(1, 3, 1, 1)
 
-    def from_arrays(self, arrays: Sequence[np.ndarray]) -> Prepared:
-        """HxWx3 uint8 RGB arrays (decoded by the pipeline's workers)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # decoded arrays are read-only; they are only read
-            images = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1) for a in arrays]
-        return self.prepare([image.to(self.device, non_blocking=True) for image in images])
-
-    def from_encoded(self, encoded: Sequence[bytes]) -> Prepared:
-        """Encoded images: JPEGs decoded in one batched call on the device, others one by one."""
-        return self.prepare(decode_batch(encoded, self.device))
+    def from_images(self, images: Sequence[bytes | np.ndarray]) -> Prepared:
+        """Encoded images and HxWx3 uint8 RGB arrays, mixed as a batch comes (`device_images`)."""
+        return self.prepare(device_images(images, self.device))
 
     def prepare(self, images: Sequence[torch.Tensor]) -> Prepared:
         """3xHxW uint8 RGB images on the device to the model's input."""
@@ -130,22 +123,30 @@ def _groups(sizes: np.ndarray, resized: np.ndarray, offsets: np.ndarray) -> dict
     return groups
 
 
-def decode_batch(encoded: Sequence[bytes], device: torch.device) -> list[torch.Tensor]:
-    """3xHxW uint8 RGB images on `device`. JPEGs go through one batched `decode_jpeg` (nvjpeg on
-    CUDA); other formats, and any JPEG batch nvjpeg refuses (CMYK, say), decode on the CPU."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # bytes are read-only; torch warns, and only reads them
-        data = [torch.frombuffer(memoryview(b), dtype=torch.uint8) for b in encoded]
-    jpegs = [i for i, b in enumerate(encoded) if b[:2] == _JPEG_MAGIC]
-    images: list[torch.Tensor | None] = [None] * len(data)
+def device_images(images: Sequence[bytes | np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """3xHxW uint8 RGB images on `device`. Arrays (decoded by the pipeline's CPU workers) are
+    copied over; JPEG bytes go through one batched `decode_jpeg` (nvjpeg on CUDA); other encoded
+    formats, and any JPEG batch nvjpeg refuses (CMYK, say), decode on the CPU here."""
+    jpegs = [i for i, image in enumerate(images) if isinstance(image, bytes) and is_jpeg(image)]
+    found: list[torch.Tensor | None] = [None] * len(images)
     if jpegs:
         try:
-            decoded = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            decoded = decode_jpeg([_tensor(images[i]) for i in jpegs], mode=ImageReadMode.RGB, device=device)
         except RuntimeError:
             decoded = [None] * len(jpegs)
         for i, image in zip(jpegs, decoded):
-            images[i] = image
-    return [
-        image if image is not None else decode_image(data[i], mode=ImageReadMode.RGB).to(device)
-        for i, image in enumerate(images)
-    ]
+            found[i] = image
+    return [image if image is not None else _on_device(images[i], device) for i, image in enumerate(found)]
+
+
+def _tensor(data: bytes | np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # bytes and decoded arrays are read-only; torch only reads them
+        if isinstance(data, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)
+        return torch.frombuffer(memoryview(data), dtype=torch.uint8)
+
+
+def _on_device(image: bytes | np.ndarray, device: torch.device) -> torch.Tensor:
+    pixels = _tensor(image) if isinstance(image, np.ndarray) else decode_image(_tensor(image), mode=ImageReadMode.RGB)
+    return pixels.to(device, non_blocking=True)

@@ -49,8 +49,9 @@ def torch_device(requested: str) -> torch.device:
 class TensorModel:
     """`Model` for any `Runner`, with pre- and post-processing as its `ModelSpec` says.
 
-    On CUDA the model takes encoded bytes (`input_kind` "encoded") and decodes JPEGs on the
-    GPU in batches; on the CPU the pipeline's workers decode and it takes pixels ("image").
+    On CUDA the model takes JPEGs encoded (`input_kind` "jpeg") and decodes them on the GPU
+    in batches, while the pipeline's CPU workers decode every other image; on the CPU the
+    workers decode all and it takes pixels ("image").
     """
 
     same_size_batches = False
@@ -76,7 +77,7 @@ class TensorModel:
         self._streams = PrepareStream(device)
         self._class_ids = np.array(list(self.labels), np.int64) if spec.class_ids == "label_order" else None
         on_device = device.type == "cuda" if decode_on_device is None else decode_on_device
-        self.input_kind: InputKind = "encoded" if on_device else "image"
+        self.input_kind: InputKind = "jpeg" if on_device else "image"
         self._check_fit()
 
     def _check_fit(self) -> None:
@@ -97,10 +98,7 @@ class TensorModel:
         """Decode and preprocess a batch. On CUDA this runs on a stream of its own, so that a
         pipeline thread can prepare batch n+1 while batch n runs on the default stream."""
         with torch.inference_mode(), self._streams.preparing():
-            if self.input_kind == "encoded":
-                prepared = self._preprocessor.from_encoded([r.encoded or b"" for r in records])
-            else:
-                prepared = self._preprocessor.from_arrays([r.array for r in records])
+            prepared = self._preprocessor.from_images([r.array if r.array is not None else r.encoded or b"" for r in records])
             return self._streams.hand_over(prepared)
 
     def complete(self, prepared: Prepared) -> list[Detections]:
