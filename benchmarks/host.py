@@ -4,7 +4,9 @@ Every image's detections are formatted into a JSON line by the writer thread, wh
 the GIL with the thread that feeds the GPU; at thousands of images a second that formatting
 is a large share of one core. This measures it per image at a given number of detections,
 for the job's `result_line` and for the json module (what the job used before), and the
-whole plumbing (read -> probe -> batch -> write) with a model that finds that many boxes.
+whole plumbing (read -> probe -> batch -> write) with a model that finds that many boxes, and
+how busy the job keeps a model that takes a fixed time per batch (each unit fills and drains
+its own pipeline).
 
     PYTHONPATH=src:benchmarks python benchmarks/host.py --inputs '/tmp/bench/*.tfrecord' --out /tmp/host
 """
@@ -73,6 +75,43 @@ class FixedDetections:
         return {"backend": "fixed"}
 
 
+class SleepingModel:
+    """Finds nothing and takes `seconds` per batch with the GIL released, as a GPU call does: the
+    share of the wall time it is busy is the share a GPU of that speed would be kept busy."""
+
+    input_kind = "jpeg"
+    same_size_batches = False
+    labels: dict[int, str] = {}
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls = 0
+
+    def predict(self, records: Sequence[Record]) -> list[Detections]:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return [random_detections(0, np.random.default_rng(0))] * len(records)
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": "sleeping"}
+
+
+def model_busy(pattern: str, out: Path, batch: int, seconds_per_batch: float) -> dict:
+    """How busy the job keeps a model of fixed speed, with every unit's pipeline fill and drain."""
+    spec = JobSpec(
+        input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir="none",
+        output_result_prefix=str(out / "results"), output_error_prefix=str(out / "errors"), batch_size=batch,
+        overwrite=True,
+    )
+    model = SleepingModel(seconds_per_batch)
+    started = time.perf_counter()
+    summary = run(spec, model=model)
+    wall = time.perf_counter() - started
+    return {"batch": batch, "ms_per_batch": seconds_per_batch * 1e3, "units": summary.units, "calls": model.calls,
+            "batches_per_unit": round(model.calls / summary.units, 1), "seconds": round(wall, 2),
+            "model_busy": round(model.calls * seconds_per_batch / wall, 3)}
+
+
 def plumbing(pattern: str, out: Path, detections: int, batch: int) -> dict:
     spec = JobSpec(
         input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir="none",
@@ -97,6 +136,8 @@ def main() -> None:
                      "formatting": [formatting(n) for n in (0, 10, 30, 100)]}
     if args.inputs:
         results["plumbing"] = [plumbing(args.inputs, args.out / f"plumbing-{n}", n, args.batch_size) for n in (0, 30)]
+        # 256 images in 60 ms: about YOLOX-Nano's fp16 speed with nvjpeg decoding on one H200.
+        results["model_busy"] = [model_busy(args.inputs, args.out / f"busy-{b}", b, 0.06 * b / 256) for b in (256, 64)]
     (args.out / "host.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
