@@ -3,7 +3,7 @@
 Every image's detections are formatted into a JSON line by the writer thread, which shares
 the GIL with the thread that feeds the GPU; at thousands of images a second that formatting
 is a large share of one core. This measures it per image at a given number of detections,
-for the job's `result_line` and for the json module (what the job used before), and the
+for the job's `result_lines` (batches of 256) and for the json module on the same dicts, and the
 whole plumbing (read -> probe -> batch -> write) with a model that finds that many boxes, and
 how busy the job keeps a model that takes a fixed time per batch (each unit fills and drains
 its own pipeline).
@@ -25,7 +25,7 @@ import numpy as np
 
 from batch_predict import run
 from batch_predict.records import Detections, Prediction, Record
-from batch_predict.sinks import result_line, result_record
+from batch_predict.sinks import result_lines, result_records
 from batch_predict.spec import JobSpec
 
 LABELS = {i: f"class {i}" for i in range(80)}
@@ -36,20 +36,21 @@ def random_detections(count: int, rng: np.random.Generator) -> Detections:
     return Detections(corners, rng.uniform(0.3, 1, count).astype(np.float32), rng.integers(0, 80, count))
 
 
-def formatting(detections: int, images: int = 2000, repeats: int = 3) -> dict:
-    """Images per second through `result_line`, and through json.dumps of the same records."""
+def formatting(detections: int, images: int = 2048, batch: int = 256, repeats: int = 3) -> dict:
+    """Images per second through `result_lines`, and through json.dumps of the same dicts."""
     rng = np.random.default_rng(0)
     predictions = [Prediction(Record(f"image-{i}", "bench", i, width=640, height=480), random_detections(detections, rng))
                    for i in range(images)]
+    batches = [predictions[i : i + batch] for i in range(0, images, batch)]
 
-    def json_module(prediction: Prediction) -> bytes:
-        return (json.dumps(result_record(prediction, LABELS), separators=(",", ":")) + "\n").encode()
+    def json_module(predictions: list[Prediction]) -> bytes:
+        return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in result_records(predictions, LABELS)).encode()
 
     rates = {}
-    for name, line in (("result_line", lambda p: result_line(p, LABELS)), ("json_module", json_module)):
-        best = min(_seconds(lambda: [line(p) for p in predictions]) for _ in range(repeats))
+    for name, lines in (("result_lines", lambda b: result_lines(b, LABELS)), ("json_module", json_module)):
+        best = min(_seconds(lambda: [lines(b) for b in batches]) for _ in range(repeats))
         rates[f"{name}_per_s"] = round(images / best)
-    return {"detections_per_image": detections, **rates, "speedup": round(rates["result_line_per_s"] / rates["json_module_per_s"], 2)}
+    return {"detections_per_image": detections, **rates, "speedup": round(rates["result_lines_per_s"] / rates["json_module_per_s"], 2)}
 
 
 def _seconds(work) -> float:

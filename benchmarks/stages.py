@@ -15,7 +15,7 @@ import torch
 from batch_predict import decode
 from batch_predict.models import load_model
 from batch_predict.records import Prediction, Record
-from batch_predict.sinks import result_line
+from batch_predict.sinks import result_lines
 from batch_predict.spec import ModelSettings
 
 from timing import sync
@@ -41,13 +41,13 @@ def stage_times(settings: ModelSettings, encoded: list[bytes], batch: int) -> di
         t2 = time.perf_counter()
         found = model.complete(prepared)
         t3 = time.perf_counter()
-        lines = [result_line(Prediction(r, d), model.labels) for r, d in zip(chunk, found)]
+        lines = result_lines([Prediction(r, d) for r, d in zip(chunk, found)], model.labels)
         t4 = time.perf_counter()
         totals["prepare"] += t1 - t0
         totals["infer"] += t2 - t1
         totals["decode_nms_copy"] += max(0.0, (t3 - t2) - (t2 - t1))
         totals["json"] += t4 - t3
-        assert len(lines) == len(chunk)
+        assert lines.count(b"\n") == len(chunk)
     images = len(batches) * batch
     per_image = {f"{k}_us": round(v / images * 1e6, 1) for k, v in totals.items()}
     return {**per_image, "images": images, "batch": batch,

@@ -7,7 +7,7 @@ import pytest
 
 from batch_predict.records import Detections, Prediction, Record, RecordError
 from batch_predict.sinks import (
-    OutputError, UnitOutputs, ensure_writable, result_line, shard_files, shard_name, write_atomically,
+    OutputError, UnitOutputs, ensure_writable, result_lines, shard_files, shard_name, write_atomically,
 )
 
 
@@ -21,7 +21,7 @@ def test_shards_are_named_like_beam_and_vertex_ai():
 
 
 def test_a_result_line_has_pixel_and_normalized_boxes_and_labels():
-    line = json.loads(result_line(_prediction(), {3: "car"}))
+    line = json.loads(result_lines([_prediction()], {3: "car"}))
     assert line == {
         "key": "k",
         "source": "gs://b/f.tfrecord",
@@ -34,7 +34,7 @@ def test_a_result_line_has_pixel_and_normalized_boxes_and_labels():
 
 
 def test_without_a_label_map_detections_carry_ids_only():
-    (detection,) = json.loads(result_line(_prediction(), {}))["detections"]
+    (detection,) = json.loads(result_lines([_prediction()], {}))["detections"]
     assert "label" not in detection and detection["class_id"] == 3
 
 

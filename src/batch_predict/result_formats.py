@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from .records import Prediction
-from .sinks import JsonlResults, OutputError, ResultWriter, result_record
+from .sinks import JsonlResults, OutputError, ResultWriter, result_records
 
 #: Each format's result shard ending.
 EXTENSIONS = {"jsonl": "jsonl", "parquet": "parquet", "coco": "json"}
@@ -66,8 +66,7 @@ class ParquetResults:
         self._rows: list[dict[str, Any]] = []
 
     def write(self, predictions: list[Prediction]) -> None:
-        for prediction in predictions:
-            row = result_record(prediction, self._labels)
+        for row in result_records(predictions, self._labels):
             row["raw"] = json.dumps(row["raw"]) if "raw" in row else None
             self._rows.append(row)
         if len(self._rows) >= PARQUET_ROW_GROUP:
@@ -96,9 +95,9 @@ class CocoResults:
 
     def write(self, predictions: list[Prediction]) -> None:
         entries = []
-        for prediction in predictions:
-            image_id = image_id_of_key(prediction.record.key)
-            for d in result_record(prediction, {})["detections"]:
+        for row in result_records(predictions, {}):
+            image_id = image_id_of_key(row["key"])
+            for d in row["detections"]:
                 x1, y1, x2, y2 = d["box"]
                 entries.append(json.dumps({"image_id": image_id, "category_id": d["class_id"],
                                            "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)], "score": d["score"]},

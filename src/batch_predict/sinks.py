@@ -12,7 +12,7 @@ import posixpath
 import re
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Protocol
 
@@ -105,38 +105,46 @@ def json_line(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def result_line(prediction: Prediction, labels: Mapping[int, str]) -> bytes:
-    """One result line: the record's identity, its size and its detections."""
-    return json_line(result_record(prediction, labels))
+def result_lines(predictions: Sequence[Prediction], labels: Mapping[int, str]) -> bytes:
+    """The result lines of `predictions`: each record's identity, its size and its detections."""
+    return b"".join(json_line(record) for record in result_records(predictions, labels))
 
 
-def result_record(prediction: Prediction, labels: Mapping[int, str]) -> dict[str, Any]:
-    """What a result line holds, as a dict, for every output format to write its own way."""
-    record, found = prediction.record, prediction.detections
-    size = np.array([record.width, record.height, record.width, record.height], dtype=np.float32)
+def result_records(predictions: Sequence[Prediction], labels: Mapping[int, str]) -> Iterator[dict[str, Any]]:
+    """What result lines hold, as dicts, one image at a time, for every output format to write its own way.
+
+    The arithmetic runs once over the whole batch's detections: a few numpy calls per batch,
+    not per image, whose fixed costs would outweigh an image's few detections. Each image's
+    lists and dicts are made only when it is asked for: a whole batch's tens of thousands of
+    live containers would make every run of the cyclic garbage collector walk them all.
+    """
+    if not predictions:
+        return
+    found = [p.detections for p in predictions]
+    counts = [len(d.scores) for d in found]
     # float64 first, so that rounding gives short decimals rather than float32 artefacts.
-    pixels = found.boxes.astype(np.float64)
-    boxes = np.round(pixels, 2).tolist()
-    normalized = np.round(pixels / size, 5).tolist()
-    scores = np.round(found.scores.astype(np.float64), 4).tolist()
-    classes = found.classes.tolist()
-    detections = []
-    for box, norm, score, class_id in zip(boxes, normalized, scores, classes):
-        detection: dict[str, Any] = {"box": box, "box_normalized": norm, "score": score, "class_id": class_id}
+    pixels = np.concatenate([d.boxes for d in found]).astype(np.float64).reshape(-1, 4)
+    sizes = np.repeat(np.array([[p.record.width, p.record.height] * 2 for p in predictions], np.float64), counts, axis=0)
+    boxes = np.round(pixels, 2)
+    normalized = np.round(pixels / sizes, 5)
+    scores = np.round(np.concatenate([d.scores for d in found]).astype(np.float64), 4).tolist()
+    classes = np.concatenate([d.classes for d in found]).astype(np.int64).tolist()
+    end = 0
+    for prediction, count in zip(predictions, counts):
+        start, end = end, end + count
+        rows = zip(boxes[start:end].tolist(), normalized[start:end].tolist(), scores[start:end], classes[start:end])
+        detections = [{"box": b, "box_normalized": n, "score": s, "class_id": c} for b, n, s, c in rows]
         if labels:
-            detection["label"] = labels.get(class_id, str(class_id))
-        detections.append(detection)
-    line: dict[str, Any] = {
-        "key": record.key,
-        "source": record.source,
-        "record_index": record.index,
-        "width": record.width,
-        "height": record.height,
-        "detections": detections,
-    }
-    if found.raw:
-        line["raw"] = found.raw
-    return line
+            for detection in detections:
+                detection["label"] = labels.get(detection["class_id"], str(detection["class_id"]))
+        record = prediction.record
+        line: dict[str, Any] = {
+            "key": record.key, "source": record.source, "record_index": record.index,
+            "width": record.width, "height": record.height, "detections": detections,
+        }
+        if prediction.detections.raw:
+            line["raw"] = prediction.detections.raw
+        yield line
 
 
 class ResultWriter(Protocol):
@@ -154,7 +162,7 @@ class JsonlResults:
         self._file, self._labels = file, labels
 
     def write(self, predictions: list[Prediction]) -> None:
-        self._file.write(b"".join(result_line(p, self._labels) for p in predictions))
+        self._file.write(result_lines(predictions, self._labels))
 
     def finish(self) -> None:
         pass

@@ -21,7 +21,7 @@ from .annotate import draw_detections, to_jpeg
 from .models import Model
 from .observe import JobObserver
 from .records import Outcome, Prediction
-from .sinks import result_record
+from .sinks import result_records
 from .units import Unit
 
 log = logging.getLogger("batch_predict")
@@ -65,7 +65,7 @@ class Visualizer(JobObserver):
             try:
                 image = Image.fromarray(record.array) if record.array is not None else Image.open(io.BytesIO(record.encoded))
                 # The result line's own detections, so the picture shows exactly what the shard says.
-                detections = result_record(prediction, self.labels)["detections"]
+                detections = next(result_records([prediction], self.labels))["detections"]
                 picture = to_jpeg(draw_detections(image, detections, self.width))
                 with fsspec.open(path, "wb", auto_mkdir=True) as f:
                     f.write(picture)
