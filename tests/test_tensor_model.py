@@ -115,3 +115,28 @@ def test_on_the_gpu_path_jpegs_reach_the_model_encoded_and_other_images_as_pixel
         assert len(wanted.scores) > 0
         np.testing.assert_allclose(found.boxes, wanted.boxes, atol=1e-3)
         np.testing.assert_allclose(found.scores, wanted.scores, atol=1e-5)
+
+
+class PerImageDicts:
+    """Answers as torchvision's detection models do: a list of one dict per image, here with
+    1, 2 or 3 boxes whose values tell the image apart."""
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, images):
+        self.batch_sizes.append(len(images))
+        return [{"boxes": torch.full((i % 3 + 1, 4), float(image.sum())), "scores": torch.ones(i % 3 + 1)}
+                for i, image in enumerate(images)]
+
+    def describe(self) -> dict[str, object]:
+        return {"format": "test"}
+
+
+def test_padded_calls_of_a_model_giving_one_dict_per_image_keep_each_image_whole():
+    model = PerImageDicts()
+    images = torch.arange(1, 7, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 2, 2)
+    found = PaddingRunner(model, (4,))(images)
+    assert model.batch_sizes == [4, 4] and len(found) == 6
+    assert [len(d["boxes"]) for d in found] == [1, 2, 3, 1, 1, 2]
+    assert [float(d["boxes"][0, 0]) for d in found] == [12.0 * k for k in range(1, 7)]

@@ -231,11 +231,16 @@ def at_few_batch_sizes(runner: Runner, batch_size: int, *, export_batch: int | N
 
 
 def _join(chunks: list[Any], count: int) -> Any:
+    """The outputs of chunks as of one call on the first `count` images: batched tensors (alone, or in
+    a dict, tuple or list of outputs) joined along the batch; a list of one dict per image
+    (torchvision's detection models) joined as a list."""
     first = chunks[0]
     if isinstance(first, torch.Tensor):
         return torch.cat(chunks)[:count]
     if isinstance(first, Mapping):
         return {key: _join([c[key] for c in chunks], count) for key in first}
+    if isinstance(first, list) and first and all(isinstance(item, Mapping) for item in first):
+        return [image for chunk in chunks for image in chunk][:count]
     if isinstance(first, (tuple, list)):
         return type(first)(_join([c[i] for c in chunks], count) for i in range(len(first)))
     raise TypeError(f"cannot join model outputs of type {type(first).__name__}")
