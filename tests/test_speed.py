@@ -81,9 +81,10 @@ def test_describe_names_the_speed_options(torchscript):
     [
         ({"precision": "fp16"}, r"--precision fp16: not on the CPU .* use bf16"),
         ({"compile": "cuda_graphs"}, r"--compile cuda_graphs: needs a CUDA device"),
+        ({"compile": "torch_compile"}, r"--compile torch_compile: torch.compile cannot compile a TorchScript module"),
     ],
 )
-def test_options_the_cpu_cannot_honour_are_refused_at_load(torchscript, options, message):
+def test_options_that_cannot_be_honoured_are_refused_at_load(torchscript, options, message):
     with pytest.raises(ModelLoadError, match=message):
         load_model(_job(torchscript, model_spec=SPEC, **options))
 

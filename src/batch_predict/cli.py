@@ -120,8 +120,9 @@ def cli() -> None:
 @_flag("channels_last", is_flag=True, default=False,
        help="PyTorch models: NHWC memory layout for the model's convolutions (faster on tensor cores).")
 @_flag("compile", type=click.Choice(COMPILE_MODES), default="none", show_default=True,
-       help="PyTorch models: torch_compile (torch.compile, fixed shapes) or cuda_graphs (replay one CUDA graph per "
-            "batch; needs a fixed input size; the last batch is padded). Either costs time at start.")
+       help="PyTorch models: torch_compile (torch.compile, fixed shapes; not for TorchScript files) or cuda_graphs "
+            "(replay one CUDA graph per batch size; needs a fixed input size). Batches are padded to --batch_size or "
+            "one of its halves. Either costs time at start.")
 @_flag("num_workers", type=int, default=1, show_default=True,
        help="Worker processes on this machine, each on its own GPU (cuda:i), dividing the units; 0: one per "
             "visible GPU. With JOB_COMPLETION_INDEX set, each pod runs this many.")

@@ -122,6 +122,11 @@ def accelerate(
         raise ModelLoadError(f"--compile cuda_graphs: needs a CUDA device; the model is on {device}")
     if settings.precision == "fp16" and device.type == "cpu":
         raise ModelLoadError("--precision fp16: not on the CPU (few CPU kernels take float16); use bf16")
+    if settings.compile == "torch_compile" and isinstance(runner.module, torch.jit.ScriptModule):
+        raise ModelLoadError(
+            "--compile torch_compile: torch.compile cannot compile a TorchScript module; export the model with "
+            "torch.export (.pt2) or give its torchvision architecture, or use --compile cuda_graphs on a GPU"
+        )
     fast: Runner = runner if is_default(settings) else SpeedRunner(runner, settings, device)
     if settings.compile == "cuda_graphs":
         fast = CudaGraphRunner(fast)
