@@ -15,10 +15,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from batch_predict.records import Detections
-
 
 def run_cli(args: Sequence[str], prefix: Path, workers: int, log: Path) -> dict:
     command = [sys.executable, "-m", "batch_predict", *args,
@@ -73,34 +69,3 @@ def steady_state(committed: Path, workers: int) -> dict:
             records += counted
             spans.append(round(span, 3))
     return {"steady_per_s": round(rate, 1) if spans else None, "steady_records": records, "steady_s": spans}
-
-
-class NoModel:
-    """Takes encoded images and finds nothing: what is left is the job's own plumbing."""
-
-    input_kind = "jpeg"
-    same_size_batches = False
-    labels: dict[int, str] = {}
-
-    def predict(self, records: Sequence) -> list[Detections]:
-        empty = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-        return [empty] * len(records)
-
-    def describe(self) -> dict[str, object]:
-        return {"backend": "none"}
-
-
-def plumbing(pattern: str, prefix: Path, batch: int) -> dict:
-    """records/s through read -> probe -> batch -> write with a model that costs nothing."""
-    from batch_predict import run
-    from batch_predict.spec import JobSpec
-
-    spec = JobSpec(
-        input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir="none",
-        output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors", batch_size=batch, overwrite=True,
-    )
-    started = time.perf_counter()
-    summary = run(spec, model=NoModel())
-    wall = time.perf_counter() - started
-    return {"records": summary.records_read, "items_per_s": round(summary.records_read / wall, 1), "seconds": round(wall, 2),
-            **steady_state(Path(f"{prefix}-job/committed"), 1)}

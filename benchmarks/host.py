@@ -25,7 +25,7 @@ import numpy as np
 
 from batch_predict import run
 from batch_predict.records import Detections, Prediction, Record
-from batch_predict.sinks import result_lines, result_records
+from batch_predict.sinks import JobSummary, result_lines, result_records
 from batch_predict.spec import JobSpec
 
 LABELS = {i: f"class {i}" for i in range(80)}
@@ -59,71 +59,55 @@ def _seconds(work) -> float:
     return time.perf_counter() - started
 
 
-class FixedDetections:
-    """Takes encoded images and finds the same `count` boxes in each: the job's plumbing and writing alone."""
+class StandInModel:
+    """Takes encoded images and finds the same `count` boxes in each, taking `seconds` per batch with
+    the GIL released, as a GPU call does: what is left is the job's own plumbing and writing, and
+    the share of the wall time the stand-in is busy is the share a GPU of that speed would be."""
 
     input_kind = "jpeg"
     same_size_batches = False
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int = 0, seconds: float = 0.0) -> None:
         self.labels = LABELS
+        self.seconds = seconds
+        self.calls = 0
         self._found = random_detections(count, np.random.default_rng(0))
 
     def predict(self, records: Sequence[Record]) -> list[Detections]:
+        self.calls += 1
+        if self.seconds:
+            time.sleep(self.seconds)
         return [self._found] * len(records)
 
     def describe(self) -> dict[str, object]:
-        return {"backend": "fixed"}
+        return {"backend": "stand-in"}
 
 
-class SleepingModel:
-    """Finds nothing and takes `seconds` per batch with the GIL released, as a GPU call does: the
-    share of the wall time it is busy is the share a GPU of that speed would be kept busy."""
+def _timed_job(pattern: str, out: Path, batch: int, model: StandInModel) -> tuple[JobSummary, float]:
+    spec = JobSpec(
+        input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir="none",
+        output_result_prefix=str(out / "results"), output_error_prefix=str(out / "errors"), batch_size=batch,
+        overwrite=True,
+    )
+    started = time.perf_counter()
+    summary = run(spec, model=model)
+    return summary, time.perf_counter() - started
 
-    input_kind = "jpeg"
-    same_size_batches = False
-    labels: dict[int, str] = {}
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.calls = 0
-
-    def predict(self, records: Sequence[Record]) -> list[Detections]:
-        self.calls += 1
-        time.sleep(self.seconds)
-        return [random_detections(0, np.random.default_rng(0))] * len(records)
-
-    def describe(self) -> dict[str, object]:
-        return {"backend": "sleeping"}
+def plumbing(pattern: str, out: Path, detections: int, batch: int) -> dict:
+    """records/s through read -> probe -> batch -> write with a model that costs nothing."""
+    summary, wall = _timed_job(pattern, out, batch, StandInModel(detections))
+    return {"detections_per_image": detections, "records": summary.records_read, "seconds": round(wall, 2),
+            "items_per_s": round(summary.records_read / wall)}
 
 
 def model_busy(pattern: str, out: Path, batch: int, seconds_per_batch: float) -> dict:
     """How busy the job keeps a model of fixed speed, with every unit's pipeline fill and drain."""
-    spec = JobSpec(
-        input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir="none",
-        output_result_prefix=str(out / "results"), output_error_prefix=str(out / "errors"), batch_size=batch,
-        overwrite=True,
-    )
-    model = SleepingModel(seconds_per_batch)
-    started = time.perf_counter()
-    summary = run(spec, model=model)
-    wall = time.perf_counter() - started
+    model = StandInModel(seconds=seconds_per_batch)
+    summary, wall = _timed_job(pattern, out, batch, model)
     return {"batch": batch, "ms_per_batch": seconds_per_batch * 1e3, "units": summary.units, "calls": model.calls,
             "batches_per_unit": round(model.calls / summary.units, 1), "seconds": round(wall, 2),
             "model_busy": round(model.calls * seconds_per_batch / wall, 3)}
-
-
-def plumbing(pattern: str, out: Path, detections: int, batch: int) -> dict:
-    spec = JobSpec(
-        input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir="none",
-        output_result_prefix=str(out / "results"), output_error_prefix=str(out / "errors"), batch_size=batch,
-        overwrite=True,
-    )
-    started = time.perf_counter()
-    summary = run(spec, model=FixedDetections(detections))
-    wall = time.perf_counter() - started
-    return {"detections_per_image": detections, "records": summary.records_read, "seconds": round(wall, 2),
-            "records_per_s": round(summary.records_read / wall)}
 
 
 def main() -> None:

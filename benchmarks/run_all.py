@@ -30,6 +30,7 @@ import torch
 import baselines
 import ceiling
 import end_to_end
+import host
 import stages
 from make_inputs import make_file
 from batch_predict.models import load_model
@@ -163,7 +164,7 @@ def main() -> None:
     encoded = encoded_images(paths, 2048 if not args.quick else 64)
 
     # 1. Ceilings.
-    results.measure("plumbing_no_model", lambda: end_to_end.plumbing(pattern, args.work / "plumbing", yolox_batch))
+    results.measure("plumbing_no_model", lambda: host.plumbing(pattern, args.work / "plumbing", 0, yolox_batch))
     for precision, batch, cl in [("fp32", yolox_batch, False), (half, yolox_batch, False),
                                  (half, 2 * yolox_batch, False), (half, yolox_batch, True)]:
         name = f"yolox_model_{precision}_b{batch}" + ("_cl" if cl else "")
