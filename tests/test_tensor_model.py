@@ -11,8 +11,8 @@ from PIL import Image
 from batch_predict.models import load_model
 from batch_predict.models.model_spec import load_spec
 from batch_predict.models.speed import accelerate
-from batch_predict.models.tensor_model import PaddingRunner, TensorModel, at_few_batch_sizes, halvings
-from batch_predict.models.torchscript import TorchScriptRunner
+from batch_predict.models.tensor_model import ModuleRunner, PaddingRunner, TensorModel, at_few_batch_sizes, halvings
+from batch_predict.models.torchscript import load_script
 from batch_predict.pipeline import prepare_for
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
@@ -98,7 +98,8 @@ def test_on_the_gpu_path_jpegs_reach_the_model_encoded_and_other_images_as_pixel
     path = yolox_dir / "yolox_nano_torchscript.pt"
     pixels_path = load_model(ModelSettings(model_dir=str(path), model_spec=SPEC, device="cpu"))
     cpu = torch.device("cpu")
-    jpeg_path = TensorModel(TorchScriptRunner(path.read_bytes(), cpu, str(path)), load_spec(SPEC).resolve_input(None, None),
+    runner = ModuleRunner(load_script(path.read_bytes(), cpu, str(path)), {"format": "torchscript"})
+    jpeg_path = TensorModel(runner, load_spec(SPEC).resolve_input(None, None),
                             pixels_path.labels, cpu, backend="torchscript", decode_on_device=True)
     assert (jpeg_path.input_kind, pixels_path.input_kind) == ("jpeg", "image")
     bus = photos_dir / "bus.jpg"

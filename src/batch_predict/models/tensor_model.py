@@ -32,6 +32,27 @@ class Runner(Protocol):
     def describe(self) -> dict[str, object]: ...
 
 
+class ModuleRunner:
+    """Calls a PyTorch module (scripted, exported or eager) on a prepared batch.
+
+    torchvision's detection models take a list of images, so with `images_as_list` a batch
+    tensor is handed over as one.
+    """
+
+    def __init__(self, module: Any, description: Mapping[str, object], *, images_as_list: bool = False) -> None:
+        self.module = module
+        self._description = dict(description)
+        self._images_as_list = images_as_list
+
+    def __call__(self, inputs: Any) -> Any:
+        if self._images_as_list and isinstance(inputs, torch.Tensor):
+            inputs = list(inputs)
+        return self.module(inputs)
+
+    def describe(self) -> dict[str, object]:
+        return dict(self._description)
+
+
 def torch_device(requested: str) -> torch.device:
     """The torch device for `--device`: `auto` is the first GPU when PyTorch sees one."""
     if requested == "auto":

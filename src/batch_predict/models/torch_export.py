@@ -11,7 +11,6 @@ import io
 import json
 import zipfile
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch.export.passes import move_to_device_pass
@@ -21,7 +20,7 @@ from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import DTYPES, ModelSpec
 from .speed import accelerate
-from .tensor_model import TensorModel, torch_device
+from .tensor_model import ModuleRunner, TensorModel, torch_device
 
 
 def check_plain_archive(data: bytes, path: str) -> None:
@@ -60,17 +59,6 @@ def _declared_input(program: torch.export.ExportedProgram) -> tuple[list[int | N
     return None, None
 
 
-class ExportedRunner:
-    def __init__(self, program: torch.export.ExportedProgram) -> None:
-        self.module = program.module()
-
-    def __call__(self, inputs: Any) -> Any:
-        return self.module(inputs)
-
-    def describe(self) -> dict[str, object]:
-        return {"format": "torch_export"}
-
-
 def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings: ModelSettings) -> TensorModel:
     device = torch_device(settings.device)
     data = read_bytes(located.path)
@@ -83,5 +71,5 @@ def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings:
     shape, dtype = _declared_input(program)
     batch = shape[0] if shape else None
     resolved = spec.resolve_input(shape, dtype if dtype in DTYPES else None)
-    runner = accelerate(ExportedRunner(program), settings, device, export_batch=batch)
+    runner = accelerate(ModuleRunner(program.module(), {"format": "torch_export"}), settings, device, export_batch=batch)
     return TensorModel(runner, resolved, labels, device, backend="torch_export")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
@@ -18,27 +17,21 @@ from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
 from .speed import accelerate
-from .tensor_model import TensorModel, torch_device
+from .tensor_model import ModuleRunner, TensorModel, torch_device
 
 
-class TorchScriptRunner:
-    def __init__(self, data: bytes, device: torch.device, path: str) -> None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, yet what many models ship as
-                self.module = torch.jit.load(io.BytesIO(data), map_location=device).eval()
-        except RuntimeError as exc:
-            raise ModelLoadError(f"--model_dir: cannot load TorchScript {path!r}: {str(exc).splitlines()[0]}") from None
-
-    def __call__(self, inputs: Any) -> Any:
-        return self.module(inputs)
-
-    def describe(self) -> dict[str, object]:
-        return {"format": "torchscript"}
+def load_script(data: bytes, device: torch.device, path: str) -> torch.jit.ScriptModule:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, yet what many models ship as
+            return torch.jit.load(io.BytesIO(data), map_location=device).eval()
+    except RuntimeError as exc:
+        raise ModelLoadError(f"--model_dir: cannot load TorchScript {path!r}: {str(exc).splitlines()[0]}") from None
 
 
 def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings: ModelSettings) -> TensorModel:
     device = torch_device(settings.device)
-    runner = accelerate(TorchScriptRunner(read_bytes(located.path), device, located.path), settings, device)
+    module = load_script(read_bytes(located.path), device, located.path)
+    runner = accelerate(ModuleRunner(module, {"format": "torchscript"}), settings, device)
     # A TorchScript module does not declare its input shape: the spec gives it.
     return TensorModel(runner, spec.resolve_input(None, None), labels, device, backend="torchscript")

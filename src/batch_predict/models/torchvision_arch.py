@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torchvision
@@ -19,7 +18,7 @@ from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
 from .speed import accelerate
-from .tensor_model import TensorModel, torch_device
+from .tensor_model import ModuleRunner, TensorModel, torch_device
 
 _CHECKPOINT_KEYS = ("model", "state_dict")
 
@@ -58,18 +57,6 @@ def build(spec: ModelSpec) -> torch.nn.Module:
         raise spec.error("architecture_args", f"{name} refuses them: {exc}") from None
 
 
-class ModuleRunner:
-    def __init__(self, module: torch.nn.Module, name: str) -> None:
-        self.module = module
-        self.name = name
-
-    def __call__(self, inputs: Any) -> Any:
-        return self.module(list(inputs) if isinstance(inputs, torch.Tensor) else inputs)
-
-    def describe(self) -> dict[str, object]:
-        return {"format": "state_dict", "architecture": self.name}
-
-
 def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings: ModelSettings) -> TensorModel:
     if spec.architecture is None:
         raise spec.error(
@@ -84,5 +71,6 @@ def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings:
     except RuntimeError as exc:
         summary = " ".join(str(exc).split())[:400]
         raise ModelLoadError(f"--model_dir: {located.path!r} does not fit {spec.architecture}: {summary}") from None
-    runner = accelerate(ModuleRunner(module.eval().to(device), spec.architecture), settings, device)
+    description = {"format": "state_dict", "architecture": spec.architecture}
+    runner = accelerate(ModuleRunner(module.eval().to(device), description, images_as_list=True), settings, device)
     return TensorModel(runner, spec.resolve_input(None, None), labels, device, backend="torchvision")
