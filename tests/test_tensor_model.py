@@ -3,6 +3,8 @@ recompilation, and on the GPU path JPEGs encoded, everything else decoded by the
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +15,9 @@ from batch_predict.models.model_spec import load_spec
 from batch_predict.models.speed import accelerate
 from batch_predict.models.tensor_model import ModuleRunner, PaddingRunner, TensorModel, at_few_batch_sizes, halvings
 from batch_predict.models.torchscript import load_script
-from batch_predict.pipeline import prepare_for
+from batch_predict.pipeline import prepare_for, run_pipeline
 from batch_predict.records import Record
+from batch_predict.sinks import UnitOutputs
 from batch_predict.spec import ModelSettings
 
 from backend_helpers import REPO
@@ -91,16 +94,25 @@ def test_a_compiled_model_is_called_at_the_halvings_of_the_batch_size():
     assert runner.describe()["batch_sizes"] == [1, 2, 4, 8] and runner.describe()["compile"] == "torch_compile"
 
 
-def test_on_the_gpu_path_jpegs_reach_the_model_encoded_and_other_images_as_pixels(yolox_dir, photos_dir):
-    """What a CUDA model is fed, run here on the CPU: JPEGs stay encoded for its batched decode;
-    PNGs and JSON arrays are decoded by the pipeline's CPU workers, not one by one in its
-    prepare step. The detections are those of the all-pixels path."""
-    path = yolox_dir / "yolox_nano_torchscript.pt"
-    pixels_path = load_model(ModelSettings(model_dir=str(path), model_spec=SPEC, device="cpu"))
-    cpu = torch.device("cpu")
+@pytest.fixture(scope="module")
+def pixels_path(yolox_dir) -> TensorModel:
+    """YOLOX-Nano as on the CPU: the pipeline's workers decode every image."""
+    return load_model(ModelSettings(model_dir=str(yolox_dir / "yolox_nano_torchscript.pt"), model_spec=SPEC, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def jpeg_path(yolox_dir, pixels_path) -> TensorModel:
+    """The same model fed as on CUDA (JPEGs encoded, for it to decode), run here on the CPU."""
+    path, cpu = yolox_dir / "yolox_nano_torchscript.pt", torch.device("cpu")
     runner = ModuleRunner(load_script(path.read_bytes(), cpu, str(path)), {"format": "torchscript"})
-    jpeg_path = TensorModel(runner, load_spec(SPEC).resolve_input(None, None),
-                            pixels_path.labels, cpu, backend="torchscript", decode_on_device=True)
+    return TensorModel(runner, load_spec(SPEC).resolve_input(None, None), pixels_path.labels, cpu,
+                       backend="torchscript", decode_on_device=True)
+
+
+def test_on_the_gpu_path_jpegs_reach_the_model_encoded_and_other_images_as_pixels(jpeg_path, pixels_path, photos_dir):
+    """What a CUDA model is fed: JPEGs stay encoded for its batched decode; PNGs and JSON
+    arrays are decoded by the pipeline's CPU workers, not one by one in its prepare step.
+    The detections are those of the all-pixels path."""
     assert (jpeg_path.input_kind, pixels_path.input_kind) == ("jpeg", "image")
     bus = photos_dir / "bus.jpg"
     records = lambda: [  # noqa: E731
@@ -116,6 +128,33 @@ def test_on_the_gpu_path_jpegs_reach_the_model_encoded_and_other_images_as_pixel
         assert len(wanted.scores) > 0
         np.testing.assert_allclose(found.boxes, wanted.boxes, atol=1e-3)
         np.testing.assert_allclose(found.scores, wanted.scores, atol=1e-5)
+
+
+def test_on_the_gpu_path_damaged_images_become_error_lines_and_their_batch_mates_are_predicted(
+    jpeg_path, photos_dir, tmp_path
+):
+    jpeg, png = (photos_dir / "bus.jpg").read_bytes(), (photos_dir / "skimage_chelsea.png").read_bytes()
+    records = [
+        Record("jpeg", "s", 0, encoded=jpeg),
+        Record("truncated-png", "s", 1, encoded=png[: len(png) // 3]),
+        Record("png", "s", 2, encoded=png),
+        Record("truncated-jpeg", "s", 3, encoded=jpeg[:2000]),  # its header still gives a size
+        Record("not-an-image", "s", 4, encoded=b"plain text"),
+    ]
+    outputs = UnitOutputs(str(tmp_path / "r-00000-of-00001.jsonl"), str(tmp_path / "e-00000-of-00001.jsonl"),
+                          jpeg_path.labels)
+    read = run_pipeline(records, jpeg_path, outputs, batch_size=5, max_image_pixels=1 << 30, num_decode_workers=2,
+                        queue_depth=2)
+    counts = outputs.commit(read)
+    errors = {e["key"]: e for e in map(json.loads, (tmp_path / "e-00000-of-00001.jsonl").read_text().splitlines())}
+    results = [json.loads(line)["key"] for line in (tmp_path / "r-00000-of-00001.jsonl").read_text().splitlines()]
+    assert (counts.records_read, counts.predicted, counts.failed) == (5, 2, 3) and sorted(results) == ["jpeg", "png"]
+    assert {k: (e["stage"], e["error_type"]) for k, e in errors.items()} == {
+        "truncated-png": ("decode", "ImageDecodeError"),
+        "truncated-jpeg": ("predict", "RuntimeError"),
+        "not-an-image": ("decode", "ImageDecodeError"),
+    }
+    assert all(e["source"] == "s" and e["message"] for e in errors.values())
 
 
 class PerImageDicts:
