@@ -4,9 +4,10 @@ Every image's detections are formatted into a JSON line by the writer thread, wh
 the GIL with the thread that feeds the GPU; at thousands of images a second that formatting
 is a large share of one core. This measures it per image at a given number of detections,
 for the job's `result_lines` (batches of 256) and for the json module on the same dicts, and the
-whole plumbing (read -> probe -> batch -> write) with a model that finds that many boxes, and
+whole plumbing (read -> probe -> batch -> write) with a model that finds that many boxes,
 how busy the job keeps a model that takes a fixed time per batch (each unit fills and drains
-its own pipeline).
+its own pipeline), and what an image given as an array cost the GPU path when it was sent as
+PNG: encoded by the pipeline, decoded again in the model's prepare step.
 
     PYTHONPATH=src:benchmarks python benchmarks/host.py --inputs '/tmp/bench/*.tfrecord' --out /tmp/host
 """
@@ -14,6 +15,7 @@ its own pipeline).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
@@ -22,11 +24,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
 
 from batch_predict import run
+from batch_predict.decode import decode, encode_png
 from batch_predict.records import Detections, Prediction, Record
 from batch_predict.sinks import JobSummary, result_lines, result_records
 from batch_predict.spec import JobSpec
+from batch_predict.tfrecord import read_records
 
 LABELS = {i: f"class {i}" for i in range(80)}
 
@@ -110,6 +116,18 @@ def model_busy(pattern: str, out: Path, batch: int, seconds_per_batch: float) ->
             "model_busy": round(model.calls * seconds_per_batch / wall, 3)}
 
 
+def png_round_trip(pattern: str, repeats: int = 50) -> dict:
+    """Milliseconds to PNG-encode one input image's pixels (`decode.encode_png`) and to decode them
+    again with torchvision, on one core: the first record of the first matching file."""
+    with open(sorted(glob.glob(pattern))[0], "rb") as stream:
+        pixels = decode(Record("first", "bench", 0, encoded=next(read_records(stream))), 1 << 30).array
+    encode_s = min(_seconds(lambda: encode_png(Record("k", "bench", 0, array=pixels))) for _ in range(repeats))
+    data = torch.frombuffer(bytearray(encode_png(Record("k", "bench", 0, array=pixels)).encoded), dtype=torch.uint8)
+    decode_s = min(_seconds(lambda: decode_image(data, mode=ImageReadMode.RGB)) for _ in range(repeats))
+    return {"size": list(pixels.shape[1::-1]), "encode_ms": round(encode_s * 1e3, 1), "decode_ms": round(decode_s * 1e3, 1),
+            "images_per_s": round(1 / (encode_s + decode_s))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", help="TFRecords of JPEGs (benchmarks/make_inputs.py); without it, formatting only")
@@ -123,6 +141,7 @@ def main() -> None:
         results["plumbing"] = [plumbing(args.inputs, args.out / f"plumbing-{n}", n, args.batch_size) for n in (0, 30)]
         # 256 images in 60 ms: about YOLOX-Nano's fp16 speed with nvjpeg decoding on one H200.
         results["model_busy"] = [model_busy(args.inputs, args.out / f"busy-{b}", b, 0.06 * b / 256) for b in (256, 64)]
+        results["png_round_trip"] = png_round_trip(args.inputs)
     (args.out / "host.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
