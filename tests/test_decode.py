@@ -2,12 +2,13 @@ import io
 import struct
 import tracemalloc
 import zlib
+from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from batch_predict.decode import ImageDecodeError, ImageTooLarge, decode, encode_png, probe
+from batch_predict.decode import DecodeSplit, ImageDecodeError, ImageTooLarge, decode, encode_png, probe
 from batch_predict.records import Record
 
 from conftest import shared_file
@@ -162,3 +163,56 @@ def test_exif_orientation_is_ignored_boxes_refer_to_the_stored_pixel_grid(bus):
     assert Image.open(io.BytesIO(rotated_tag)).getexif()[0x0112] == 6
     assert (tagged.width, tagged.height) == (bus.width, bus.height)
     assert np.array_equal(tagged.array, plain.array)
+
+
+# The CPU's share of a GPU model's JPEGs: set by the job's measured rate.
+
+def _run_split(split, rate_at_share, batches, images=256):
+    """Feed `split` the batches of a job whose rate at each share is `rate_at_share(share)`."""
+    now, shares = 0.0, []
+    for _ in range(batches):
+        split.batch_done(images, now)
+        shares.append(split.cpu_share)
+        now += images / rate_at_share(split.cpu_share)
+    return shares
+
+
+def test_the_split_keeps_every_jpeg_on_the_gpu_when_cpu_decoding_slows_the_job():
+    split = DecodeSplit(window=4, recheck_every=1000)
+    shares = _run_split(split, lambda share: 6000 * (1 - share), 100)
+    assert shares[-1] == 0.0 and max(shares) == DecodeSplit.SHARES[1]  # tried one step, came back
+
+
+def test_the_split_climbs_to_the_fastest_share_and_stays_there():
+    best = 0.25
+    split = DecodeSplit(window=4, recheck_every=1000)
+    shares = _run_split(split, lambda share: 5000 + 4000 * (share if share <= best else 2 * best - share), 200)
+    assert shares[-1] == best and set(shares) <= {0.0, 0.125, 0.25, 0.5}
+
+
+def test_the_split_tries_its_neighbours_again_and_follows_a_change():
+    split = DecodeSplit(window=4, recheck_every=3)
+    _run_split(split, lambda share: 6000 * (1 - share), 100)
+    assert split.cpu_share == 0.0
+    shares = _run_split(split, lambda share: 3000 + 3000 * share, 400)  # now the CPU is the faster side
+    # Most of the time at the top, checking the share below now and then.
+    assert Counter(shares[-100:]).most_common(1)[0][0] == DecodeSplit.SHARES[-1]
+
+
+def test_the_window_after_a_change_is_not_counted():
+    split = DecodeSplit(window=2, recheck_every=1000)
+    # The first window fills the pipeline and is not counted; the second, at share 0, runs at
+    # 1000 images/s; then the share moves, and the settling window's rate (an outlier here)
+    # must not be taken as share 0.125's.
+    for now in (-1.0, -0.5, 0.0, 1.0, 2.0):
+        split.batch_done(1000, now)
+    assert split.cpu_share == 0.125
+    for now in (2.001, 2.002):  # settling: absurdly fast, ignored
+        split.batch_done(1000, now)
+    assert split.describe()["images_per_s_by_share"] == {0.0: 1000}
+
+
+def test_the_cpu_share_of_jpegs_is_spread_evenly():
+    split = DecodeSplit(shares=(0.25,))
+    picks = [split.to_cpu() for _ in range(16)]
+    assert sum(picks) == 4 and picks[3] and picks[7] and picks[11] and picks[15]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from batch_predict.observe import JobObserver, Observers
+from batch_predict.observe import JobObserver, Observers, timed
+from batch_predict.pipeline import StagedModel
 from batch_predict.runners.local import run
 
 from conftest import photo_job
-from toymodels import MeanColourModel
+from toymodels import MeanColourModel, StagedMeanColourModel
 
 
 class Recorder(JobObserver):
@@ -63,3 +64,17 @@ def test_a_rerun_with_nothing_left_starts_no_unit(tmp_path):
     again = Recorder()
     run(spec, model=MeanColourModel(), observer=again)
     assert again.units == 0 and again.events == {"job_started": 1, "job_ended": 1}
+
+
+def test_a_timed_staged_model_keeps_its_stages_so_the_job_prepares_ahead(tmp_path):
+    # Since Python 3.12 `isinstance` against a runtime-checkable protocol sees only what the class
+    # defines: a wrapper that forwarded the stages through __getattr__ lost the staged path there.
+    model = StagedMeanColourModel(same_size_batches=False)
+    assert isinstance(timed(model, JobObserver()), StagedModel)
+    assert not isinstance(timed(MeanColourModel(), JobObserver()), StagedModel)
+    heard = Recorder()
+    summary = run(photo_job(tmp_path), model=model, observer=heard)
+    assert summary.predicted == 11 and model.prepared and model.launched
+    # Launched on the job's thread, collected on the writer's (a failing batch is bisected at once, where it failed).
+    assert "batch-predict-writer" in model.collected_on
+    assert sum(heard.batch_sizes) >= summary.predicted

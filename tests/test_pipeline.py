@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from batch_predict.pipeline import (
-    BatchLimit, Stopped, background, form_batches, is_out_of_memory, predict_isolating, predict_prepared, prepare_for,
-    run_pipeline,
+    Batch, BatchLimit, Stopped, background, form_batches, is_out_of_memory, launch_prepared, predict_isolating,
+    prepare_for, run_pipeline,
 )
-from batch_predict.records import Prediction, Record, RecordError
+from batch_predict.records import Prediction, Record, RecordError, UnitEnd
 from batch_predict.sinks import UnitOutputs
 
 from images import encode, gradient
@@ -201,11 +201,20 @@ def test_batches_prepared_ahead_give_the_outcomes_of_batches_predicted_in_turn(t
     assert staged.prepared  # the prepare stage ran
 
 
-def test_a_prepared_batch_that_fails_is_bisected_so_only_its_bad_record_fails():
-    model, limit = StagedMeanColourModel(), BatchLimit()
-    batch = [_record(f"r{i}") for i in range(8)]
+def test_staged_batches_are_collected_on_the_writing_thread_not_the_launching_one(tmp_path):
+    records = [Record(f"k{i}", "src", i, encoded=encode(gradient(8, 8))) for i in range(40)]
+    staged = StagedMeanColourModel(fail_at="collect")
+    counts, _ = _outcomes_of(staged, tmp_path, "staged", records)
+    assert counts.predicted == 40 and sum(staged.launched) == 40
+    assert staged.collected_on == {"batch-predict-writer"}
+
+
+@pytest.mark.parametrize("fail_at", ["launch", "collect"])
+def test_a_prepared_batch_that_fails_is_bisected_so_only_its_bad_record_fails(fail_at):
+    model, limit = StagedMeanColourModel(fail_at=fail_at), BatchLimit()
+    batch = Batch(_record(f"r{i}") for i in range(8))
     batch[5] = _record("poison-5")
-    outcomes = predict_prepared(model, batch, model.prepare(batch), limit)
+    outcomes = launch_prepared(model, batch, model.prepare(batch), limit)()
     assert [o.key for o in outcomes if isinstance(o, RecordError)] == ["poison-5"]
     assert [o.record.key for o in outcomes if isinstance(o, Prediction)] == [r.key for r in batch if r.key != "poison-5"]
 
@@ -213,6 +222,51 @@ def test_a_prepared_batch_that_fails_is_bisected_so_only_its_bad_record_fails():
 def test_a_prepared_batch_larger_than_the_memory_limit_is_cut_first():
     model, limit = StagedMeanColourModel(memory=2), BatchLimit()
     limit.size = 2
-    batch = [_record(f"r{i}") for i in range(8)]
-    outcomes = predict_prepared(model, batch, model.prepare(batch), limit)
+    batch = Batch(_record(f"r{i}") for i in range(8))
+    outcomes = launch_prepared(model, batch, model.prepare(batch), limit)()
     assert all(isinstance(o, Prediction) for o in outcomes) and set(model.batch_sizes) == {2}
+
+
+# Several units through one pipeline: batches run across their ends, each end is delivered in place.
+
+def test_a_batch_runs_across_a_unit_end_and_carries_it_in_place():
+    end_a, error_b = UnitEnd("a", 3), RecordError("bad-b", "src", 9, "E", "m", "read")
+    items = [_record("a0"), _record("a1"), _record("a2"), end_a, _record("b0"), error_b, _record("b1"), _record("b2")]
+    out = list(form_batches(items, batch_size=5, same_size=False))
+    assert [[r.key for r in b] for b in out] == [["a0", "a1", "a2", "b0", "b1"], ["b2"]]
+    assert out[0].marks == [(3, end_a), (4, error_b)] and out[1].marks == []
+
+
+def test_same_size_batches_end_with_their_unit():
+    end_a = UnitEnd("a", 2)
+    items = [_record("a0", 8, 6), _record("a1", 4, 4), end_a, _record("b0", 8, 6)]
+    out = list(form_batches(items, batch_size=4, same_size=True))
+    assert [[r.key for r in b] if isinstance(b, Batch) else b for b in out] == [["a0"], ["a1"], end_a, ["b0"]]
+
+
+class _UnitSink(_ListSink):
+    def __init__(self):
+        super().__init__()
+        self.units = []
+
+    def end(self, mark):
+        self.units.append((mark.unit, [o.key if isinstance(o, RecordError) else o.record.key for o in self.outcomes]))
+        self.outcomes = []
+
+
+@pytest.mark.parametrize("model", [MeanColourModel(same_size_batches=False), StagedMeanColourModel(same_size_batches=False)],
+                         ids=["in turn", "staged"])
+def test_each_unit_end_reaches_the_sink_after_exactly_its_own_outcomes(model):
+    def units():
+        for unit in range(5):
+            keys = [f"u{unit}-{i}" for i in range(unit + 2)]
+            yield from (_record(k) if k != "u3-1" else RecordError(k, "src", 1, "E", "m", "read") for k in keys)
+            yield UnitEnd(unit, len(keys))
+
+    sink = _UnitSink()
+    read = run_pipeline(units(), model, sink, batch_size=4, max_image_pixels=1 << 20, num_decode_workers=2, queue_depth=2)
+    assert read == 2 + 3 + 4 + 5 + 6
+    assert [(unit, sorted(keys)) for unit, keys in sink.units] == [
+        (unit, sorted(f"u{unit}-{i}" for i in range(unit + 2))) for unit in range(5)
+    ]
+    assert model.batch_sizes == [4, 4, 4, 4, 3]  # only the last unit ends in a partial batch

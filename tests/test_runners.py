@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from batch_predict.observe import JobObserver
 from batch_predict.pipeline import Stopped
 from batch_predict.runners.local import run
 from batch_predict.runners.plan import UnitsFailed
@@ -70,28 +71,56 @@ def test_rerun_predicts_only_the_records_of_uncommitted_units(job):
     assert sum(model.batch_sizes) == len(photos[0::4]) + len(photos[2::4])
 
 
+class _WhenStarting(JobObserver):
+    """Does `action` as the reader starts unit `index`."""
+
+    def __init__(self, index, action):
+        self.index, self.action = index, action
+
+    def unit_started(self, unit):
+        if unit.index == self.index:
+            self.action()
+
+
 def test_an_input_that_vanishes_fails_its_unit_only_and_a_rerun_retries_it(job, tmp_path):
     vanishing = tmp_path / "in-2.tfrecord"
     kept = vanishing.read_bytes()
-    model = MeanColourModel(on_predict=lambda _: vanishing.unlink(missing_ok=True))
     with pytest.raises(UnitsFailed, match=r"1 of 4 units failed.*unit 2: FileNotFoundError.*rerun the same command"):
-        run(job, model=model)
+        run(job, model=MeanColourModel(), observer=_WhenStarting(1, lambda: vanishing.unlink(missing_ok=True)))
     assert _committed(job) == ["00000-of-00004", "00001-of-00004", "00003-of-00004"]
     assert not Path(job.output_result_prefix + "-summary.json").exists()
     vanishing.write_bytes(kept)
     assert run(job, model=MeanColourModel()).complete
 
 
-def test_stop_request_lets_the_unit_in_progress_commit_then_stops(job):
+def test_stop_request_lets_the_units_in_progress_commit_then_stops(job):
     stopping = Stopping()
-    with pytest.raises(Stopped, match="stopped before unit 1"):
-        run(job, model=MeanColourModel(on_predict=lambda _: stopping.requested.set()), stopping=stopping)
-    assert _committed(job) == ["00000-of-00004"]
+    with pytest.raises(Stopped, match="stopped before unit 2"):
+        run(job, model=MeanColourModel(), stopping=stopping, observer=_WhenStarting(1, stopping.requested.set))
+    assert _committed(job) == ["00000-of-00004", "00001-of-00004"]
 
 
-def test_abandon_discards_the_unit_in_progress(job):
+def test_abandon_discards_the_units_in_progress(job):
     stopping = Stopping()
-    with pytest.raises(Stopped, match="unit 0 of 4 abandoned"):
+    with pytest.raises(Stopped, match="units in progress were abandoned"):
         run(job, model=MeanColourModel(on_predict=lambda _: stopping.request(0)), stopping=stopping)
     out = Path(job.output_result_prefix).parent
     assert _committed(job) == [] and list(out.glob("*.jsonl*")) == []
+
+
+def test_a_unit_with_no_record_among_others_commits_its_empty_shards(tmp_path):
+    # More units than records: byte ranges of one file, some of which no record begins in.
+    stream = io.BytesIO()
+    photos = sorted(shared_file("data/photos").iterdir())[:2]
+    for photo in photos:
+        write_record(stream, photo.read_bytes())
+    (tmp_path / "in.tfrecord").write_bytes(stream.getvalue())
+    spec = JobSpec(
+        input_file_patterns=(str(tmp_path / "in.tfrecord"),), input_file_format="tfrecord", model_dir="unused",
+        output_result_prefix=str(tmp_path / "out" / "results"), output_error_prefix=str(tmp_path / "out" / "errors"),
+        num_output_shards=6,
+    )
+    summary = run(spec, model=MeanColourModel())
+    assert summary.complete and summary.units == 6 and summary.records_read == 2
+    empty = [p for p in (tmp_path / "out").glob("results-*-of-00006.jsonl") if not p.read_text()]
+    assert len(empty) == 4

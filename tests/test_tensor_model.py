@@ -151,7 +151,7 @@ def test_on_the_gpu_path_damaged_images_become_error_lines_and_their_batch_mates
     assert (counts.records_read, counts.predicted, counts.failed) == (5, 2, 3) and sorted(results) == ["jpeg", "png"]
     assert {k: (e["stage"], e["error_type"]) for k, e in errors.items()} == {
         "truncated-png": ("decode", "ImageDecodeError"),
-        "truncated-jpeg": ("predict", "RuntimeError"),
+        "truncated-jpeg": ("predict", "DeviceDecodeError"),
         "not-an-image": ("decode", "ImageDecodeError"),
     }
     assert all(e["source"] == "s" and e["message"] for e in errors.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ class MeanColourModel:
 
     input_kind = "image"
     labels = {1: "image"}
+    decode_split = None
 
     def __init__(
         self,
@@ -54,19 +56,29 @@ class MeanColourModel:
 
 
 class StagedMeanColourModel(MeanColourModel):
-    """`MeanColourModel` that prepares batches apart from running them, as `TensorModel` does,
-    so that the pipeline prepares ahead; failures and out-of-memory happen when it runs."""
+    """`MeanColourModel` that runs in stages as `TensorModel` does, so that the pipeline prepares
+    batches ahead and collects them on its writing thread; failures and out-of-memory happen
+    when a batch is launched (`fail_at="launch"`) or only when it is collected (`"collect"`).
+    Records which stage each batch went through, and on which thread it was collected."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, fail_at: str = "launch", **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fail_at = fail_at
         self.prepared: list[int] = []
+        self.launched: list[int] = []
+        self.collected_on: set[str] = set()
 
     def prepare(self, records: Sequence[Record]) -> list[Record]:
         self.prepared.append(len(records))
         return list(records)
 
-    def complete(self, prepared: list[Record]) -> list[Detections]:
-        return MeanColourModel.predict(self, prepared)
+    def launch(self, prepared: list[Record]) -> list[Record] | list[Detections]:
+        self.launched.append(len(prepared))
+        return prepared if self.fail_at == "collect" else MeanColourModel.predict(self, prepared)
+
+    def collect(self, launched: list) -> list[Detections]:
+        self.collected_on.add(threading.current_thread().name)
+        return MeanColourModel.predict(self, launched) if self.fail_at == "collect" else launched
 
     def predict(self, records: Sequence[Record]) -> list[Detections]:
-        return self.complete(self.prepare(records))
+        return self.collect(self.launch(self.prepare(records)))

@@ -1,6 +1,7 @@
 """Turn encoded image bytes into what a model is fed: their size, or RGB pixels.
 
-Pillow does the work; it releases the GIL while decoding, so a thread pool scales.
+JPEGs are decoded by simplejpeg (libjpeg-turbo, the GIL released for the whole decode, so a
+thread per core scales), anything else, and any JPEG simplejpeg refuses, by Pillow.
 EXIF orientation is ignored on purpose: boxes refer to the pixel grid as stored in the
 file, which is what TensorFlow's `decode_image` (inside TF OD API exports) and
 torchvision's decoders see, so every backend and input kind agrees.
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
+import time
 import warnings
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 from .records import Record
@@ -125,17 +129,36 @@ def to_uint8_rgb(array: np.ndarray) -> np.ndarray:
 def decode(record: Record, max_pixels: int) -> Record:
     """Decode to RGB pixels, for models fed image tensors."""
     if record.array is None:
-        image = _open(record.encoded or b"")
-        check_size(*image.size, max_pixels)
-        try:
-            image.load()
-            record.array = to_rgb_array(image)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageDecodeError(f"damaged image: {exc}") from None
+        data = record.encoded or b""
+        record.array = _decode_jpeg(data, max_pixels) if is_jpeg(data) else None
+        if record.array is None:
+            record.array = _decode_any(data, max_pixels)
         record.encoded = None
     record.height, record.width = record.array.shape[:2]
     check_size(record.width, record.height, max_pixels)
     return record
+
+
+def _decode_jpeg(data: bytes, max_pixels: int) -> np.ndarray | None:
+    """simplejpeg's RGB pixels, or None for a JPEG it cannot read (CMYK, damaged): Pillow then tries."""
+    size = jpeg_size(data)
+    if size is None:
+        return None
+    check_size(*size, max_pixels)
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except ValueError:
+        return None
+
+
+def _decode_any(data: bytes, max_pixels: int) -> np.ndarray:
+    image = _open(data)
+    check_size(*image.size, max_pixels)
+    try:
+        image.load()
+        return to_rgb_array(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"damaged image: {exc}") from None
 
 
 def encode_png(record: Record) -> Record:
@@ -146,3 +169,88 @@ def encode_png(record: Record) -> Record:
         record.height, record.width = record.array.shape[:2]
         record.encoded, record.array = buffer.getvalue(), None
     return record
+
+
+class DecodeSplit:
+    """How many JPEGs the pipeline's CPU workers decode for a model that decodes on its GPU.
+
+    The share is set from the job's own measured rate, not from what either side can do
+    alone: CPU decoding competes with the rest of the pipeline for the interpreter and for
+    memory bandwidth, and GPU decoding with the model for the SMs, in ways no per-side rate
+    shows (docs/benchmarks.md). So the split climbs: it measures images per second over a
+    window of batches at one share, tries the next larger share, keeps whichever was faster,
+    and tries its neighbours again every so often, so that it follows a job whose images
+    change. A window right after a change is not counted: images decoded at the old share are
+    still in the queues. The decode workers ask `to_cpu()` of each JPEG; the model reports
+    each batch it finished to `batch_done`.
+    """
+
+    #: The shares tried, from all on the GPU to mostly on the CPU.
+    SHARES = (0.0, 0.125, 0.25, 0.5, 0.75)
+
+    def __init__(self, window: int = 12, recheck_every: int = 16, shares: tuple[float, ...] = SHARES) -> None:
+        self.shares = shares
+        self._window, self._recheck_every = window, recheck_every
+        self._index = 0
+        self._rates: dict[int, float] = {}
+        self._settling = True
+        self._settled_windows = 0
+        self._batches = self._images = 0
+        self._since: float | None = None
+        self._credit = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def cpu_share(self) -> float:
+        return self.shares[self._index]
+
+    def to_cpu(self) -> bool:
+        """Whether the next JPEG goes to a CPU worker: true for `cpu_share` of the calls, spread evenly."""
+        with self._lock:
+            self._credit += self.shares[self._index]
+            if self._credit >= 1.0:
+                self._credit -= 1.0
+                return True
+            return False
+
+    def batch_done(self, images: int, now: float | None = None) -> None:
+        """The model finished a batch of `images` (at `now`, a `time.perf_counter()` reading)."""
+        now = time.perf_counter() if now is None else now
+        with self._lock:
+            if self._since is None:
+                self._since = now
+                return
+            self._batches += 1
+            self._images += images
+            if self._batches < self._window:
+                return
+            rate = self._images / max(now - self._since, 1e-9)
+            self._batches = self._images = 0
+            self._since = now
+            if self._settling:
+                self._settling = False
+                return
+            self._rates[self._index] = rate
+            self._choose()
+
+    def _choose(self) -> None:
+        here, best = self._index, max(self._rates, key=self._rates.__getitem__)
+        if best != here:
+            self._move(best)
+        elif here + 1 < len(self.shares) and here + 1 not in self._rates:
+            self._move(here + 1)  # the best so far: see whether more on the CPU is faster still
+        else:
+            self._settled_windows += 1
+            if self._settled_windows >= self._recheck_every:
+                self._settled_windows = 0
+                for neighbour in (here - 1, here + 1):
+                    self._rates.pop(neighbour, None)
+                self._move(here - 1 if here > 0 else min(here + 1, len(self.shares) - 1))
+
+    def _move(self, index: int) -> None:
+        if index != self._index:
+            self._index, self._settling = index, True
+
+    def describe(self) -> dict[str, object]:
+        return {"cpu_share": self.cpu_share,
+                "images_per_s_by_share": {self.shares[i]: round(r) for i, r in sorted(self._rates.items())}}

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from .models import Model
-from .pipeline import Sink
+from .pipeline import Sink, StagedModel
 from .records import Outcome, Record, RecordError
 from .sinks import JobSummary, UnitCounts
 from .units import Unit
@@ -121,10 +121,14 @@ class ObservedSink:
 
 
 class TimedModel:
-    """A model whose `predict` calls are timed and reported; everything else is the model's own."""
+    """A model whose `predict` calls are timed and reported; its attributes are the model's own."""
 
     def __init__(self, model: Model, observer: JobObserver) -> None:
         self._model, self._observer = model, observer
+        self.input_kind = model.input_kind
+        self.same_size_batches = model.same_size_batches
+        self.labels = model.labels
+        self.decode_split = model.decode_split
 
     def predict(self, records: Sequence[Record]) -> list[Any]:
         started = time.perf_counter()
@@ -133,8 +137,43 @@ class TimedModel:
         finally:
             self._observer.batch_predicted(len(records), time.perf_counter() - started)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
+    def describe(self) -> dict[str, object]:
+        return self._model.describe()
+
+
+class TimedStagedModel(TimedModel):
+    """`TimedModel` for a `StagedModel`: each batch's time runs from its launch to its collection.
+
+    The stages are declared, not forwarded through `__getattr__`: since Python 3.12 an
+    `isinstance` check against a runtime-checkable protocol sees only attributes that exist
+    on the class, and a forwarding wrapper would silently lose the staged path.
+    """
+
+    def __init__(self, model: StagedModel, observer: JobObserver) -> None:
+        super().__init__(model, observer)
+        self._staged = model
+
+    def prepare(self, records: Sequence[Record]) -> tuple[Any, int]:
+        return self._staged.prepare(records), len(records)
+
+    def launch(self, prepared: tuple[Any, int]) -> tuple[Any, int, float]:
+        inner, size = prepared
+        started = time.perf_counter()
+        return self._staged.launch(inner), size, started
+
+    def collect(self, launched: tuple[Any, int, float]) -> list[Any]:
+        inner, size, started = launched
+        try:
+            return self._staged.collect(inner)
+        finally:
+            self._observer.batch_predicted(size, time.perf_counter() - started)
+
+
+def timed(model: Model, observer: JobObserver) -> TimedModel:
+    """`model` with its batches timed for `observer`, keeping its stages if it has them."""
+    if isinstance(model, StagedModel):
+        return TimedStagedModel(model, observer)
+    return TimedModel(model, observer)
 
 
 def unit_bytes(unit: Unit) -> int:

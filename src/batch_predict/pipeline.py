@@ -1,12 +1,19 @@
 """The stages of a job, overlapped through bounded queues.
 
-    read (thread) -> decode (thread pool) -> batch -> [prepare (thread)] -> predict (caller's thread) -> write (thread)
+    read (thread) -> decode (thread pool) -> batch -> [prepare (thread)] -> predict/launch (caller's thread)
+      -> [collect] + write (thread)
 
 Each queue holds a few items, so memory stays bounded however large the input, and the
 model never waits for I/O or decoding that could have been done ahead of it. A model that
-can prepare a batch apart from running it (`StagedModel`: decode and preprocess, on the GPU
-for `TensorModel`) gets the prepare stage: batch n+1 is decoded and preprocessed while
-batch n runs, so the GPU is not idle between batches.
+runs in stages (`StagedModel`: `TensorModel` on a GPU) gets two more overlaps: batch n+1 is
+decoded and preprocessed while batch n runs, and the caller's thread only launches a batch,
+leaving its detections to be collected by the writing thread, so the device always has the
+next batch queued while the host waits for the last one's results.
+
+One pipeline serves many units: the record stream carries a `UnitEnd` after each unit's
+records, batches run across unit boundaries (no unit pays for a partial last batch or for
+filling and draining the stages), and the sink hears of each end once every record before
+it has its outcome.
 """
 
 from __future__ import annotations
@@ -19,11 +26,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 
 from . import decode
 from .models import Model
-from .records import Detections, Outcome, Prediction, Record, RecordError
+from .records import Detections, Outcome, Prediction, Record, RecordError, UnitEnd
 
 log = logging.getLogger("batch_predict")
 
@@ -39,6 +46,8 @@ _PROBE_WORKERS = 2
 #: Batches prepared ahead of the one running: enough to hide preparing, few enough that
 #: their device memory stays small beside the model's.
 _PREPARED_AHEAD = 2
+#: Batches launched on the device and not yet collected.
+_LAUNCHED_AHEAD = 2
 
 
 #: Error types of a device or host running out of memory: torch.cuda.OutOfMemoryError,
@@ -47,18 +56,56 @@ _OUT_OF_MEMORY_TYPES = frozenset({"OutOfMemoryError", "ResourceExhaustedError", 
 
 
 class Sink(Protocol):
-    """Where outcomes go, in the order they were produced."""
+    """Where outcomes go, in the order they were produced, with the end of each unit among them."""
 
     def write(self, outcomes: list[Outcome]) -> None: ...
+
+    def end(self, mark: UnitEnd) -> None: ...
 
 
 @runtime_checkable
 class StagedModel(Protocol):
-    """A model whose `predict(records)` is `complete(prepare(records))`, each callable from its own thread."""
+    """A model whose `predict(records)` is `collect(launch(prepare(records)))`.
+
+    `prepare` (decode, preprocess) runs on a thread of its own; `launch` starts the model on a
+    prepared batch and returns without waiting for it; `collect` waits for and returns its
+    detections, on the writing thread. Each may raise: the batch is then predicted again,
+    bisected, through `predict`.
+    """
 
     def prepare(self, records: Sequence[Record]) -> Any: ...
 
-    def complete(self, prepared: Any) -> list[Detections]: ...
+    def launch(self, prepared: Any) -> Any: ...
+
+    def collect(self, launched: Any) -> list[Detections]: ...
+
+    def predict(self, records: Sequence[Record]) -> list[Detections]: ...
+
+
+Mark = Union[RecordError, UnitEnd]
+
+
+class Batch(list):
+    """Records predicted together, and the errors and unit ends that came among them: each mark
+    in `marks` is `(n, mark)`, to be delivered after the outcomes of the first n records."""
+
+    __slots__ = ("marks",)
+
+    def __init__(self, records: Iterable[Record] = (), marks: list[tuple[int, Mark]] | None = None) -> None:
+        super().__init__(records)
+        self.marks = marks or []
+
+    def with_marks(self, outcomes: list[Outcome]) -> list[Outcome | UnitEnd]:
+        """`outcomes` (one per record, in order) with the marks put back where they came."""
+        if not self.marks:
+            return outcomes
+        merged: list[Outcome | UnitEnd] = []
+        at = 0
+        for position, mark in self.marks:
+            merged += outcomes[at:position]
+            merged.append(mark)
+            at = position
+        return merged + outcomes[at:]
 
 
 class Stopped(Exception):
@@ -141,21 +188,29 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def prepare_for(model: Model, max_pixels: int) -> Callable[[Record | RecordError], Record | RecordError]:
-    """The decode step this model needs: sizes only for what it decodes itself, pixels otherwise."""
+def prepare_for(model: Model, max_pixels: int) -> Callable[[Record | Mark], Record | Mark]:
+    """The decode step this model needs: sizes only for what it decodes itself, pixels otherwise.
+
+    A model that decodes JPEGs on its GPU leaves the share its `decode_split` says to these
+    workers, which decode it on the CPU, so that neither side waits for the other.
+    """
     if model.input_kind == "encoded":
         def step(record: Record) -> Record:
             return decode.probe(decode.encode_png(record), max_pixels)
     elif model.input_kind == "jpeg":
+        split = model.decode_split
+
         def step(record: Record) -> Record:
-            if record.array is None and decode.is_jpeg(record.encoded or b""):
-                return decode.probe(record, max_pixels)
-            return decode.decode(record, max_pixels)
+            if record.array is not None or not decode.is_jpeg(record.encoded or b""):
+                return decode.decode(record, max_pixels)
+            if split is not None and split.to_cpu():
+                return decode.decode(record, max_pixels)
+            return decode.probe(record, max_pixels)
     else:
         step = partial(decode.decode, max_pixels=max_pixels)
 
-    def prepare(item: Record | RecordError) -> Record | RecordError:
-        if isinstance(item, RecordError):
+    def prepare(item: Record | Mark) -> Record | Mark:
+        if not isinstance(item, Record):
             return item
         try:
             return step(item)
@@ -165,32 +220,46 @@ def prepare_for(model: Model, max_pixels: int) -> Callable[[Record | RecordError
     return prepare
 
 
-def form_batches(
-    items: Iterable[Record | RecordError], batch_size: int, same_size: bool
-) -> Iterator[list[Record] | RecordError]:
-    """Batches of up to `batch_size` records; errors pass straight through.
+def form_batches(items: Iterable[Record | Mark], batch_size: int, same_size: bool) -> Iterator[Batch | Mark]:
+    """Batches of up to `batch_size` records; errors and unit ends pass straight through,
+    or ride in the batch being filled when a unit ended while it was open.
 
-    With `same_size`, a batch holds images of one size only (the model stacks them into one
-    tensor): records wait in a group per size, a full group leaves at once, and when more
-    than four batches' worth are waiting the largest group leaves early, bounding memory.
+    A batch may hold the end of one unit and the start of the next, so that units do not
+    each end in a partial batch; the unit's end is then one of the batch's marks. With
+    `same_size`, a batch holds images of one size only (the model stacks them into one
+    tensor): records wait in a group per size, a full group leaves at once, when more than
+    four batches' worth are waiting the largest group leaves early, bounding memory, and a
+    unit's end sends every group on its way first.
     """
-    groups: dict[tuple[int, int], list[Record]] = {}
+    groups: dict[tuple[int, int], Batch] = {}
     waiting = 0
     for item in items:
-        if isinstance(item, RecordError):
+        if isinstance(item, Record):
+            size = (item.height, item.width) if same_size else (0, 0)
+            group = groups.get(size)
+            if group is None:
+                group = groups[size] = Batch()
+            group.append(item)
+            waiting += 1
+            if len(group) >= batch_size:
+                waiting -= len(group)
+                yield groups.pop(size)
+            elif waiting > 4 * batch_size:
+                largest = max(groups, key=lambda k: len(groups[k]))
+                waiting -= len(groups[largest])
+                yield groups.pop(largest)
+        elif same_size and isinstance(item, UnitEnd):
+            yield from groups.values()
+            groups.clear()
+            waiting = 0
             yield item
-            continue
-        size = (item.height, item.width) if same_size else (0, 0)
-        group = groups.setdefault(size, [])
-        group.append(item)
-        waiting += 1
-        if len(group) >= batch_size:
-            waiting -= len(group)
-            yield groups.pop(size)
-        elif waiting > 4 * batch_size:
-            largest = max(groups, key=lambda k: len(groups[k]))
-            waiting -= len(groups[largest])
-            yield groups.pop(largest)
+        elif groups and (isinstance(item, UnitEnd) or next(iter(groups.values())).marks):
+            # Only without `same_size` is there a group here, and it holds an earlier unit's
+            # records: the mark must come after them.
+            (group,) = groups.values()
+            group.marks.append((len(group), item))
+        else:
+            yield item
     yield from groups.values()
 
 
@@ -264,14 +333,12 @@ def _bisect(model: Model, batch: Sequence[Record], limit: BatchLimit) -> list[Ou
     return [Prediction(record, detections) for record, detections in zip(batch, found, strict=True)]
 
 
-def prepare_ahead(
-    model: StagedModel, batches: Iterable[list[Record] | RecordError]
-) -> Iterator[tuple[list[Record] | RecordError, Any]]:
-    """Each batch with its prepared form (None for an error, or a batch that failed to prepare:
-    `predict_prepared` then runs it through `predict_isolating`, which finds the bad records)."""
+def prepare_ahead(model: StagedModel, batches: Iterable[Batch | Mark]) -> Iterator[tuple[Batch | Mark, Any]]:
+    """Each batch with its prepared form (None for a mark, or a batch that failed to prepare:
+    it is then predicted through `predict_isolating`, which finds the bad records)."""
     for batch in batches:
         prepared = None
-        if not isinstance(batch, RecordError):
+        if isinstance(batch, Batch):
             try:
                 prepared = model.prepare(batch)
             except Exception:  # the batch is retried, bisected, on the model's thread
@@ -279,24 +346,38 @@ def prepare_ahead(
         yield batch, prepared
 
 
-def predict_prepared(model: StagedModel, batch: list[Record], prepared: Any, limit: BatchLimit) -> list[Outcome]:
-    """`predict_isolating` for a batch prepared ahead, with the same outcomes.
+def launch_prepared(
+    model: StagedModel, batch: Batch, prepared: Any, limit: BatchLimit
+) -> Callable[[], list[Outcome]]:
+    """Launch a prepared batch; return what collects its outcomes, those of `predict_isolating`.
 
-    A batch larger than the out-of-memory limit, or one that fails, goes through
-    `predict_isolating`, which cuts and bisects it as if it had never been prepared.
+    A batch larger than the out-of-memory limit, or one that fails to launch or to collect,
+    goes through `predict_isolating`, which cuts and bisects it as if it had never been
+    prepared: at once if it fails here, when collected if it fails there.
     """
     if limit.size is not None and len(batch) > limit.size:
-        return predict_isolating(model, batch, limit)
+        outcomes = predict_isolating(model, batch, limit)
+        return lambda: outcomes
     try:
-        found = model.complete(prepared)
+        launched = model.launch(prepared)
     except Exception:  # any failure: the batch is redone, bisected
         del prepared  # its device memory, before the retry needs it
-        return predict_isolating(model, batch, limit)
-    return [Prediction(record, detections) for record, detections in zip(batch, found, strict=True)]
+        outcomes = predict_isolating(model, batch, limit)
+        return lambda: outcomes
+
+    def collect() -> list[Outcome]:
+        try:
+            found = model.collect(launched)
+        except Exception:  # a failure that showed only once the device got to it
+            return predict_isolating(model, batch, limit)
+        return [Prediction(record, detections) for record, detections in zip(batch, found, strict=True)]
+
+    return collect
 
 
 class _Writer:
-    """Writes outcomes in a thread, so formatting JSON never delays the next batch."""
+    """Collects and writes outcomes in a thread, so that neither waiting for the device nor
+    formatting lines delays launching the next batch."""
 
     def __init__(self, sink: Sink, depth: int) -> None:
         self._sink = sink
@@ -307,17 +388,31 @@ class _Writer:
         self._thread.start()
 
     def _drain(self) -> None:
-        while (outcomes := self._queue.get()) is not _DONE:
+        while (work := self._queue.get()) is not _DONE:
             if self._error is None and not self._aborted:
                 try:
-                    self._sink.write(outcomes)
+                    self._deliver(work() if callable(work) else work)
                 except BaseException as exc:  # re-raised in the job's thread
                     self._error = exc
 
-    def put(self, outcomes: list[Outcome]) -> None:
+    def _deliver(self, items: list[Outcome | UnitEnd]) -> None:
+        run: list[Outcome] = []
+        for item in items:
+            if isinstance(item, UnitEnd):
+                if run:
+                    self._sink.write(run)
+                    run = []
+                self._sink.end(item)
+            else:
+                run.append(item)
+        if run:
+            self._sink.write(run)
+
+    def put(self, work: list[Outcome | UnitEnd] | Callable[[], list[Outcome | UnitEnd]]) -> None:
+        """Outcomes to write, or what produces them once the device has (run in the writer's thread)."""
         if self._error is not None:
             raise self._error
-        self._queue.put(outcomes)
+        self._queue.put(work)
 
     def finish(self) -> None:
         self._queue.put(_DONE)
@@ -332,8 +427,15 @@ class _Writer:
         self._thread.join()
 
 
+def decode_workers(model: Model) -> int:
+    """Decode threads by default: one per core where they decode pixels, a few where they only probe."""
+    if model.input_kind == "image" or (model.input_kind == "jpeg" and model.decode_split is not None):
+        return os.cpu_count() or 1
+    return _PROBE_WORKERS
+
+
 def run_pipeline(
-    records: Iterable[Record | RecordError],
+    records: Iterable[Record | Mark],
     model: Model,
     sink: Sink,
     *,
@@ -346,46 +448,52 @@ def run_pipeline(
 ) -> int:
     """Push every record through decode, predict and write. Returns how many were read.
 
-    When `abandon` is set, raises `Stopped` before the next batch: what was written is
-    incomplete, and the caller discards it.
+    `records` may carry `UnitEnd` marks, each handed to `sink.end` once every record before
+    it has been written. When `abandon` is set, raises `Stopped` before the next batch: what
+    was written is incomplete, and the caller discards it.
     """
     read = 0
 
-    def counted(items: Iterable[Record | RecordError]) -> Iterator[Record | RecordError]:
+    def counted(items: Iterable[Record | Mark]) -> Iterator[Record | Mark]:
         nonlocal read
         for item in items:
-            read += 1
+            if not isinstance(item, UnitEnd):
+                read += 1
             yield item
 
     limit = limit or BatchLimit()
-    workers = num_decode_workers or (_PROBE_WORKERS if model.input_kind != "image" else os.cpu_count() or 1)
-    writer = _Writer(sink, queue_depth)
+    workers = num_decode_workers or decode_workers(model)
+    staged = isinstance(model, StagedModel)
+    # A staged model's batches wait in the writer's queue while the device runs them: two keep
+    # it busy; more would only hold device memory.
+    writer = _Writer(sink, min(queue_depth, _LAUNCHED_AHEAD) if staged else queue_depth)
     with ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-decode") as pool:
         chunks_deep = max(2, queue_depth * batch_size // _DECODE_CHUNK)
         source = background(_chunks(counted(records), _DECODE_CHUNK), chunks_deep)
         prepared = background(ordered_map(prepare_for(model, max_image_pixels), source, pool, depth=2 * workers), chunks_deep)
         batches = form_batches(itertools.chain.from_iterable(prepared), batch_size, model.same_size_batches)
-        if isinstance(model, StagedModel):
-            staged = background(prepare_ahead(model, batches), _PREPARED_AHEAD)
+        if staged:
+            items = background(prepare_ahead(model, batches), _PREPARED_AHEAD)
         else:
-            staged = ((batch, None) for batch in batches)
+            items = ((batch, None) for batch in batches)
         try:
-            for batch, ready in staged:
+            for item, ready in items:
                 if abandon is not None and abandon.is_set():
                     raise Stopped("abandoned on request")
-                if isinstance(batch, RecordError):
-                    writer.put([batch])
+                if not isinstance(item, Batch):
+                    writer.put([item])
                 elif ready is not None:
-                    writer.put(predict_prepared(model, batch, ready, limit))
+                    collect = launch_prepared(model, item, ready, limit)
+                    writer.put(lambda c=collect, b=item: b.with_marks(c()))
                 else:
-                    writer.put(predict_isolating(model, batch, limit))
+                    writer.put(item.with_marks(predict_isolating(model, item, limit)))
                 del ready  # frees the batch's device memory now, not when the next one arrives
         except BaseException:
             writer.abort()
             raise
         finally:
             # Stops the reading and decoding threads now, not when the exception is collected.
-            staged.close()
+            items.close()
             batches.close()
             prepared.close()
     writer.finish()

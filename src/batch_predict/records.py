@@ -69,6 +69,16 @@ class Prediction:
 Outcome = Union[Prediction, RecordError]
 
 
+@dataclass(frozen=True, slots=True)
+class UnitEnd:
+    """The end of one unit's records in a stream of several units': `records_read` of them
+    came before it, or reading stopped early with `error`, which fails the unit whole."""
+
+    unit: Any
+    records_read: int
+    error: BaseException | None = None
+
+
 def default_key(source: str, index: int) -> str:
     """The key of a record that brings none: stable across runs and unique in a job."""
     return f"{source}:{index}"

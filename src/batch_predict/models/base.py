@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
+from ..decode import DecodeSplit
 from ..records import Detections, Record
 
 InputKind = Literal["encoded", "jpeg", "image"]
@@ -29,11 +30,14 @@ class Model(Protocol):
     are encoded as PNG for it), `"jpeg"` (JPEGs encoded, for the model to decode in batches on
     its device; anything else as RGB arrays) or `"image"` RGB arrays. `same_size_batches` says whether one batch must hold images of a
     single size, as for a TF OD API `image_tensor` signature fed native-size images.
+    `decode_split`, for a `"jpeg"` model, says which JPEGs the pipeline decodes on the CPU
+    instead (None: none).
     """
 
     input_kind: InputKind
     same_size_batches: bool
     labels: Mapping[int, str]
+    decode_split: DecodeSplit | None
 
     def predict(self, records: Sequence[Record]) -> list[Detections]: ...
 

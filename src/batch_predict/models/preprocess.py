@@ -1,6 +1,6 @@
 """Images to a model's input tensor, batched, on the model's device.
 
-Decode (JPEGs in one batched call, on the GPU through nvjpeg when the device is CUDA),
+Decode (JPEGs in one batched call, on the GPU when the device is CUDA: `device_decode`),
 resize, pad, reorder channels, normalize, lay out. Images of one size are resized together
 in one call, so a batch of same-size photos costs one interpolation, not one per image.
 
@@ -11,17 +11,16 @@ even in float32 as TF does, so the same image becomes the same tensor as in a TF
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from ..decode import is_jpeg
 from .detections import Geometry
+from .device_decode import DeviceDecodeError, JpegDecoder, device_decoder, on_cpu
 from .model_spec import InputSpec
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "uint8": torch.uint8}
@@ -65,9 +64,10 @@ def placements(sizes: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, np.ndarr
 class Preprocessor:
     """Turns decoded images (or encoded bytes) into the model's input as `InputSpec` says."""
 
-    def __init__(self, spec: InputSpec, device: torch.device) -> None:
+    def __init__(self, spec: InputSpec, device: torch.device, jpeg_decoder: JpegDecoder | None = None) -> None:
         self.spec = spec
         self.device = device
+        self._jpeg_decoder = jpeg_decoder or device_decoder(device)
         self._dtype = _DTYPES[spec.dtype or "float32"]
         order = [2, 1, 0] if spec.channels == "BGR" else [0, 1, 2]
         self._order = torch.tensor(order, device=device)
@@ -80,7 +80,7 @@ class Preprocessor:
 
     def from_images(self, images: Sequence[bytes | np.ndarray]) -> Prepared:
         """Encoded images and HxWx3 uint8 RGB arrays, mixed as a batch comes (`device_images`)."""
-        return self.prepare(device_images(images, self.device))
+        return self.prepare(device_images(images, self.device, self._jpeg_decoder))
 
     def prepare(self, images: Sequence[torch.Tensor]) -> Prepared:
         """3xHxW uint8 RGB images on the device to the model's input."""
@@ -123,30 +123,45 @@ def _groups(sizes: np.ndarray, resized: np.ndarray, offsets: np.ndarray) -> dict
     return groups
 
 
-def device_images(images: Sequence[bytes | np.ndarray], device: torch.device) -> list[torch.Tensor]:
+def device_images(
+    images: Sequence[bytes | np.ndarray],
+    device: torch.device,
+    jpeg_decoder: JpegDecoder | None = None,
+) -> list[torch.Tensor]:
     """3xHxW uint8 RGB images on `device`. Arrays (decoded by the pipeline's CPU workers) are
-    copied over; JPEG bytes go through one batched `decode_jpeg` (nvjpeg on CUDA); other encoded
-    formats, and any JPEG batch nvjpeg refuses (CMYK, say), decode on the CPU here."""
+    copied over, those of one size together (`arrays_to_device`); JPEG bytes go through one
+    batched call of `jpeg_decoder` (by default the device's best, `device_decoder`); other
+    encoded formats decode on the CPU here. Raises `DeviceDecodeError` if an image cannot be
+    decoded at all."""
     jpegs = [i for i, image in enumerate(images) if isinstance(image, bytes) and is_jpeg(image)]
     found: list[torch.Tensor | None] = [None] * len(images)
     if jpegs:
-        try:
-            decoded = decode_jpeg([_tensor(images[i]) for i in jpegs], mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:
-            decoded = [None] * len(jpegs)
+        decoded = (jpeg_decoder or device_decoder(device))([images[i] for i in jpegs])
         for i, image in zip(jpegs, decoded):
             found[i] = image
-    return [image if image is not None else _on_device(images[i], device) for i, image in enumerate(found)]
+    arrays = [i for i, image in enumerate(images) if isinstance(image, np.ndarray)]
+    for i, image in zip(arrays, arrays_to_device([images[i] for i in arrays], device)):
+        found[i] = image
+    for i, image in enumerate(images):
+        if found[i] is None:
+            found[i] = on_cpu(image, device)
+        if found[i] is None:
+            raise DeviceDecodeError(f"image {i} of the batch: no decoder can read it")
+    return found
 
 
-def _tensor(data: bytes | np.ndarray) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # bytes and decoded arrays are read-only; torch only reads them
-        if isinstance(data, np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)
-        return torch.frombuffer(memoryview(data), dtype=torch.uint8)
-
-
-def _on_device(image: bytes | np.ndarray, device: torch.device) -> torch.Tensor:
-    pixels = _tensor(image) if isinstance(image, np.ndarray) else decode_image(_tensor(image), mode=ImageReadMode.RGB)
-    return pixels.to(device, non_blocking=True)
+def arrays_to_device(arrays: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """HxWx3 uint8 arrays as 3xHxW tensors on `device`. On CUDA, arrays of one size are stacked into
+    one pinned host buffer and copied in one transfer that does not wait: one copy per image from
+    pageable memory would each wait for the copy engine, and hold the preparing thread."""
+    found: list[torch.Tensor | None] = [None] * len(arrays)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, array in enumerate(arrays):
+        groups.setdefault(array.shape, []).append(i)
+    for shape, members in groups.items():
+        host = torch.empty((len(members), *shape), dtype=torch.uint8, pin_memory=device.type == "cuda")
+        np.stack([arrays[i] for i in members], out=host.numpy())
+        stacked = host.to(device, non_blocking=True).permute(0, 3, 1, 2)
+        for i, image in zip(members, stacked):
+            found[i] = image
+    return found

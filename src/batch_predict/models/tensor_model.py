@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from ..decode import DecodeSplit
 from ..records import Detections, Record
 from .base import InputKind, ModelLoadError
 from .decoders import DECODERS, DecodeContext
 from .detections import PaddedDetections, to_detections
+from .device_decode import device_decoder
 from .model_spec import ModelSpec
 from .preprocess import Prepared, Preprocessor
 
@@ -47,6 +49,12 @@ class ModuleRunner:
     def __call__(self, inputs: Any) -> Any:
         if self._images_as_list and isinstance(inputs, torch.Tensor):
             inputs = list(inputs)
+        if isinstance(self.module, torch.jit.ScriptModule):
+            # TorchScript's optimizing executor profiles the first calls of every new input
+            # shape and compiles fusions for it: seconds per shape, for no gain on a GPU
+            # (docs/benchmarks.md). Unoptimized, it runs the graph as loaded, from the first call.
+            with torch.jit.optimized_execution(False):
+                return self.module(inputs)
         return self.module(inputs)
 
     def describe(self) -> dict[str, object]:
@@ -67,12 +75,22 @@ def torch_device(requested: str) -> torch.device:
     return torch.device(f"cuda:{index}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Launched:
+    """A batch the model runs on: its outputs, once `done` (a CUDA event) has happened."""
+
+    outputs: Any
+    prepared: Prepared
+    done: torch.cuda.Event | None
+
+
 class TensorModel:
     """`Model` for any `Runner`, with pre- and post-processing as its `ModelSpec` says.
 
     On CUDA the model takes JPEGs encoded (`input_kind` "jpeg") and decodes them on the GPU
-    in batches, while the pipeline's CPU workers decode every other image; on the CPU the
-    workers decode all and it takes pixels ("image").
+    in batches, while the pipeline's CPU workers decode every other image and the share of
+    JPEGs its `decode_split` gives them; on the CPU the workers decode all and it takes
+    pixels ("image").
     """
 
     same_size_batches = False
@@ -94,11 +112,12 @@ class TensorModel:
         self._backend = backend
         self._decoder_name = spec.require_decoder()
         self._decoder = DECODERS[self._decoder_name]
-        self._preprocessor = Preprocessor(spec.input, device)
-        self._streams = PrepareStream(device)
-        self._class_ids = np.array(list(self.labels), np.int64) if spec.class_ids == "label_order" else None
         on_device = device.type == "cuda" if decode_on_device is None else decode_on_device
         self.input_kind: InputKind = "jpeg" if on_device else "image"
+        self.decode_split = DecodeSplit() if on_device else None
+        self._preprocessor = Preprocessor(spec.input, device, device_decoder(device))
+        self._streams = DeviceStreams(device)
+        self._class_ids = np.array(list(self.labels), np.int64) if spec.class_ids == "label_order" else None
         self._check_fit()
 
     def _check_fit(self) -> None:
@@ -122,21 +141,29 @@ class TensorModel:
             prepared = self._preprocessor.from_images([r.array if r.array is not None else r.encoded or b"" for r in records])
             return self._streams.hand_over(prepared)
 
-    def complete(self, prepared: Prepared) -> list[Detections]:
-        """Run the model on a prepared batch and decode its detections (one copy to the host)."""
+    def launch(self, prepared: Prepared) -> Launched:
+        """Start the model on a prepared batch, on the current stream, without waiting for it."""
         try:
             with torch.inference_mode():
                 self._streams.receive(prepared)
-                padded = self.decode(self.infer(prepared), prepared)
+                outputs = self.infer(prepared)
         except torch.cuda.OutOfMemoryError:
             # The allocator keeps the failed batch's blocks cached; free them, so that the
             # halves the pipeline retries with get that memory.
             del prepared
             torch.cuda.empty_cache()
             raise
-        return to_detections(
-            padded, prepared.geometry, prepared.image_sizes, self.spec.thresholds.score, self._class_ids
-        )
+        return Launched(outputs, prepared, self._streams.mark_done())
+
+    def collect(self, launched: Launched) -> list[Detections]:
+        """Wait for a launched batch and decode its detections (one copy to the host), on a
+        stream of its own, so that the next batch runs on the GPU meanwhile."""
+        prepared = launched.prepared
+        with torch.inference_mode(), self._streams.collecting(launched.done):
+            padded = self.decode(launched.outputs, prepared)
+        if self.decode_split is not None:
+            self.decode_split.batch_done(len(prepared.image_sizes))
+        return to_detections(padded, prepared.geometry, prepared.image_sizes, self.spec.thresholds.score, self._class_ids)
 
     def infer(self, prepared: Prepared) -> Any:
         return self._runner(prepared.inputs)
@@ -151,7 +178,7 @@ class TensorModel:
         return self._decoder(outputs, context)
 
     def predict(self, records: Sequence[Record]) -> list[Detections]:
-        return self.complete(self.prepare(records))
+        return self.collect(self.launch(self.prepare(records)))
 
     def describe(self) -> dict[str, object]:
         spec = self.spec
@@ -171,21 +198,23 @@ class TensorModel:
         }
 
 
-class PrepareStream:
-    """The CUDA stream batches are prepared on, and the hand-over of their tensors to the
-    stream the model runs on; on the CPU, nothing."""
+class DeviceStreams:
+    """The CUDA streams a batch moves through: prepared on one, run on the caller's, its
+    detections collected on a third; and the hand-overs between them. On the CPU, nothing."""
 
     def __init__(self, device: torch.device) -> None:
-        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        cuda = device.type == "cuda"
+        self._prepare = torch.cuda.Stream(device) if cuda else None
+        self._collect = torch.cuda.Stream(device) if cuda else None
 
     def preparing(self) -> contextlib.AbstractContextManager:
-        return torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        return torch.cuda.stream(self._prepare) if self._prepare is not None else contextlib.nullcontext()
 
     def hand_over(self, prepared: Prepared) -> Prepared:
-        if self._stream is None:
+        if self._prepare is None:
             return prepared
         ready = torch.cuda.Event()
-        ready.record(self._stream)
+        ready.record(self._prepare)
         return dataclasses.replace(prepared, ready=ready)
 
     def receive(self, prepared: Prepared) -> None:
@@ -193,10 +222,30 @@ class PrepareStream:
         the prepare stream until the current stream is done with it."""
         if prepared.ready is None:
             return
-        current = torch.cuda.current_stream(self._stream.device)
+        current = torch.cuda.current_stream(self._prepare.device)
         current.wait_event(prepared.ready)
         for tensor in prepared.inputs if isinstance(prepared.inputs, list) else [prepared.inputs]:
             tensor.record_stream(current)
+
+    def mark_done(self) -> torch.cuda.Event | None:
+        """An event that happens when the work queued so far on the current stream is done."""
+        if self._collect is None:
+            return None
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self._collect.device))
+        return done
+
+    @contextlib.contextmanager
+    def collecting(self, done: torch.cuda.Event | None) -> Iterator[None]:
+        """Run on the collect stream, after `done`. Every decoder ends by copying its result to
+        the host, which waits for this stream, so the batch's outputs are no longer in use when
+        their memory goes back to the stream that made them."""
+        if self._collect is None or done is None:
+            yield
+            return
+        self._collect.wait_event(done)
+        with torch.cuda.stream(self._collect):
+            yield
 
 
 def halvings(batch_size: int) -> tuple[int, ...]:

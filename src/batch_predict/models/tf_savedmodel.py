@@ -136,6 +136,7 @@ class TFODModel:
         self._tf = signature.tf
         self.input_kind = input_kind
         self.same_size_batches = input_kind == "image"
+        self.decode_split = None  # TensorFlow decodes inside the graph or is fed pixels
         self.labels = dict(labels)
         self.spec = spec
         self.output_raw = output_raw

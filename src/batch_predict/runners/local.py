@@ -11,11 +11,11 @@ import logging
 from ..models import Model, load_model
 from ..observe import JobObserver
 from ..pipeline import BatchLimit, Stopped
-from ..sinks import JobSummary, OutputError
+from ..sinks import JobSummary
 from ..spec import JobSpec
 from .plan import finish_run, plan_run
 from .stopping import Stopping
-from .unit import run_unit
+from .unit import run_units
 from .watch import job_observers
 
 log = logging.getLogger("batch_predict")
@@ -39,8 +39,8 @@ def run(
     that runs several jobs loads it once). Worker `worker_index` of `worker_count` runs only its share of the units
     (`units_for_worker`); the summary file is written by whichever run commits the last
     unit. With `spec.num_workers` other than 1, the share runs in that many processes, one
-    per GPU (`runners/workers.py`). `stopping` (set from signal handlers) stops between units, or abandons one,
-    raising `Stopped`. A unit that fails as a whole (an input that cannot be read) is
+    per GPU (`runners/workers.py`). `stopping` (set from signal handlers) stops starting units, or abandons
+    those in progress, raising `Stopped`. A unit that fails as a whole (an input that cannot be read) is
     left uncommitted, the other units go on, and `UnitsFailed` is raised at the end.
     `observer` (progress, metrics) hears how the run goes, beside the job's own timeline
     and `--visualize` pictures; its `job_ended` comes only when the run gets to its summary.
@@ -58,21 +58,20 @@ def run(
         log.info("batch-predict: model %s", model.describe())
         watchers.model_loaded(model)
         plan.state.begin()
-        limit = BatchLimit()
-        for unit in plan.pending:
-            if stopping is not None and stopping.requested.is_set():
-                raise Stopped(f"stopped before unit {unit.index} of {unit.count}; rerun the same command to resume")
-            try:
-                counts = run_unit(
-                    spec, model, plan.state, unit, limit=limit, abandon=stopping.abandon if stopping else None,
-                    observer=watchers,
-                )
-            except Stopped:
-                raise Stopped(f"unit {unit.index} of {unit.count} abandoned; rerun the same command to resume") from None
-            except OutputError:
-                raise
-            except Exception as exc:  # one unit's failure must not lose the other units' work
-                plan.unit_failed(unit, f"{type(exc).__name__}: {exc}")
-                continue
-            plan.predicted_now += counts.predicted
+        stop = stopping.requested if stopping else None
+        try:
+            results = run_units(spec, model, plan.state, plan.pending, limit=BatchLimit(), stop=stop,
+                               abandon=stopping.abandon if stopping else None, observer=watchers)
+        except Stopped:
+            raise Stopped("the units in progress were abandoned; rerun the same command to resume") from None
+        if model.decode_split is not None:
+            log.info("batch-predict: JPEG decoding %s", model.decode_split.describe())
+        for unit, result in results:
+            if isinstance(result, Exception):
+                plan.unit_failed(unit, f"{type(result).__name__}: {result}")
+            else:
+                plan.predicted_now += result.predicted
+        if len(results) < len(plan.pending):
+            unit = plan.pending[len(results)]
+            raise Stopped(f"stopped before unit {unit.index} of {unit.count}; rerun the same command to resume")
     return finish_run(plan, watchers)

@@ -1,24 +1,164 @@
-"""One unit of work, from reading to commit: the step every runner repeats.
+"""Units of work, from reading to commit: the step every runner repeats.
 
-The local runner loops over units; an Indexed Job pod runs the units of its index; a Ray
-task runs one. Each calls `run_unit`, so each commits the same way.
+The local runner streams all its units through one pipeline (`run_units`); a Ray actor runs
+the units it is given the same way. Each unit is committed on its own, when every one of its
+records has its line, so a job stopped at any moment leaves whole units or none.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
 
 from ..jobstate import JobState
 from ..models import Model
-from ..observe import JobObserver, ObservedSink, TimedModel, observed_records
+from ..observe import JobObserver, timed
 from ..pipeline import BatchLimit, run_pipeline
+from ..records import Outcome, Record, RecordError, UnitEnd
 from ..result_formats import result_writer
-from ..sinks import UnitCounts, UnitOutputs
+from ..sinks import OutputError, UnitCounts, UnitOutputs
 from ..spec import JobSpec
 from ..units import Unit, read_unit
 
 log = logging.getLogger("batch_predict")
+
+#: What became of a unit: its committed counts, or why it failed (it stays uncommitted).
+UnitResult = tuple[Unit, UnitCounts | Exception]
+
+
+def read_units(
+    units: Sequence[Unit], input_format: str, observer: JobObserver, stop: threading.Event | None = None
+) -> Iterator[Record | RecordError | UnitEnd]:
+    """The records of each unit in turn, each unit followed by its `UnitEnd`.
+
+    A unit whose input cannot be read to its end (an I/O failure, not damaged data, which is
+    an error line) ends early with the failure in its `UnitEnd`, and the next unit goes on.
+    Once `stop` is set, no further unit is started.
+    """
+    for unit in units:
+        if stop is not None and stop.is_set():
+            return
+        observer.unit_started(unit)
+        read = 0
+        try:
+            for item in read_unit(unit, input_format):
+                observer.record_read(unit, item)
+                read += 1
+                yield item
+        except Exception as exc:  # one unit's unreadable input must not stop the others
+            yield UnitEnd(unit, read, exc)
+            continue
+        yield UnitEnd(unit, read)
+
+
+class UnitSinks:
+    """The pipeline's sink for a stream of units: each unit's outcomes go to its own shards,
+    committed at its end; a unit whose lines cannot be written fails alone."""
+
+    def __init__(self, spec: JobSpec, model: Model, state: JobState, units: Sequence[Unit],
+                 observer: JobObserver) -> None:
+        self._spec, self._labels, self._state, self._observer = spec, model.labels, state, observer
+        self._waiting = deque(units)
+        self._outputs: UnitOutputs | None = None
+        self._failure: Exception | None = None
+        self.results: list[UnitResult] = []
+
+    def _open(self, unit: Unit) -> UnitOutputs:
+        """The shards of `unit`, the one being written, opened at its first line (or at its end,
+        for a unit with no record)."""
+        if self._outputs is None:
+            self._outputs = UnitOutputs(*self._state.shard_paths(unit), self._labels, result_writer(self._spec.output_format))
+        return self._outputs
+
+    def write(self, outcomes: list[Outcome]) -> None:
+        if self._failure is not None:
+            return
+        try:
+            self._open(self._waiting[0]).write(outcomes)
+        except OutputError:
+            raise
+        except Exception as exc:  # a line that cannot be written fails its unit, not the job
+            self._failure = exc
+            return
+        self._observer.written(self._waiting[0], outcomes)
+
+    def end(self, mark: UnitEnd) -> None:
+        unit = self._waiting.popleft()
+        if mark.unit is not unit:
+            raise AssertionError(f"unit {mark.unit.index} ended while unit {unit.index} was being written")
+        failure = mark.error or self._failure
+        try:
+            if failure is not None:
+                raise failure
+            counts = self._open(unit).commit(mark.records_read)
+            self._state.commit(unit, counts)
+        except OutputError:
+            self._discard(unit)
+            raise
+        except Exception as exc:  # this unit stays uncommitted; the others go on
+            self._discard(unit)
+            self.results.append((unit, exc))
+            return
+        finally:
+            self._outputs, self._failure = None, None
+        self._observer.unit_committed(unit, counts)
+        log.info(
+            "unit %05d-of-%05d committed: %d records read, %d predicted, %d failed",
+            unit.index, unit.count, counts.records_read, counts.predicted, counts.failed,
+        )
+        self.results.append((unit, counts))
+
+    def _discard(self, unit: Unit) -> None:
+        if self._outputs is not None:
+            self._outputs.discard()
+        self._observer.unit_abandoned(unit)
+
+    def discard_open(self) -> None:
+        """The run broke off: the unit being written is discarded, uncommitted."""
+        if self._outputs is not None and self._waiting:
+            self._discard(self._waiting[0])
+        self._outputs = None
+
+
+def run_units(
+    spec: JobSpec,
+    model: Model,
+    state: JobState,
+    units: Sequence[Unit],
+    *,
+    limit: BatchLimit | None = None,
+    stop: threading.Event | None = None,
+    abandon: threading.Event | None = None,
+    observer: JobObserver | None = None,
+) -> list[UnitResult]:
+    """Predict every record of `units` into their shards, committing each unit as it completes.
+
+    Returns what became of each unit started, in order: its counts, or the exception that
+    failed it alone (an unreadable input, a line that cannot be written). Once `stop` is set
+    no further unit is started; the units under way still commit. When `abandon` is set, or
+    the run breaks off, the unit being written is discarded and the exception raised; the
+    units committed before stay committed. An `OutputError` fails the run.
+    """
+    observer = observer or JobObserver()
+    sinks = UnitSinks(spec, model, state, units, observer)
+    try:
+        run_pipeline(
+            read_units(units, spec.input_file_format, observer, stop),
+            timed(model, observer),
+            sinks,
+            batch_size=spec.batch_size,
+            max_image_pixels=spec.max_image_pixels,
+            num_decode_workers=spec.num_decode_workers,
+            queue_depth=spec.queue_depth,
+            limit=limit,
+            abandon=abandon,
+        )
+    except BaseException:
+        sinks.discard_open()
+        raise
+    return sinks.results
 
 
 def run_unit(
@@ -34,33 +174,9 @@ def run_unit(
     """Predict every record of `unit` into its shards and commit them; return its counts.
 
     On any failure, or when `abandon` is set, the unit's partial output is discarded and the
-    exception raised: the unit stays uncommitted, and a rerun redoes it whole. `observer`
-    hears of every record read, model call, write and the commit.
+    exception raised: the unit stays uncommitted, and a rerun redoes it whole.
     """
-    observer = observer or JobObserver()
-    outputs = UnitOutputs(*state.shard_paths(unit), model.labels, result_writer(spec.output_format))
-    observer.unit_started(unit)
-    try:
-        read = run_pipeline(
-            observed_records(read_unit(unit, spec.input_file_format), unit, observer),
-            TimedModel(model, observer),
-            ObservedSink(outputs, unit, observer),
-            batch_size=spec.batch_size,
-            max_image_pixels=spec.max_image_pixels,
-            num_decode_workers=spec.num_decode_workers,
-            queue_depth=spec.queue_depth,
-            limit=limit,
-            abandon=abandon,
-        )
-        counts = outputs.commit(read)
-        state.commit(unit, counts)
-    except BaseException:
-        outputs.discard()
-        observer.unit_abandoned(unit)
-        raise
-    observer.unit_committed(unit, counts)
-    log.info(
-        "unit %05d-of-%05d committed: %d records read, %d predicted, %d failed",
-        unit.index, unit.count, counts.records_read, counts.predicted, counts.failed,
-    )
-    return counts
+    ((_, result),) = run_units(spec, model, state, [unit], limit=limit, abandon=abandon, observer=observer)
+    if isinstance(result, Exception):
+        raise result
+    return result

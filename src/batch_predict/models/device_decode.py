@@ -1,0 +1,144 @@
+"""JPEG batches decoded on the model's GPU.
+
+The GPU decodes with the hardware JPEG engines through nvImageCodec where it is installed
+(`pip install 'batch-predict[nvimgcodec]'`) and the GPU has them (A100, H100, H200, L4...):
+they leave the SMs to the model. Otherwise, and for any image the engines refuse
+(progressive, CMYK, unusual sampling), nvjpeg's CUDA decoder through torchvision; an image
+that fails there too is decoded on the CPU. Only an image that no decoder can read fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import torch
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+
+log = logging.getLogger("batch_predict")
+
+#: Decodes JPEG bytes into 3xHxW uint8 RGB tensors on the device; None where it could not.
+JpegDecoder = Callable[[Sequence[bytes]], list["torch.Tensor | None"]]
+
+
+#: Sets of output images the hardware decoder keeps in use: the one being decoded into, and the
+#: one whose batch the GPU may still be copying out of.
+_IMAGE_SETS = 2
+
+
+class DeviceDecodeError(RuntimeError):
+    """An image in a batch that no decoder can read; bisecting the batch makes it one error line."""
+
+
+def as_tensor(data: bytes) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # bytes are read-only; torch only reads them
+        return torch.frombuffer(memoryview(data), dtype=torch.uint8)
+
+
+def nvjpeg_decoder(device: torch.device) -> JpegDecoder:
+    """torchvision's batched `decode_jpeg` (nvjpeg's CUDA decoder on the SMs)."""
+
+    def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
+        try:
+            return list(decode_jpeg([as_tensor(j) for j in jpegs], mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:  # one bad image fails the call: decode one by one to find it
+            return [_one(j, device) for j in jpegs] if len(jpegs) > 1 else [None]
+
+    return decode
+
+
+def _one(jpeg: bytes, device: torch.device) -> torch.Tensor | None:
+    try:
+        return decode_jpeg(as_tensor(jpeg), mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return None
+
+
+def hardware_decoder(device: torch.device) -> JpegDecoder | None:
+    """nvImageCodec's decoder on the GPU's JPEG engines, or None where nvImageCodec is not
+    installed or the GPU has no engines."""
+    if device.type != "cuda":
+        return None
+    try:
+        from nvidia import nvimgcodec
+    except (ImportError, OSError):  # not installed, or its CUDA libraries are missing
+        return None
+    try:
+        decoder = nvimgcodec.Decoder(
+            device_id=device.index or 0, backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)]
+        )
+    except RuntimeError as exc:
+        log.info("nvImageCodec: no hardware JPEG decoder on %s (%s); decoding with nvjpeg", device, exc)
+        return None
+    # Planar RGB is the model's layout already; EXIF orientation is ignored, as by every other decoder here.
+    params = nvimgcodec.DecodeParams(
+        apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB, sample_format=nvimgcodec.SampleFormat.P_RGB
+    )
+
+    # Output images are reused, as nvImageCodec advises: allocating device memory for every image
+    # of every batch would hold the whole GPU up. A set of images is reused two calls after it was
+    # handed out, once the batch made of it has been copied out of it (`consumed`).
+    handed_out: deque[tuple[torch.cuda.Event, list]] = deque()
+    last: list = []
+    lock = threading.Lock()  # a batch bisected on another thread decodes again meanwhile
+
+    def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
+        with lock:
+            return _decode(jpegs)
+
+    def _decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
+        nonlocal last
+        stream = torch.cuda.current_stream(device)
+        if last:
+            consumed = torch.cuda.Event()
+            consumed.record(stream)  # after the previous batch's preprocessing, queued on this stream
+            handed_out.append((consumed, last))
+        reuse = None
+        if len(handed_out) >= _IMAGE_SETS:
+            consumed, images = handed_out.popleft()
+            consumed.synchronize()
+            if len(images) >= len(jpegs) and all(image is not None for image in images):
+                reuse = images[: len(jpegs)]
+        last = decoder.decode(
+            [nvimgcodec.CodeStream(j) for j in jpegs], images=reuse, params=params, cuda_stream=stream.cuda_stream
+        )
+        return [None if image is None else torch.as_tensor(image, device=device) for image in last]
+
+    return decode
+
+
+def device_decoder(device: torch.device) -> JpegDecoder:
+    """The best JPEG decoders the device has, falling back image by image: hardware engines,
+    then nvjpeg, then the CPU."""
+    return falling_back([d for d in (hardware_decoder(device), nvjpeg_decoder(device)) if d is not None], device)
+
+
+def falling_back(decoders: Sequence[JpegDecoder], device: torch.device) -> JpegDecoder:
+    """Each image through the first of `decoders` that reads it, in one batched call per decoder
+    for the images still undecoded, then on the CPU; None only where nothing can read it."""
+
+    def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
+        found: list[torch.Tensor | None] = [None] * len(jpegs)
+        for decoder in decoders:
+            missing = [i for i, image in enumerate(found) if image is None]
+            if not missing:
+                break
+            for i, image in zip(missing, decoder([jpegs[i] for i in missing])):
+                found[i] = image
+        return [image if image is not None else on_cpu(jpegs[i], device) for i, image in enumerate(found)]
+
+    return decode
+
+
+def on_cpu(data: bytes, device: torch.device) -> torch.Tensor | None:
+    """Any encoded image decoded by torchvision on the CPU and copied to `device`; None if it is unreadable."""
+    try:
+        pixels = decode_image(as_tensor(data), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        return None
+    return pixels.to(device, non_blocking=True)
