@@ -9,7 +9,8 @@
 # The base carries no CUDA toolkit: PyTorch's Linux wheels bring their CUDA libraries as
 # packages, and the node brings the driver (the NVIDIA device plugin mounts it). Every
 # framework version comes from constraints.txt, the versions the tests run with.
-ARG PYTHON_IMAGE=python:3.12.12-slim-trixie
+# The Python CI tests the suite on (tests/test_deploy.py checks that the two agree).
+ARG PYTHON_IMAGE=python:3.11.14-slim-trixie
 FROM ${PYTHON_IMAGE}
 
 # gpu or cpu: which PyTorch (and, with WITH_TF, which TensorFlow) wheels to install.
@@ -36,6 +37,7 @@ RUN --mount=type=bind,source=.,target=/tmp/src,rw \
       *) echo "VARIANT must be gpu or cpu, not '$VARIANT'" >&2; exit 1 ;; \
     esac; \
     extras=torch,onnx,cloud; \
+    if [ "$VARIANT" = gpu ]; then extras="$extras,nvimgcodec"; fi; \
     if [ "$WITH_TF" = true ]; then extras="$extras,$tf_extra"; fi; \
     if [ "$WITH_RAY" = true ]; then extras="$extras,ray"; fi; \
     python -m venv "$VIRTUAL_ENV"; \

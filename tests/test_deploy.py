@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import sysconfig
 import tomllib
 from pathlib import Path
@@ -150,10 +151,22 @@ def test_image_base_is_pinned_to_a_python_patch_release():
     assert ("FROM", "${PYTHON_IMAGE}") in _instructions()
 
 
+def test_the_suite_runs_on_the_python_the_image_ships():
+    # What ships is what is tested: features that differ between Pythons (runtime-checkable
+    # protocols, say) are exercised on the image's. CI sets BATCH_PREDICT_CI (.ci/run).
+    if not os.environ.get("BATCH_PREDICT_CI"):
+        pytest.skip("checked in CI only: a developer may run the suite on another Python")
+    args = dict(
+        args.split("=", 1) for instruction, args in _instructions() if instruction == "ARG" and "=" in args
+    )
+    major, minor = re.match(r"python:(\d+)\.(\d+)\.", args["PYTHON_IMAGE"]).groups()
+    assert sys.version_info[:2] == (int(major), int(minor)), f"tests run on {sys.version}, the image ships {args['PYTHON_IMAGE']}"
+
+
 def test_every_package_the_image_can_install_is_pinned_in_constraints(pyproject):
     extras = pyproject["project"]["optional-dependencies"]
     named = _image_extras()
-    assert {"torch", "onnx", "cloud", "tf", "tf-gpu", "ray"} <= named
+    assert {"torch", "onnx", "cloud", "nvimgcodec", "tf", "tf-gpu", "ray"} <= named
     assert named <= set(extras), f"the Dockerfile names extras pyproject.toml lacks: {named - set(extras)}"
     pins = _pins()
     own_name = pyproject["project"]["name"]  # an extra may include another extra of this project
