@@ -16,25 +16,33 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def run_cli(args: Sequence[str], prefix: Path, workers: int, log: Path) -> dict:
+def run_cli(args: Sequence[str], prefix: Path, workers: int, log: Path, env: dict[str, str] | None = None) -> dict:
+    """The CLI in a subprocess (`env` added to this process's environment); its throughput, whole
+    and steady, its fixed cost (the whole command's time beyond what its images take at the
+    steady rate) and when its first unit was committed."""
     command = [sys.executable, "-m", "batch_predict", *args,
                "--output_result_prefix", str(prefix), "--output_error_prefix", f"{prefix}-errors",
                "--num_workers", str(workers), "--overwrite"]
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     with open(log, "a") as stream:
         stream.write("$ " + " ".join(command) + "\n")
         stream.flush()
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=stream, text=True, env=os.environ.copy())
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=stream, text=True, env={**os.environ, **(env or {})})
         stream.write(done.stdout)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"exit {done.returncode}: {done.stdout[-400:]} (see {log})")
     summary = json.loads(Path(f"{prefix}-summary.json").read_text())
+    committed = Path(f"{prefix}-job/committed")
+    steady = steady_state(committed, workers)
+    fixed = wall - summary["records_read"] / steady["steady_per_s"] if steady["steady_per_s"] else None
+    first_commit = min(path.stat().st_mtime for path in committed.glob("*.json")) - started_at
     return {
         "records": summary["records_read"], "predicted": summary["predicted"], "failed": summary["failed"],
         "detections": summary["detections"], "command_s": round(wall, 2),
         "whole_command_per_s": round(summary["predicted"] / wall, 1),
-        **steady_state(Path(f"{prefix}-job/committed"), workers),
+        "fixed_cost_s": round(fixed, 2) if fixed is not None else None, "first_commit_s": round(first_commit, 2),
+        **steady,
     }
 
 

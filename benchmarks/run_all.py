@@ -91,13 +91,14 @@ def encoded_images(paths: list[Path], count: int) -> list[bytes]:
     return found[:count]
 
 
-def agreement(reference: list, other: list) -> dict:
-    """How far reduced-precision detections are from fp32's: each fp32 detection scoring at least
-    0.5 is matched to the same-class detection of most overlap; max score and box differences."""
+def agreement(reference: list, other: list, min_score: float = 0.5, min_iou: float = 0.5) -> dict:
+    """How far other detections are from the reference's: each reference detection scoring at least
+    `min_score` is matched to the same-class detection of most overlap, which must reach `min_iou`;
+    max score and box differences."""
     score_diff, box_diff, unmatched, matched = 0.0, 0.0, 0, 0
     for ref, got in zip(reference, other):
         for box, score, cls in zip(ref.boxes, ref.scores, ref.classes):
-            if score < 0.5:
+            if score < min_score:
                 continue
             same = got.classes == cls
             if not same.any():
@@ -109,7 +110,7 @@ def agreement(reference: list, other: list) -> dict:
             area = lambda b: np.prod(b[..., 2:] - b[..., :2], axis=-1)  # noqa: E731
             iou = inter / (area(boxes) + area(box) - inter)
             best = int(iou.argmax())
-            if iou[best] < 0.5:
+            if iou[best] < min_iou:
                 unmatched += 1
                 continue
             matched += 1

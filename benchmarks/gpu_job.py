@@ -1,0 +1,192 @@
+"""The GPU issue's figures, in one run on one machine: the model alone, the job, and its peers.
+
+    PYTHONPATH=src:benchmarks python benchmarks/gpu_job.py --photos ../shared/data/photos \\
+        --yolox ../shared/models/yolox_nano/yolox_nano_torchscript.pt --spec examples/specs/yolox_nano.yaml \\
+        --nvimgcodec /tmp/nvimgcodec --out "$OUT"
+
+On 40,000 distinct 640x480 JPEGs in 16 TFRecord files of 2,500 (`make_inputs.py`), YOLOX-Nano
+TorchScript, fp16, batch 256:
+
+- the model alone on preloaded tensors, with TorchScript's optimizing executor and without
+  it (as the job runs it);
+- the job through its CLI: with nvImageCodec's hardware decoder (`--nvimgcodec`, a folder
+  holding the nvidia-nvimgcodec and nvidia-nvjpeg wheels' contents) and without it (nvjpeg
+  on the SMs), each beside the CPU workers' share; on every GPU too, where there are two;
+- agreement with the CPU path, on the shared photos, for each decoder (CPU, nvjpeg, hardware);
+- the peers: a DataLoader script (16 worker processes decode and letterbox to uint8, fp16,
+  batch 256) over all the files, and a per-image loop.
+
+Each figure is written to <out>/gpu_job.json as soon as it is measured; a table is printed last.
+`--quick` runs it all on 512 images, on the CPU if there is no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import baselines
+import ceiling
+import end_to_end
+from run_all import Results, agreement, make_inputs
+from batch_predict.decode import decode
+from batch_predict.models import load_model
+from batch_predict.models.device_decode import hardware_decoder, nvjpeg_decoder
+from batch_predict.records import Record
+from batch_predict.spec import ModelSettings
+
+log = logging.getLogger("bench")
+
+
+def decoder_agreement(args: argparse.Namespace, device: torch.device) -> dict:
+    """Each GPU decoder's detections against the CPU path's, fp32, on the shared photos' JPEGs:
+    every CPU detection scoring at least 0.4 must have a same-class one with IoU >= 0.9."""
+    photos = sorted(p for p in args.photos.iterdir() if p.suffix == ".jpg")
+    records = lambda: [Record(p.name, "photos", i, encoded=p.read_bytes()) for i, p in enumerate(photos)]  # noqa: E731
+    common = dict(model_dir=args.yolox, model_spec=args.spec)
+    reference = load_model(ModelSettings(**common, device="cpu")).predict([decode(r, 1 << 30) for r in records()])
+    model = load_model(ModelSettings(**common, device=str(device)))
+    found = {"cpu_arrays": model.predict([decode(r, 1 << 30) for r in records()])}
+    for name, decoder in (("nvjpeg", nvjpeg_decoder(device)), ("hardware", hardware_decoder(device))):
+        if decoder is None:
+            found[name] = None
+            continue
+        model._preprocessor._jpeg_decoder = decoder
+        found[name] = model.predict(records())
+    return {name: agreement(reference, got, min_score=0.4, min_iou=0.9) if got else "not available"
+            for name, got in found.items()}
+
+
+def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device, precision: str) -> dict:
+    """The job in this process on the same files, one model, with its JPEG decoding set up
+    several ways: which part of the decode path holds the GPU back."""
+    from batch_predict import JobSpec, run
+    from batch_predict.decode import DecodeSplit
+    from batch_predict.models.device_decode import device_decoder
+
+    model = load_model(ModelSettings(model_dir=args.yolox, model_spec=args.spec, device=str(device),
+                                     precision=precision, batch_size=args.batch))
+    fixed = lambda share: DecodeSplit(shares=(share,))  # noqa: E731
+    variants = {
+        "gpu_only_nvjpeg": (None, nvjpeg_decoder(device)),
+        "gpu_only_hardware": (None, device_decoder(device)),
+        "climbing_hardware": (DecodeSplit(), device_decoder(device)),
+        "quarter_on_cpu_hardware": (fixed(0.25), device_decoder(device)),
+        "all_on_cpu": (fixed(1.0), device_decoder(device)),
+    }
+    found = {}
+    for name, (split, decoder) in variants.items():
+        model.decode_split = split
+        model._preprocessor._jpeg_decoder = decoder
+        prefix = args.work / f"variant-{name}"
+        spec = JobSpec(input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir=args.yolox,
+                       model_spec=args.spec, output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors",
+                       batch_size=args.batch, precision=precision, overwrite=True)
+        started = time.perf_counter()
+        summary = run(spec, model=model)
+        found[name] = {"seconds": round(time.perf_counter() - started, 2), "records": summary.records_read,
+                       **end_to_end.steady_state(Path(f"{prefix}-job/committed"), 1),
+                       "split": split.describe() if split else None}
+        log.info("%s: %s", name, found[name])
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=Path, required=True)
+    parser.add_argument("--yolox", required=True)
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--nvimgcodec", help="folder holding nvImageCodec and nvjpeg (added to PYTHONPATH for its runs)")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu-job")))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-job-work"))
+    parser.add_argument("--images", type=int, default=40_000)
+    parser.add_argument("--files", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--only", default="", help="comma-separated names of measurements to run (default: all)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.files, args.batch, args.seconds = 512, 4, 16, 0.5
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.FileHandler(args.out / "gpu_job.log"), logging.StreamHandler(sys.stdout)])
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    half = "fp16" if cuda else "bf16"
+    gpus = torch.cuda.device_count()
+    if args.nvimgcodec:
+        sys.path.insert(0, args.nvimgcodec)
+    results = Results(args.out / "gpu_job.json", {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu", "gpus": gpus, "cpus": os.cpu_count(),
+        "python": sys.version.split()[0], "images": args.images, "files": args.files, "batch": args.batch,
+    })
+    wanted = set(filter(None, args.only.split(",")))
+
+    def measure(name: str, fn) -> None:
+        if not wanted or name in wanted:
+            results.measure(name, fn)
+
+    inputs = args.work / "inputs"
+    paths = sorted(inputs.glob("bench-*.tfrecord"))
+    if len(paths) != args.files:
+        paths = make_inputs(args.photos, inputs, args.images, args.files)
+    pattern = str(inputs / "bench-*.tfrecord")
+
+    measure("model_optimized", lambda: ceiling.yolox_model_only(args.yolox, device, args.batch, half, args.seconds))
+    measure("model_as_the_job_runs_it", lambda: ceiling.yolox_model_only(
+        args.yolox, device, args.batch, half, args.seconds, optimized=False))
+    if cuda:
+        measure("decoder_agreement", lambda: decoder_agreement(args, device))
+
+    measure("decode_variants", lambda: decode_variants(args, pattern, device, half))
+
+    cli = ["--input_file_patterns", pattern, "--input_file_format", "tfrecord", "--model_dir", args.yolox,
+           "--model_spec", args.spec, "--batch_size", str(args.batch), "--precision", half]
+    log_path = args.out / "cli.log"
+    hardware = {"PYTHONPATH": os.pathsep.join([args.nvimgcodec, os.environ.get("PYTHONPATH", "")])} if args.nvimgcodec else {}
+    runs = [("job_hardware_decoder", hardware, 1), ("job_nvjpeg", {}, 1)]
+    if gpus > 1:
+        runs.append((f"job_hardware_decoder_x{gpus}", hardware, gpus))
+    for name, env, workers in runs:
+        if name.startswith("job_hardware") and not hardware:
+            continue
+        measure(name, lambda n=name, e=env, w=workers: end_to_end.run_cli(cli, args.work / n, w, log_path, env=e))
+
+    model = ceiling.load_yolox(args.yolox, device)
+    measure("dataloader_uint8_fp16_whole_pass", lambda: baselines.dataloader_script(
+        "yolox", model, device, paths, args.work / "dl.jsonl", args.batch, None, workers=args.files, half=cuda))
+    measure("per_image_loop", lambda: baselines.per_image_loop(
+        "yolox", ceiling.load_yolox(args.yolox, device), device, paths, args.work / "loop.jsonl", args.seconds))
+    print_table(results, gpus)
+
+
+def print_table(results: Results, gpus: int) -> None:
+    f = results.figure
+    model = max(filter(None, [f("model_optimized"), f("model_as_the_job_runs_it")]), default=None)
+    best = max(filter(None, [f("job_hardware_decoder", "steady_per_s"), f("job_nvjpeg", "steady_per_s")]), default=None)
+    whole = max(filter(None, [f("job_hardware_decoder", "whole_command_per_s"), f("job_nvjpeg", "whole_command_per_s")]),
+                default=None)
+    ratios = {
+        "job steady / model alone (best)": (best, model),
+        "job steady / DataLoader script": (best, f("dataloader_uint8_fp16_whole_pass")),
+        "job whole command / DataLoader script": (whole, f("dataloader_uint8_fp16_whole_pass")),
+        "job steady / per-image loop": (best, f("per_image_loop")),
+        f"x{gpus} steady / x1 steady": (f(f"job_hardware_decoder_x{gpus}", "steady_per_s"), f("job_hardware_decoder", "steady_per_s")),
+    }
+    results.data["ratios"] = {k: (round(a / b, 3) if a and b else None) for k, (a, b) in ratios.items()}
+    results._save()
+    print(json.dumps(results.data, indent=1))
+
+
+if __name__ == "__main__":
+    main()
