@@ -216,3 +216,16 @@ def test_the_cpu_share_of_jpegs_is_spread_evenly():
     split = DecodeSplit(shares=(0.25,))
     picks = [split.to_cpu() for _ in range(16)]
     assert sum(picks) == 4 and picks[3] and picks[7] and picks[11] and picks[15]
+
+
+def test_a_share_measured_while_the_job_warmed_up_is_measured_again_soon():
+    split = DecodeSplit(window=4, recheck_every=1000)
+    warm_after = 40  # batches: share 0 is slow until then, as a GPU and its allocator warming up
+    count = [0]
+
+    def rate(share):
+        count[0] += 1
+        return (1000 if count[0] < warm_after else 6000) if share == 0.0 else 4000 * (1 - share)
+
+    shares = _run_split(split, rate, 200)
+    assert shares[-1] == 0.0

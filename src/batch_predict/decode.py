@@ -179,8 +179,8 @@ class DecodeSplit:
     memory bandwidth, and GPU decoding with the model for the SMs, in ways no per-side rate
     shows (docs/benchmarks.md). So the split climbs: it measures images per second over a
     window of batches at one share, tries the next larger share, keeps whichever was faster,
-    and tries its neighbours again every so often, so that it follows a job whose images
-    change. A window right after a change is not counted: images decoded at the old share are
+    and tries its neighbours again, soon at first (the first windows run while the GPU and its
+    allocator warm up) and then ever less often, so that it follows a job whose images change. A window right after a change is not counted: images decoded at the old share are
     still in the queues. The decode workers ask `to_cpu()` of each JPEG; the model reports
     each batch it finished to `batch_done`.
     """
@@ -195,6 +195,7 @@ class DecodeSplit:
         self._rates: dict[int, float] = {}
         self._settling = True
         self._settled_windows = 0
+        self._recheck_in = min(2, recheck_every)  # early rates include warm-up: recheck soon, then ever less often
         self._batches = self._images = 0
         self._since: float | None = None
         self._credit = 0.0
@@ -241,8 +242,9 @@ class DecodeSplit:
             self._move(here + 1)  # the best so far: see whether more on the CPU is faster still
         else:
             self._settled_windows += 1
-            if self._settled_windows >= self._recheck_every:
+            if self._settled_windows >= self._recheck_in:
                 self._settled_windows = 0
+                self._recheck_in = min(2 * self._recheck_in, self._recheck_every)
                 for neighbour in (here - 1, here + 1):
                     self._rates.pop(neighbour, None)
                 self._move(here - 1 if here > 0 else min(here + 1, len(self.shares) - 1))
