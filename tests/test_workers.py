@@ -3,6 +3,7 @@ job's units and leave the outputs and summary of one process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -68,3 +69,29 @@ def test_workers_take_one_gpu_each_unless_a_device_is_named():
     spec = JobSpec(input_file_patterns=("x",), input_file_format="tfrecord", model_dir="m",
                    output_result_prefix="r", output_error_prefix="e", device="cpu", num_workers=0)
     assert local_worker_count(spec) == 1
+
+
+def test_overwrite_with_a_model_that_fails_to_load_leaves_the_earlier_outputs(tmp_path, photos_dir, yolox_dir):
+    from batch_predict.models import ModelLoadError
+
+    write_tfrecord(tmp_path / "in.tfrecord", {"bus": (photos_dir / "bus.jpg").read_bytes()})
+    prefix = tmp_path / "out" / "r"
+    run(_job(str(tmp_path / "in.tfrecord"), prefix, yolox_dir / "yolox_nano_torchscript.pt", 1))
+    before = _outputs(prefix) | {"summary": (tmp_path / "out" / "r-summary.json").read_text()}
+    (tmp_path / "model.pt").write_bytes(b"not a model")
+    broken = dataclasses.replace(_job(str(tmp_path / "in.tfrecord"), prefix, tmp_path / "model.pt", 2), overwrite=True)
+    with pytest.raises(ModelLoadError):
+        run(broken)
+    assert _outputs(prefix) | {"summary": (tmp_path / "out" / "r-summary.json").read_text()} == before
+    assert (tmp_path / "out" / "r-job" / "committed").is_dir()
+
+
+def test_overwrite_with_workers_starts_over_once_and_every_worker_commits(tmp_path, photos_dir, yolox_dir):
+    photos = sorted(p for p in photos_dir.iterdir() if p.suffix == ".jpg")[:4]
+    for shard in range(2):
+        write_tfrecord(tmp_path / f"in-{shard}.tfrecord", {p.name: p.read_bytes() for p in photos[shard::2]})
+    prefix = tmp_path / "out" / "r"
+    model = yolox_dir / "yolox_nano_torchscript.pt"
+    first = run(_job(str(tmp_path / "in-*.tfrecord"), prefix, model, 1))
+    again = run(dataclasses.replace(_job(str(tmp_path / "in-*.tfrecord"), prefix, model, 2), overwrite=True))
+    assert again.complete and again.units_committed == 2 and again.predicted == first.predicted == 4

@@ -133,6 +133,11 @@ class JobState:
             write_atomically(f"{self.root}/job.json", json.dumps({"version": _FORMAT_VERSION, **self.identity}, indent=2))
             self._stored, self._overwrite = self.identity, False
 
+    def joined(self) -> None:
+        """Another process began this job (a worker's parent, after the worker's model loaded):
+        this one only adds its commits to it."""
+        self._stored, self._overwrite = self.identity, False
+
     def _stored_identity(self) -> dict[str, Any] | None:
         try:
             with fsspec.open(f"{self.root}/job.json", "rt", encoding="utf-8") as f:

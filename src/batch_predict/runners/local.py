@@ -7,7 +7,9 @@ interrupted run with the same arguments, or by other workers) are skipped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from ..jobstate import JobState
 from ..models import Model, load_model
 from ..observe import JobObserver
 from ..pipeline import BatchLimit, Stopped
@@ -29,6 +31,7 @@ def run(
     worker_count: int = 1,
     stopping: Stopping | None = None,
     observer: JobObserver | None = None,
+    begin: Callable[[JobState], None] = JobState.begin,
 ) -> JobSummary:
     """Predict every record matched by `spec`, write results, errors and a summary.
 
@@ -44,6 +47,8 @@ def run(
     left uncommitted, the other units go on, and `UnitsFailed` is raised at the end.
     `observer` (progress, metrics) hears how the run goes, beside the job's own timeline
     and `--visualize` pictures; its `job_ended` comes only when the run gets to its summary.
+    `begin` records the job's start once the model has loaded (a worker process leaves that to
+    its parent, `runners/workers.py`).
     """
     if spec.num_workers != 1 and model is None:
         from .workers import run_workers
@@ -57,7 +62,7 @@ def run(
         model = model or load_model(spec.model_settings())
         log.info("batch-predict: model %s", model.describe())
         watchers.model_loaded(model)
-        plan.state.begin()
+        begin(plan.state)
         stop = stopping.requested if stopping else None
         try:
             results = run_units(spec, model, plan.state, plan.pending, limit=BatchLimit(), stop=stop,

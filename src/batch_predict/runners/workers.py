@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import pickle
 import queue
 import threading
@@ -19,12 +20,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ..jobstate import JobState
 from ..observe import JobObserver
 from ..pipeline import Stopped
 from ..records import Outcome, Prediction, Record, RecordError
 from ..sinks import JobSummary, UnitCounts
 from ..spec import JobSpec
-from ..units import Unit, units_for_worker
+from ..units import Unit
 from .plan import finish_run, plan_run
 from .stopping import Stopping
 
@@ -119,15 +121,25 @@ def replay(events: list[tuple], units: Mapping[int, Unit], observer: JobObserver
             getattr(observer, name)(units[args[0]], *args[1:])
 
 
-def _work(spec: JobSpec, local_index: int, index: int, count: int, messages: Any) -> None:
+def _work(spec: JobSpec, local_index: int, index: int, count: int, messages: Any, go: Any) -> None:
     from .local import run
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [worker {index}] %(message)s")
     # The parent evaluates against the ground truth once, when all workers are done.
     worker_spec = dataclasses.replace(spec, num_workers=1, device=worker_device(spec.device, local_index), ground_truth=None)
     relay = Relay(messages)
+
+    def begin_in_parent(state: JobState) -> None:
+        """Tell the parent this worker's model loaded; it starts the job over once, then lets every worker on."""
+        messages.put(("loaded", index, None))
+        while not go.wait(1.0):
+            if os.getppid() == 1:  # the parent is gone: nobody will start the job
+                raise Stopped("the parent process ended before the job began")
+        state.joined()
+
     try:
-        run(worker_spec, worker_index=index, worker_count=count, observer=relay)
+        run(worker_spec, worker_index=index, worker_count=count, observer=relay,
+            begin=begin_in_parent if spec.overwrite else JobState.begin)
         relay.flush()
         messages.put(("done", index, None))
     except BaseException as exc:  # handed to the parent, which raises it
@@ -158,21 +170,20 @@ def run_workers(
     """
     count = local_worker_count(spec)
     plan = plan_run(spec, worker_index, worker_count)
-    if spec.overwrite:
-        # Once, here: workers starting over each would delete each other's commits.
-        plan.state.begin()
-        plan.pending = units_for_worker(plan.units, worker_index, worker_count)
-        spec = dataclasses.replace(spec, overwrite=False)
     watchers = observer or JobObserver()
     watchers.job_started(plan.pending)
     units = {unit.index: unit for unit in plan.units}
     predicted_before = sum(c.predicted for c in plan.state.committed().values())
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     messages = context.Queue()
+    # Under --overwrite the earlier job's outputs are removed once, here, when the first worker's
+    # model has loaded: workers starting over each would delete each other's commits, and a
+    # model that fails to load must leave the earlier outputs in place.
+    go = context.Event()
     processes = [
         context.Process(
             target=_work,
-            args=(spec, i, worker_index * count + i, worker_count * count, messages),
+            args=(spec, i, worker_index * count + i, worker_count * count, messages, go),
             name=f"batch-predict-worker-{i}",
         )
         for i in range(count)
@@ -198,6 +209,11 @@ def run_workers(
             continue
         if kind == "events":
             replay(message[0], units, watchers)
+            continue
+        if kind == "loaded":
+            if not go.is_set():
+                plan.state.begin()
+                go.set()
             continue
         index, failure = message
         reported += 1
