@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import click
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .errors import EXIT_BAD_SETUP, EXIT_JOB_FAILED, BatchPredictError, SetupError, exit_status
 from .logformat import configure_logging
 from .observe import Observers
 from .pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, find_images, pack
@@ -21,8 +22,6 @@ from .spec import (
     SpecError, split_patterns,
 )
 
-EXIT_JOB_FAILED = 1
-EXIT_BAD_SETUP = 2
 #: Kubernetes stops a pod with SIGTERM; 30 s later it sends SIGKILL. The unit in progress
 #: gets most of that to commit, and the process still exits before the kill.
 DEFAULT_TERMINATION_GRACE_S = 20.0
@@ -166,18 +165,10 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
     units runs; the pods' outputs together are the whole job's.
     """
     configure_logging(log_level, log_format, sys.stderr)
-    from .evaluate import EvaluationError, GroundTruthError
-    from .jobstate import JobConflict
-    from .labels import LabelMapError
-    from .metrics import MetricsError
-    from .models import ModelLoadError
     from .pipeline import Stopped
     from .progress import summary_table
     from .runners.local import run
-    from .runners.plan import UnitsFailed
     from .runners.stopping import Stopping
-    from .sinks import OutputError
-    from .sources import NoInputError
 
     stopping = Stopping()
     received: list[int] = []
@@ -208,19 +199,12 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
             else:
                 summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping,
                               observer=watchers)
-    except (SpecError, NoInputError, ModelLoadError, OutputError, LabelMapError, GroundTruthError, JobConflict,
-            MetricsError) as exc:
-        click.echo(f"batch-predict: error: {exc}", err=True)
-        sys.exit(EXIT_BAD_SETUP)
     except Stopped as exc:
         click.echo(f"batch-predict: {exc}", err=True)
         sys.exit(128 + (received[0] if received else signal.SIGTERM))
-    except EvaluationError as exc:
-        click.echo(f"batch-predict: error: the job ran, but its results cannot be evaluated: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
-    except UnitsFailed as exc:
+    except BatchPredictError as exc:
         click.echo(f"batch-predict: error: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
+        sys.exit(exit_status(exc))
     finally:
         if watchers is not None:
             watchers.close()
@@ -306,13 +290,11 @@ def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_pr
 def inspect_command(model_dir: str, as_json: bool, **settings) -> None:
     """Show a model's backend, signature, input, outputs and labels, and what the job will feed it."""
     from .inspect_model import format_description, inspect_model
-    from .labels import LabelMapError
-    from .models import ModelLoadError
     from .spec import ModelSettings
 
     try:
         info = inspect_model(ModelSettings(model_dir, **settings))
-    except (ModelLoadError, LabelMapError, SpecError) as exc:
+    except SetupError as exc:
         click.echo(f"batch-predict inspect: error: {exc}", err=True)
         sys.exit(EXIT_BAD_SETUP)
     click.echo(json.dumps(info, indent=2) if as_json else format_description(info))

@@ -19,6 +19,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from .errors import RecordFailure
 from .records import Record
 
 # The job enforces its own, configurable pixel limit (`check_size`), from the header, before
@@ -33,11 +34,11 @@ _START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _CHANNELS_TO_RGB = {1: lambda a: np.repeat(a, 3, axis=2), 3: lambda a: a, 4: lambda a: a[:, :, :3]}
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(RecordFailure, ValueError):
     """The bytes are not an image Pillow can decode, or the image is damaged."""
 
 
-class ImageTooLarge(ValueError):
+class ImageTooLarge(RecordFailure, ValueError):
     """The image declares more pixels than the job allows (a decompression bomb guard)."""
 
 

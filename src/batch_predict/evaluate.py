@@ -19,6 +19,7 @@ from typing import Any
 
 import fsspec
 
+from .errors import JobFailed, SetupError
 from .job_outputs import load_summary, read_coco_results, read_results, result_files
 from .result_formats import image_id_of_key
 from .sinks import summary_path
@@ -26,11 +27,11 @@ from .sinks import summary_path
 log = logging.getLogger("batch_predict")
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(SetupError, ValueError):
     """The ground-truth file cannot be read or is not a COCO instances file."""
 
 
-class EvaluationError(ValueError):
+class EvaluationError(JobFailed, ValueError):
     """The results cannot be scored against this ground truth (no key matches, or two match one image)."""
 
 

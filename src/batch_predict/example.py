@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .errors import RecordFailure
+
 _LEN = 2  # protobuf wire type of length-delimited fields
 
 
-class ExampleParseError(ValueError):
+class ExampleParseError(RecordFailure, ValueError):
     pass
 
 

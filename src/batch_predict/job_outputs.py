@@ -14,6 +14,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from .errors import SetupError
 from .sinks import summary_path
 
 _SHARD_GLOB = "-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]."
@@ -21,7 +22,7 @@ _SHARD_GLOB = "-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]."
 _RESULT_EXTENSIONS = ("jsonl", "parquet", "json")
 
 
-class JobOutputsError(FileNotFoundError):
+class JobOutputsError(SetupError, FileNotFoundError):
     """No job outputs under the given prefix."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import fsspec
 
+from .errors import SetupError
 from .result_formats import EXTENSIONS
 from .sinks import JobSummary, UnitCounts, ensure_writable, shard_files, shard_name, summary_path, write_atomically
 from .sources import InputFile
@@ -40,7 +41,7 @@ _OUTPUT_SETTINGS = (
 )
 
 
-class JobConflict(ValueError):
+class JobConflict(SetupError, ValueError):
     """The output prefixes hold another job's outputs; the message says what differs."""
 
 

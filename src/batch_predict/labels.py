@@ -6,11 +6,13 @@ import re
 
 import fsspec
 
+from .errors import SetupError
+
 _PBTXT_ITEM = re.compile(r"item\s*\{(.*?)\}", re.S)
 _PBTXT_FIELD = re.compile(r"\b(id|name|display_name)\s*:\s*(?:\"((?:[^\"\\]|\\.)*)\"|'((?:[^'\\]|\\.)*)'|(-?\d+))")
 
 
-class LabelMapError(ValueError):
+class LabelMapError(SetupError, ValueError):
     pass
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import SetupError
 from .models import Model
 from .observe import JobObserver
 from .records import Outcome, Prediction, Record, RecordError
@@ -23,7 +24,7 @@ from .units import Unit
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-class MetricsError(OSError):
+class MetricsError(SetupError, OSError):
     """The metrics endpoint cannot be served (no prometheus-client, or the port is taken)."""
 
 

@@ -26,6 +26,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 
+from .errors import SetupError
 from .example import build_example
 from .sources import InputFile
 from .spec import INPUT_FORMATS, InputFormat
@@ -46,7 +47,7 @@ _GLOB_CHARS = frozenset("*?[")
 _MAGIC_FORMATS = ((b"\xff\xd8", "jpeg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
 
 
-class PackError(ValueError):
+class PackError(SetupError, ValueError):
     """The images to pack cannot be found, or their keys would collide."""
 
 

@@ -29,6 +29,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 
 from . import decode
+from .errors import BatchPredictError
 from .models import Model
 from .records import Detections, Outcome, Prediction, Record, RecordError, UnitEnd
 
@@ -108,7 +109,7 @@ class Batch(list):
         return merged + outcomes[at:]
 
 
-class Stopped(Exception):
+class Stopped(BatchPredictError):
     """The run was asked to stop; what it was doing is abandoned, uncommitted."""
 
 

@@ -20,10 +20,11 @@ import fsspec
 import numpy as np
 import orjson
 
+from .errors import SetupError
 from .records import Outcome, Prediction, RecordError
 
 
-class OutputError(OSError):
+class OutputError(SetupError, OSError):
     """An output location cannot be written."""
 
 

@@ -21,6 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from . import example
 from .decode import to_uint8_rgb
+from .errors import SetupError
 from .records import Record, RecordError, default_key
 from .tfrecord import TFRecordCorruption, TFRecordDataCorruption, read_record_range
 
@@ -31,7 +32,7 @@ _KEY_FEATURES = ("image/key/sha256", "image/source_id", "image/filename")
 _DATA_ERRORS = (TFRecordCorruption, EOFError, gzip.BadGzipFile, zlib.error)
 
 
-class NoInputError(FileNotFoundError):
+class NoInputError(SetupError, FileNotFoundError):
     """An input pattern matched no file."""
 
 

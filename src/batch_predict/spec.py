@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .errors import SetupError
+
 InputFormat = Literal["json", "tfrecord", "tfrecord_gzip"]
 INPUT_FORMATS: tuple[str, ...] = ("json", "tfrecord", "tfrecord_gzip")
 OUTPUT_FORMATS: tuple[str, ...] = ("jsonl", "parquet", "coco")
@@ -24,7 +26,7 @@ DEFAULT_MAX_ERROR_RATE = 0.05
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 
 
-class SpecError(ValueError):
+class SpecError(SetupError, ValueError):
     """A job setting is invalid; the message names the setting."""
 
 

@@ -13,12 +13,14 @@ from typing import BinaryIO
 
 import crc32c
 
+from .errors import RecordFailure
+
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
 
 
-class TFRecordCorruption(ValueError):
+class TFRecordCorruption(RecordFailure, ValueError):
     """The framing cannot be trusted past this point: record `index`, at byte `offset`."""
 
     def __init__(self, message: str, index: int, offset: int) -> None:
@@ -27,7 +29,7 @@ class TFRecordCorruption(ValueError):
         self.offset = offset
 
 
-class TFRecordDataCorruption(ValueError):
+class TFRecordDataCorruption(RecordFailure, ValueError):
     """One record's data fails its CRC; the framing around it is intact."""
 
 

@@ -6,16 +6,17 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
 from ..decode import DecodeSplit
+from ..errors import RecordFailure, SetupError
 from ..records import Detections, Record
 
 InputKind = Literal["encoded", "jpeg", "image"]
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(SetupError, ValueError):
     """The model cannot be found, read or understood; the message says which and why."""
 
 
-class PredictError(RuntimeError):
+class PredictError(RecordFailure, RuntimeError):
     """A batch failed inside the model. Keeps the framework's error type for the error line."""
 
     def __init__(self, error_type: str, message: str) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from ..errors import RecordFailure
+
 
 log = logging.getLogger("batch_predict")
 
@@ -30,7 +32,7 @@ JpegDecoder = Callable[[Sequence[bytes]], list["torch.Tensor | None"]]
 _IMAGE_SETS = 2
 
 
-class DeviceDecodeError(RuntimeError):
+class DeviceDecodeError(RecordFailure, RuntimeError):
     """An image in a batch that no decoder can read; bisecting the batch makes it one error line."""
 
 

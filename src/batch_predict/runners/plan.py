@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import evaluate, sources
+from ..errors import JobFailed
 from ..jobstate import JobState
 from ..observe import JobObserver
 from ..result_formats import result_writer
@@ -23,7 +24,7 @@ from ..units import Unit, plan_units, units_for_worker
 log = logging.getLogger("batch_predict")
 
 
-class UnitsFailed(RuntimeError):
+class UnitsFailed(JobFailed, RuntimeError):
     """Some units could not be run (an input became unreadable); the others are committed."""
 
 
@@ -80,5 +81,8 @@ def finish_run(plan: RunPlan, observer: JobObserver) -> JobSummary:
         summary.detections, summary.wall_time_s, summary.images_per_second,
     )
     if plan.ground_truth is not None and summary.complete:
-        evaluate.evaluate_job(plan.spec.output_result_prefix, plan.ground_truth)
+        try:
+            evaluate.evaluate_job(plan.spec.output_result_prefix, plan.ground_truth)
+        except evaluate.EvaluationError as exc:
+            raise evaluate.EvaluationError(f"the job ran, but its results cannot be evaluated: {exc}") from None
     return summary
