@@ -124,3 +124,14 @@ def test_a_unit_with_no_record_among_others_commits_its_empty_shards(tmp_path):
     assert summary.complete and summary.units == 6 and summary.records_read == 2
     empty = [p for p in (tmp_path / "out").glob("results-*-of-00006.jsonl") if not p.read_text()]
     assert len(empty) == 4
+
+
+def test_the_one_entry_point_refuses_a_runner_it_lacks_and_another_runners_settings(job):
+    from batch_predict import runners
+    from batch_predict.spec import SpecError
+
+    with pytest.raises(SpecError, match="must be one of local, ray"):
+        runners.run(job, runner="spark")
+    with pytest.raises(SpecError, match="settings of --runner ray"):
+        runners.run(job, ray_num_actors=2)
+    assert not list(Path(job.output_result_prefix).parent.glob("*.jsonl"))  # refused before any work

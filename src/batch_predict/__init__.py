@@ -1,7 +1,7 @@
 """batch-predict: run object-detection models over very large image collections."""
 
 from .errors import BatchPredictError, JobFailed, RecordFailure, SetupError
-from .runners.local import run
+from .runners import run
 from .sinks import JobSummary
 from .spec import JobSpec
 

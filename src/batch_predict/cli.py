@@ -15,6 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import EXIT_BAD_SETUP, EXIT_JOB_FAILED, BatchPredictError, SetupError, exit_status
 from .logformat import configure_logging
+from .runners import RUNNERS
 from .observe import Observers
 from .pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, find_images, pack
 from .spec import (
@@ -25,7 +26,6 @@ from .spec import (
 #: Kubernetes stops a pod with SIGTERM; 30 s later it sends SIGKILL. The unit in progress
 #: gets most of that to commit, and the process still exits before the kill.
 DEFAULT_TERMINATION_GRACE_S = 20.0
-RUNNERS = ("local", "ray")
 
 log = logging.getLogger("batch_predict")
 
@@ -167,7 +167,7 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
     configure_logging(log_level, log_format, sys.stderr)
     from .pipeline import Stopped
     from .progress import summary_table
-    from .runners.local import run
+    from .runners import run
     from .runners.stopping import Stopping
 
     stopping = Stopping()
@@ -186,19 +186,11 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
     try:
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
         worker_index, worker_count = worker_from_environment(os.environ)
-        if runner != "ray" and (ray_address or ray_num_actors):
-            raise SpecError("--ray_address and --ray_num_actors are settings of --runner ray")
         watchers = run_watchers(metrics_port, progress_interval_seconds)
         # On a terminal, log lines go above the progress bar instead of through it.
         with logging_redirect_tqdm() if sys.stderr.isatty() else contextlib.nullcontext():
-            if runner == "ray":
-                from .runners import ray as ray_runner
-
-                summary = ray_runner.run(spec, address=ray_address, num_actors=ray_num_actors, worker_index=worker_index,
-                                         worker_count=worker_count, stopping=stopping, observer=watchers)
-            else:
-                summary = run(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping,
-                              observer=watchers)
+            summary = run(spec, runner=runner, ray_address=ray_address, ray_num_actors=ray_num_actors,
+                          worker_index=worker_index, worker_count=worker_count, stopping=stopping, observer=watchers)
     except Stopped as exc:
         click.echo(f"batch-predict: {exc}", err=True)
         sys.exit(128 + (received[0] if received else signal.SIGTERM))

@@ -1,4 +1,4 @@
-"""Run a job in this process: the function behind the `batch-predict` command.
+"""Run a job's units in this process (`runners.run` picks this runner, or another).
 
 The job is resumable: units already committed under the output prefixes (by an earlier,
 interrupted run with the same arguments, or by other workers) are skipped.
@@ -41,8 +41,7 @@ def run(
     goes on. `model`, if given, is used instead of loading `spec.model_dir` (a notebook
     that runs several jobs loads it once). Worker `worker_index` of `worker_count` runs only its share of the units
     (`units_for_worker`); the summary file is written by whichever run commits the last
-    unit. With `spec.num_workers` other than 1, the share runs in that many processes, one
-    per GPU (`runners/workers.py`). `stopping` (set from signal handlers) stops starting units, or abandons
+    unit. `stopping` (set from signal handlers) stops starting units, or abandons
     those in progress, raising `Stopped`. A unit that fails as a whole (an input that cannot be read) is
     left uncommitted, the other units go on, and `UnitsFailed` is raised at the end.
     `observer` (progress, metrics) hears how the run goes, beside the job's own timeline
@@ -50,11 +49,6 @@ def run(
     `begin` records the job's start once the model has loaded (a worker process leaves that to
     its parent, `runners/workers.py`).
     """
-    if spec.num_workers != 1 and model is None:
-        from .workers import run_workers
-
-        return run_workers(spec, worker_index=worker_index, worker_count=worker_count, stopping=stopping,
-                           observer=observer)
     plan = plan_run(spec, worker_index, worker_count)
     watchers = job_observers(spec, observer)
     watchers.job_started(plan.pending)

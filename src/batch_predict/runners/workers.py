@@ -27,6 +27,7 @@ from ..records import Outcome, Prediction, Record, RecordError
 from ..sinks import JobSummary, UnitCounts
 from ..spec import JobSpec
 from ..units import Unit
+from .local import run
 from .plan import finish_run, plan_run
 from .stopping import Stopping
 
@@ -122,8 +123,6 @@ def replay(events: list[tuple], units: Mapping[int, Unit], observer: JobObserver
 
 
 def _work(spec: JobSpec, local_index: int, index: int, count: int, messages: Any, go: Any) -> None:
-    from .local import run
-
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [worker {index}] %(message)s")
     # The parent evaluates against the ground truth once, when all workers are done.
     worker_spec = dataclasses.replace(spec, num_workers=1, device=worker_device(spec.device, local_index), ground_truth=None)
