@@ -106,9 +106,14 @@ def hardware_decoder(device: torch.device) -> JpegDecoder | None:
             consumed.synchronize()
             if len(images) >= len(jpegs) and all(image is not None for image in images):
                 reuse = images[: len(jpegs)]
-        last = decoder.decode(
-            [nvimgcodec.CodeStream(j) for j in jpegs], images=reuse, params=params, cuda_stream=stream.cuda_stream
-        )
+        try:
+            last = decoder.decode(
+                [nvimgcodec.CodeStream(j) for j in jpegs], images=reuse, params=params, cuda_stream=stream.cuda_stream
+            )
+        except (RuntimeError, ValueError) as exc:  # a stream it cannot even parse: the next decoder tries each image
+            log.debug("nvImageCodec refused a batch of %d: %s", len(jpegs), exc)
+            last = []
+            return [None] * len(jpegs)
         return [None if image is None else torch.as_tensor(image, device=device) for image in last]
 
     return decode
