@@ -237,6 +237,18 @@ def test_a_batch_runs_across_a_unit_end_and_carries_it_in_place():
     assert out[0].marks == [(3, end_a), (4, error_b)] and out[1].marks == []
 
 
+@pytest.mark.parametrize("same_size", [False, True])
+def test_once_asked_to_stop_the_batches_end_with_the_next_unit(same_size):
+    stop = threading.Event()
+    stop.set()
+    end_a = UnitEnd("a", 2)
+    items = [_record("a0"), _record("a1"), end_a, _record("b0"), UnitEnd("b", 1)]
+    out = list(form_batches(items, batch_size=4, same_size=same_size, stop=stop))
+    assert [list(b) if isinstance(b, Batch) else b for b in out][-1] in (end_a, [items[0], items[1]])
+    assert all(r.key.startswith("a") for b in out if isinstance(b, Batch) for r in b)
+    assert sum(b is end_a or (isinstance(b, Batch) and any(m is end_a for _, m in b.marks)) for b in out) == 1
+
+
 def test_same_size_batches_end_with_their_unit():
     end_a = UnitEnd("a", 2)
     items = [_record("a0", 8, 6), _record("a1", 4, 4), end_a, _record("b0", 8, 6)]

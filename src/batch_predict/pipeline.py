@@ -221,7 +221,9 @@ def prepare_for(model: Model, max_pixels: int) -> Callable[[Record | Mark], Reco
     return prepare
 
 
-def form_batches(items: Iterable[Record | Mark], batch_size: int, same_size: bool) -> Iterator[Batch | Mark]:
+def form_batches(
+    items: Iterable[Record | Mark], batch_size: int, same_size: bool, stop: threading.Event | None = None
+) -> Iterator[Batch | Mark]:
     """Batches of up to `batch_size` records; errors and unit ends pass straight through,
     or ride in the batch being filled when a unit ended while it was open.
 
@@ -230,7 +232,9 @@ def form_batches(items: Iterable[Record | Mark], batch_size: int, same_size: boo
     `same_size`, a batch holds images of one size only (the model stacks them into one
     tensor): records wait in a group per size, a full group leaves at once, when more than
     four batches' worth are waiting the largest group leaves early, bounding memory, and a
-    unit's end sends every group on its way first.
+    unit's end sends every group on its way first. Once `stop` is set, the stream ends at the
+    next unit's end: the units whose records have reached the model finish, however far
+    ahead the readers have gone.
     """
     groups: dict[tuple[int, int], Batch] = {}
     waiting = 0
@@ -249,7 +253,8 @@ def form_batches(items: Iterable[Record | Mark], batch_size: int, same_size: boo
                 largest = max(groups, key=lambda k: len(groups[k]))
                 waiting -= len(groups[largest])
                 yield groups.pop(largest)
-        elif same_size and isinstance(item, UnitEnd):
+            continue
+        if same_size and isinstance(item, UnitEnd):
             yield from groups.values()
             groups.clear()
             waiting = 0
@@ -261,6 +266,8 @@ def form_batches(items: Iterable[Record | Mark], batch_size: int, same_size: boo
             group.marks.append((len(group), item))
         else:
             yield item
+        if stop is not None and stop.is_set() and isinstance(item, UnitEnd):
+            break
     yield from groups.values()
 
 
@@ -445,13 +452,15 @@ def run_pipeline(
     num_decode_workers: int,
     queue_depth: int,
     limit: BatchLimit | None = None,
+    stop: threading.Event | None = None,
     abandon: threading.Event | None = None,
 ) -> int:
     """Push every record through decode, predict and write. Returns how many were read.
 
     `records` may carry `UnitEnd` marks, each handed to `sink.end` once every record before
-    it has been written. When `abandon` is set, raises `Stopped` before the next batch: what
-    was written is incomplete, and the caller discards it.
+    it has been written. Once `stop` is set, the records after the next unit's end reaching
+    the model are left unread (`form_batches`). When `abandon` is set, raises `Stopped`
+    before the next batch: what was written is incomplete, and the caller discards it.
     """
     read = 0
 
@@ -472,7 +481,7 @@ def run_pipeline(
         chunks_deep = max(2, queue_depth * batch_size // _DECODE_CHUNK)
         source = background(_chunks(counted(records), _DECODE_CHUNK), chunks_deep)
         prepared = background(ordered_map(prepare_for(model, max_image_pixels), source, pool, depth=2 * workers), chunks_deep)
-        batches = form_batches(itertools.chain.from_iterable(prepared), batch_size, model.same_size_batches)
+        batches = form_batches(itertools.chain.from_iterable(prepared), batch_size, model.same_size_batches, stop)
         if staged:
             items = background(prepare_ahead(model, batches), _PREPARED_AHEAD)
         else:

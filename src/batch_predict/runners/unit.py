@@ -137,7 +137,7 @@ def run_units(
 
     Returns what became of each unit started, in order: its counts, or the exception that
     failed it alone (an unreadable input, a line that cannot be written). Once `stop` is set
-    no further unit is started; the units under way still commit. When `abandon` is set, or
+    no further unit reaches the model; the units under way still commit. When `abandon` is set, or
     the run breaks off, the unit being written is discarded and the exception raised; the
     units committed before stay committed. An `OutputError` fails the run.
     """
@@ -153,6 +153,7 @@ def run_units(
             num_decode_workers=spec.num_decode_workers,
             queue_depth=spec.queue_depth,
             limit=limit,
+            stop=stop,
             abandon=abandon,
         )
     except BaseException:
