@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import torch
 
-from .detector import INPUT_SIZE, MAX_LOG_DISTANCE, STAGES, STRIDE, ShapeDetector
+from .detector import INPUT_SIZE, MAX_LOG_DISTANCE, STRIDE, ShapeDetector
 
 MAX_DETECTIONS = 100
 NMS_IOU = 0.5

@@ -6,8 +6,12 @@ import importlib
 import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from batch_predict.spec import JobSpec
 
 if importlib.util.find_spec("torchvision") is not None:
     # A process that imports torchvision after TensorFlow 2.21 dies (triton loads beside TF's
