@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from batch_predict.models.model_spec import InputSpec
+from batch_predict.models.device_decode import device_decoder
 from batch_predict.models.preprocess import Preprocessor, device_images, placements
 
 CPU = torch.device("cpu")
@@ -93,7 +94,7 @@ def test_resize_none_hands_over_a_list_of_native_size_images():
 def test_encoded_images_decode_in_a_batch_to_the_pixels_pillow_decodes(photos_dir):
     names = ["bus.jpg", "skimage_chelsea.png", "zidane.jpg"]
     encoded = [(photos_dir / n).read_bytes() for n in names]
-    decoded = device_images(encoded, CPU)
+    decoded = device_images(encoded, CPU, device_decoder(CPU))
     for name, image in zip(names, decoded):
         expected = np.asarray(Image.open(photos_dir / name).convert("RGB"))
         assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(expected.copy())), name
@@ -104,4 +105,4 @@ def test_a_damaged_image_fails_its_batch(photos_dir, damage):
     good = (photos_dir / "zidane.jpg").read_bytes()
     bad = good[:20000] if damage == "truncated jpeg" else b"not an image at all"
     with pytest.raises(RuntimeError):
-        device_images([good, bad], CPU)
+        device_images([good, bad], CPU, device_decoder(CPU))

@@ -181,8 +181,9 @@ class DecodeSplit:
     shows (docs/benchmarks.md). So the split climbs: it measures images per second over a
     window of batches at one share, tries the next larger share, keeps whichever was faster,
     and tries its neighbours again, soon at first (the first windows run while the GPU and its
-    allocator warm up) and then ever less often, so that it follows a job whose images change. A window right after a change is not counted: images decoded at the old share are
-    still in the queues. The decode workers ask `to_cpu()` of each JPEG; the model reports
+    allocator warm up) and then ever less often, so that it follows a job whose images change.
+    A window right after a change is not counted: images decoded at the old share are still
+    in the queues. The decode workers ask `to_cpu()` of each JPEG; the model reports
     each batch it finished to `batch_done`.
     """
 

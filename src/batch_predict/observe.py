@@ -9,10 +9,11 @@ watchers listen through `Observers`. Events of one unit may come from different 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from .models import Model
+from .decode import DecodeSplit
+from .models import InputKind, Model
 from .pipeline import Sink, StagedModel
 from .records import Outcome, Record, RecordError
 from .sinks import JobSummary, UnitCounts
@@ -125,10 +126,22 @@ class TimedModel:
 
     def __init__(self, model: Model, observer: JobObserver) -> None:
         self._model, self._observer = model, observer
-        self.input_kind = model.input_kind
-        self.same_size_batches = model.same_size_batches
-        self.labels = model.labels
-        self.decode_split = model.decode_split
+
+    @property
+    def input_kind(self) -> InputKind:
+        return self._model.input_kind
+
+    @property
+    def same_size_batches(self) -> bool:
+        return self._model.same_size_batches
+
+    @property
+    def labels(self) -> Mapping[int, str]:
+        return self._model.labels
+
+    @property
+    def decode_split(self) -> DecodeSplit | None:
+        return self._model.decode_split
 
     def predict(self, records: Sequence[Record]) -> list[Any]:
         started = time.perf_counter()
@@ -149,22 +162,20 @@ class TimedStagedModel(TimedModel):
     on the class, and a forwarding wrapper would silently lose the staged path.
     """
 
-    def __init__(self, model: StagedModel, observer: JobObserver) -> None:
-        super().__init__(model, observer)
-        self._staged = model
+    _model: StagedModel
 
     def prepare(self, records: Sequence[Record]) -> tuple[Any, int]:
-        return self._staged.prepare(records), len(records)
+        return self._model.prepare(records), len(records)
 
     def launch(self, prepared: tuple[Any, int]) -> tuple[Any, int, float]:
         inner, size = prepared
         started = time.perf_counter()
-        return self._staged.launch(inner), size, started
+        return self._model.launch(inner), size, started
 
     def collect(self, launched: tuple[Any, int, float]) -> list[Any]:
         inner, size, started = launched
         try:
-            return self._staged.collect(inner)
+            return self._model.collect(inner)
         finally:
             self._observer.batch_predicted(size, time.perf_counter() - started)
 

@@ -96,17 +96,23 @@ class Batch(list):
         super().__init__(records)
         self.marks = marks or []
 
-    def with_marks(self, outcomes: list[Outcome]) -> list[Outcome | UnitEnd]:
-        """`outcomes` (one per record, in order) with the marks put back where they came."""
+    def segments(self, outcomes: list[Outcome]) -> list[list[Outcome] | UnitEnd]:
+        """`outcomes` (one per record, in order) with the marks put back where they came: runs of
+        outcomes to write, split where a unit ends."""
         if not self.marks:
-            return outcomes
-        merged: list[Outcome | UnitEnd] = []
+            return [outcomes]
+        found: list[list[Outcome] | UnitEnd] = []
+        run: list[Outcome] = []
         at = 0
         for position, mark in self.marks:
-            merged += outcomes[at:position]
-            merged.append(mark)
+            run += outcomes[at:position]
             at = position
-        return merged + outcomes[at:]
+            if isinstance(mark, UnitEnd):
+                found += [run, mark]
+                run = []
+            else:
+                run.append(mark)
+        return found + [run + outcomes[at:]]
 
 
 class Stopped(BatchPredictError):
@@ -202,11 +208,10 @@ def prepare_for(model: Model, max_pixels: int) -> Callable[[Record | Mark], Reco
         split = model.decode_split
 
         def step(record: Record) -> Record:
-            if record.array is not None or not decode.is_jpeg(record.encoded or b""):
-                return decode.decode(record, max_pixels)
-            if split is not None and split.to_cpu():
-                return decode.decode(record, max_pixels)
-            return decode.probe(record, max_pixels)
+            on_gpu = record.array is None and decode.is_jpeg(record.encoded or b"")
+            if on_gpu and (split is None or not split.to_cpu()):
+                return decode.probe(record, max_pixels)
+            return decode.decode(record, max_pixels)
     else:
         step = partial(decode.decode, max_pixels=max_pixels)
 
@@ -403,21 +408,16 @@ class _Writer:
                 except BaseException as exc:  # re-raised in the job's thread
                     self._error = exc
 
-    def _deliver(self, items: list[Outcome | UnitEnd]) -> None:
-        run: list[Outcome] = []
-        for item in items:
-            if isinstance(item, UnitEnd):
-                if run:
-                    self._sink.write(run)
-                    run = []
-                self._sink.end(item)
-            else:
-                run.append(item)
-        if run:
-            self._sink.write(run)
+    def _deliver(self, segments: list[list[Outcome] | UnitEnd]) -> None:
+        for segment in segments:
+            if isinstance(segment, UnitEnd):
+                self._sink.end(segment)
+            elif segment:
+                self._sink.write(segment)
 
-    def put(self, work: list[Outcome | UnitEnd] | Callable[[], list[Outcome | UnitEnd]]) -> None:
-        """Outcomes to write, or what produces them once the device has (run in the writer's thread)."""
+    def put(self, work: list[list[Outcome] | UnitEnd] | Callable[[], list[list[Outcome] | UnitEnd]]) -> None:
+        """Segments to write (`Batch.segments`), or what produces them once the device has (run in
+        the writer's thread)."""
         if self._error is not None:
             raise self._error
         self._queue.put(work)
@@ -490,13 +490,15 @@ def run_pipeline(
             for item, ready in items:
                 if abandon is not None and abandon.is_set():
                     raise Stopped("abandoned on request")
-                if not isinstance(item, Batch):
+                if isinstance(item, UnitEnd):
                     writer.put([item])
+                elif isinstance(item, RecordError):
+                    writer.put([[item]])
                 elif ready is not None:
                     collect = launch_prepared(model, item, ready, limit)
-                    writer.put(lambda c=collect, b=item: b.with_marks(c()))
+                    writer.put(lambda c=collect, b=item: b.segments(c()))
                 else:
-                    writer.put(item.with_marks(predict_isolating(model, item, limit)))
+                    writer.put(item.segments(predict_isolating(model, item, limit)))
                 del ready  # frees the batch's device memory now, not when the next one arrives
         except BaseException:
             writer.abort()

@@ -126,17 +126,17 @@ def _groups(sizes: np.ndarray, resized: np.ndarray, offsets: np.ndarray) -> dict
 def device_images(
     images: Sequence[bytes | np.ndarray],
     device: torch.device,
-    jpeg_decoder: JpegDecoder | None = None,
+    jpeg_decoder: JpegDecoder,
 ) -> list[torch.Tensor]:
     """3xHxW uint8 RGB images on `device`. Arrays (decoded by the pipeline's CPU workers) are
     copied over, those of one size together (`arrays_to_device`); JPEG bytes go through one
-    batched call of `jpeg_decoder` (by default the device's best, `device_decoder`); other
+    batched call of `jpeg_decoder` (the device's best: `device_decoder`); other
     encoded formats decode on the CPU here. Raises `DeviceDecodeError` if an image cannot be
     decoded at all."""
     jpegs = [i for i, image in enumerate(images) if isinstance(image, bytes) and is_jpeg(image)]
     found: list[torch.Tensor | None] = [None] * len(images)
     if jpegs:
-        decoded = (jpeg_decoder or device_decoder(device))([images[i] for i in jpegs])
+        decoded = jpeg_decoder([images[i] for i in jpegs])
         for i, image in zip(jpegs, decoded):
             found[i] = image
     arrays = [i for i, image in enumerate(images) if isinstance(image, np.ndarray)]

@@ -21,7 +21,6 @@ from ..records import Detections, Record
 from .base import InputKind, ModelLoadError
 from .decoders import DECODERS, DecodeContext
 from .detections import PaddedDetections, to_detections
-from .device_decode import device_decoder
 from .model_spec import ModelSpec
 from .preprocess import Prepared, Preprocessor
 
@@ -115,7 +114,7 @@ class TensorModel:
         on_device = device.type == "cuda" if decode_on_device is None else decode_on_device
         self.input_kind: InputKind = "jpeg" if on_device else "image"
         self.decode_split = DecodeSplit() if on_device else None
-        self._preprocessor = Preprocessor(spec.input, device, device_decoder(device))
+        self._preprocessor = Preprocessor(spec.input, device)
         self._streams = DeviceStreams(device)
         self._class_ids = np.array(list(self.labels), np.int64) if spec.class_ids == "label_order" else None
         self._check_fit()
