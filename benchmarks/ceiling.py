@@ -33,11 +33,17 @@ def fasterrcnn(device: torch.device, **kwargs) -> torch.nn.Module:
 def yolox_model_only(
     path: str, device: torch.device, batch: int, precision: str, seconds: float,
     channels_last: bool = False, cuda_graph: bool = False, size: int = 416, optimized: bool = True,
+    frozen: bool = False,
 ) -> dict:
     """YOLOX-Nano's network alone on preloaded batches (two, alternated, of random pixels);
-    `optimized=False` runs it as the job does, without TorchScript's optimizing executor."""
+    `optimized=False` runs it as the job does, without TorchScript's optimizing executor, and
+    `frozen` as the job loads it (`batch_predict.models.torchscript.freeze`)."""
+    from batch_predict.models.torchscript import freeze
+
     dtype = DTYPES[precision]
     model = load_yolox(path, device).to(dtype)
+    if frozen:
+        model = freeze(model)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
         model = model.to(memory_format=layout)
@@ -76,7 +82,7 @@ def yolox_model_only(
 
         result = throughput(step, seconds)
     return {**result, "batch": batch, "precision": precision, "channels_last": channels_last, "cuda_graph": cuda_graph,
-            "optimized": optimized}
+            "optimized": optimized, "frozen": frozen}
 
 
 def fasterrcnn_model_only(

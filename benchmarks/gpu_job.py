@@ -144,7 +144,12 @@ def main() -> None:
 
     measure("model_optimized", lambda: ceiling.yolox_model_only(args.yolox, device, args.batch, half, args.seconds))
     measure("model_as_the_job_runs_it", lambda: ceiling.yolox_model_only(
+        args.yolox, device, args.batch, half, args.seconds, optimized=False, frozen=True))
+    measure("model_unfrozen", lambda: ceiling.yolox_model_only(
         args.yolox, device, args.batch, half, args.seconds, optimized=False))
+    if cuda:
+        measure("model_cuda_graph", lambda: ceiling.yolox_model_only(
+            args.yolox, device, args.batch, half, args.seconds, optimized=False, frozen=True, cuda_graph=True))
     if cuda:
         measure("decoder_agreement", lambda: decoder_agreement(args, device))
 
@@ -155,12 +160,15 @@ def main() -> None:
     log_path = args.out / "cli.log"
     hardware = {"PYTHONPATH": os.pathsep.join([args.nvimgcodec, os.environ.get("PYTHONPATH", "")])} if args.nvimgcodec else {}
     runs = [("job_hardware_decoder", hardware, 1), ("job_nvjpeg", {}, 1)]
+    if cuda:
+        runs.append(("job_hardware_decoder_cuda_graphs", hardware, 1))
     if gpus > 1:
         runs.append((f"job_hardware_decoder_x{gpus}", hardware, gpus))
     for name, env, workers in runs:
         if name.startswith("job_hardware") and not hardware:
             continue
-        measure(name, lambda n=name, e=env, w=workers: end_to_end.run_cli(cli, args.work / n, w, log_path, env=e))
+        flags = ["--compile", "cuda_graphs"] if name.endswith("cuda_graphs") else []
+        measure(name, lambda n=name, e=env, w=workers, f=flags: end_to_end.run_cli(cli + f, args.work / n, w, log_path, env=e))
 
     model = ceiling.load_yolox(args.yolox, device)
     measure("dataloader_uint8_fp16_whole_pass", lambda: baselines.dataloader_script(
@@ -172,10 +180,11 @@ def main() -> None:
 
 def print_table(results: Results, gpus: int) -> None:
     f = results.figure
-    model = max(filter(None, [f("model_optimized"), f("model_as_the_job_runs_it")]), default=None)
-    best = max(filter(None, [f("job_hardware_decoder", "steady_per_s"), f("job_nvjpeg", "steady_per_s")]), default=None)
-    whole = max(filter(None, [f("job_hardware_decoder", "whole_command_per_s"), f("job_nvjpeg", "whole_command_per_s")]),
-                default=None)
+    model = max(filter(None, [f(name) for name in ("model_optimized", "model_as_the_job_runs_it", "model_unfrozen",
+                                                    "model_cuda_graph")]), default=None)
+    jobs = ("job_hardware_decoder", "job_nvjpeg", "job_hardware_decoder_cuda_graphs")
+    best = max(filter(None, [f(name, "steady_per_s") for name in jobs]), default=None)
+    whole = max(filter(None, [f(name, "whole_command_per_s") for name in jobs]), default=None)
     ratios = {
         "job steady / model alone (best)": (best, model),
         "job steady / DataLoader script": (best, f("dataloader_uint8_fp16_whole_pass")),

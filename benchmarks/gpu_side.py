@@ -8,9 +8,8 @@ pipeline), so what it measures is the ceiling the GPU side sets, and what moves 
 - the model alone (launch and collect, one batch at a time), and the network alone;
 - the staged loop with a batch prepared once and launched over and over (no decoding), and
   without collecting (only waiting for each batch);
-- each way of decoding on the GPU: nvImageCodec's hardware engines as the job calls them, the
-  same without reusing output images, and with the JPEG bytes in pinned host memory; nvjpeg;
-  each alone and in the staged loop, with one and two preparing threads;
+- each way of decoding on the GPU (nvImageCodec's hardware engines as the job calls them, nvjpeg),
+  alone and in the staged loop, with one and two preparing threads;
 - a share of each batch decoded on CPU threads (simplejpeg, straight into pinned memory)
   while the GPU decodes the rest.
 
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import os
 import queue
@@ -33,7 +31,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import simplejpeg
 import torch
 
@@ -108,51 +105,36 @@ def alone(prepare: Prepare, take: Callable[[], list[Record]], seconds: float) ->
     return {"images_per_s": round(count / (time.perf_counter() - started), 1)}
 
 
-def pinned_hardware_decoder(device: torch.device) -> JpegDecoder:
-    """nvImageCodec's hardware engines on code streams over pinned host memory, so that copying
-    the JPEG bytes to the GPU is one asynchronous transfer each, not a staged pageable copy."""
-    from nvidia import nvimgcodec
-
-    decoder = nvimgcodec.Decoder(device_id=device.index or 0,
-                                 backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)])
-    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
-                                     sample_format=nvimgcodec.SampleFormat.P_RGB)
-    buffers: list[torch.Tensor | None] = [None, None]
-    turn = itertools.cycle(range(2))
-
-    def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
-        which = next(turn)
-        total = sum(map(len, jpegs))
-        if buffers[which] is None or buffers[which].numel() < total:
-            buffers[which] = torch.empty(2 * total, dtype=torch.uint8, pin_memory=True)
-        host = buffers[which].numpy()
-        streams, at = [], 0
-        for jpeg in jpegs:
-            host[at : at + len(jpeg)] = np.frombuffer(jpeg, np.uint8)
-            streams.append(nvimgcodec.CodeStream(host[at : at + len(jpeg)]))
-            at += len(jpeg)
-        stream = torch.cuda.current_stream(device)
-        images = decoder.decode(streams, params=params, cuda_stream=stream.cuda_stream)
-        return [None if image is None else torch.as_tensor(image, device=device) for image in images]
-
-    return decode
+def chunked(decoder: JpegDecoder, size: int) -> JpegDecoder:
+    """`decoder` called on `size` images at a time."""
+    return lambda jpegs: [image for at in range(0, len(jpegs), size) for image in decoder(jpegs[at : at + size])]
 
 
-def plain_hardware_decoder(device: torch.device) -> JpegDecoder:
-    """nvImageCodec's hardware engines, new output images every call."""
-    from nvidia import nvimgcodec
+def python_beside(work: Callable[[], object], seconds: float) -> dict:
+    """Iterations/s of a pure-Python loop in a second thread, alone and while `work` runs in a loop
+    here: how much of the time `work` holds the GIL."""
+    def count(stop: threading.Event, found: list) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+        found.append(n)
 
-    decoder = nvimgcodec.Decoder(device_id=device.index or 0,
-                                 backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)])
-    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
-                                     sample_format=nvimgcodec.SampleFormat.P_RGB)
-
-    def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
-        stream = torch.cuda.current_stream(device)
-        images = decoder.decode([nvimgcodec.CodeStream(j) for j in jpegs], params=params, cuda_stream=stream.cuda_stream)
-        return [None if image is None else torch.as_tensor(image, device=device) for image in images]
-
-    return decode
+    rates = []
+    for busy in (False, True):
+        stop, found = threading.Event(), []
+        thread = threading.Thread(target=count, args=(stop, found))
+        started = time.perf_counter()
+        thread.start()
+        while time.perf_counter() - started < seconds:
+            if busy:
+                work()
+            else:
+                time.sleep(0.01)
+        stop.set()
+        thread.join()
+        rates.append(found[0] / (time.perf_counter() - started))
+    return {"loop_per_s_alone": round(rates[0]), "loop_per_s_beside": round(rates[1]),
+            "share_left": round(rates[1] / rates[0], 3)}
 
 
 def _pinned_pixels(data: bytes) -> torch.Tensor:
@@ -192,13 +174,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--only", default="", help="comma-separated names of measurements to run (default: all)")
     args = parser.parse_args()
+    wanted = set(filter(None, args.only.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda")
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
                      "device": torch.cuda.get_device_name(0), "cpus": os.cpu_count(), "batch": args.batch}
 
     def measure(name: str, fn: Callable[[], dict]) -> None:
+        if wanted and name not in wanted:
+            return
         try:
             results[name] = fn()
         except Exception as exc:  # one failure loses only itself
@@ -212,31 +198,54 @@ def main() -> None:
                                      batch_size=args.batch))
     model.decode_split = None
     measure("network_alone", lambda: ceiling.yolox_model_only(args.yolox, device, args.batch, "fp16", args.seconds,
-                                                             optimized=False))
+                                                             optimized=False, frozen=True))
     ready = model.prepare(take())
     measure("model_alone", lambda: alone(lambda r: model.collect(model.launch(ready)) and ready, take, args.seconds))
     measure("staged_without_decoding", lambda: staged(model, [lambda r: ready], take, args.seconds))
 
-    decoders = {"hardware_as_job": hardware_decoder, "hardware_plain": plain_hardware_decoder,
-                "hardware_pinned": pinned_hardware_decoder, "nvjpeg": nvjpeg_decoder}
+    measure("network_alone_unfrozen", lambda: ceiling.yolox_model_only(
+        args.yolox, device, args.batch, "fp16", args.seconds, optimized=False))
+    decoders = {"hardware": hardware_decoder, "nvjpeg": nvjpeg_decoder}
     for name, make in decoders.items():
         first = preparer(model, device, make(device))
         measure(f"prepare_alone_{name}", lambda p=first: alone(p, take, args.seconds))
         measure(f"staged_{name}", lambda p=first: staged(model, [p], take, args.seconds))
-        if name == "hardware_as_job":
-            measure(f"staged_{name}_without_collect", lambda p=first: staged(model, [p], take, args.seconds, collect=False))
+        measure(f"staged_{name}_without_collect", lambda p=first: staged(model, [p], take, args.seconds, collect=False))
         measure(f"staged_{name}_two_preparers", lambda p=first, m=make: staged(
             model, [p, preparer(model, device, m(device))], take, args.seconds))
-    pool = ThreadPoolExecutor(os.cpu_count() or 1)
-    for share in (0.25, 0.4, 0.55):
-        for name in ("hardware_as_job", "hardware_pinned"):
-            make = decoders[name]
-            measure(f"staged_{name}_cpu_share_{share}", lambda s=share, m=make: staged(
-                model, [preparer(model, device, m(device), s, pool)], take, args.seconds))
-        measure(f"staged_hardware_pinned_cpu_share_{share}_two_preparers", lambda s=share: staged(
-            model, [preparer(model, device, pinned_hardware_decoder(device), s, pool) for _ in range(2)],
-            take, args.seconds))
+    for name, make in decoders.items():
+        decoder, preprocessor, stream = make(device), Preprocessor(model._preprocessor.spec, device), torch.cuda.Stream(device)
 
+        def decode_only(records: Sequence[Record], d=decoder) -> Prepared:
+            with torch.cuda.stream(stream):
+                d([r.encoded for r in records])
+            stream.synchronize()
+            return ready
+
+        with torch.cuda.stream(stream):
+            decoded = [image.clone() for image in decoder([r.encoded for r in take()])]
+
+        def preprocess_only(records: Sequence[Record]) -> Prepared:
+            with torch.inference_mode(), torch.cuda.stream(stream):
+                batch = preprocessor.prepare(decoded)
+                done = torch.cuda.Event()
+                done.record(stream)
+            return dataclasses.replace(batch, ready=done)
+
+        measure(f"staged_{name}_decode_only", lambda f=decode_only: staged(model, [f], take, args.seconds))
+        measure(f"staged_{name}_preprocess_only", lambda f=preprocess_only: staged(model, [f], take, args.seconds))
+    for name, make in decoders.items():
+        decoder = make(device)
+        measure(f"python_beside_{name}", lambda d=decoder: python_beside(
+            lambda: [torch.cuda.synchronize(), d([r.encoded for r in take()])], args.seconds))
+    measure("python_beside_model", lambda: python_beside(lambda: model.collect(model.launch(ready)), args.seconds))
+    for size in (64, 32):
+        measure(f"staged_hardware_chunks_of_{size}", lambda n=size: staged(
+            model, [preparer(model, device, chunked(hardware_decoder(device), n))], take, args.seconds))
+    pool = ThreadPoolExecutor(os.cpu_count() or 1)
+    for share in (0.25, 0.5):
+        measure(f"staged_hardware_cpu_share_{share}", lambda s=share: staged(
+            model, [preparer(model, device, hardware_decoder(device), s, pool)], take, args.seconds))
 
 if __name__ == "__main__":
     main()
