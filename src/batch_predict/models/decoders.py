@@ -1,8 +1,8 @@
 """Model outputs to padded detections, batched on the model's device.
 
 One function per output convention (`tfod`, `torchvision`, `yolox`, `boxes`). Each ends in
-`_pad`, which selects, runs class-aware NMS over the whole batch in one
-`torchvision.ops.batched_nms` call, keeps the best `max_detections` per image, and copies
+`_pad`, which selects, runs class-aware NMS over the whole batch in few calls
+(`vision_ops.batched_nms`), keeps the best `max_detections` per image, and copies
 the result to the host once per batch.
 """
 
@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.ops import batched_nms
 
 from .detections import PaddedDetections, tfod_to_padded
 from .model_spec import ModelSpec, Thresholds
+from .vision_ops import batched_nms
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,7 @@ def _pad_candidates(
     keep = scores >= thresholds.score
     image, boxes, scores, labels = image[keep], boxes[keep], scores[keep], labels[keep]
     if nms:
-        # One call for the batch: each (image, class) pair is its own NMS group.
-        order = batched_nms(boxes, scores, image * (int(labels.max()) + 1 if len(labels) else 1) + labels, thresholds.nms_iou)
+        order = batched_nms(boxes, scores, image, labels, thresholds.nms_iou)
     else:
         order = torch.argsort(scores, descending=True)
     order = order[torch.sort(image[order], stable=True).indices]  # by image, best first within each

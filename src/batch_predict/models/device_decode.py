@@ -16,9 +16,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 import torch
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-
 from ..errors import RecordFailure
+from .vision_ops import decode_image, decode_jpegs_on
 
 
 log = logging.getLogger("batch_predict")
@@ -47,7 +46,7 @@ def nvjpeg_decoder(device: torch.device) -> JpegDecoder:
 
     def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
         try:
-            return list(decode_jpeg([as_tensor(j) for j in jpegs], mode=ImageReadMode.RGB, device=device))
+            return decode_jpegs_on(device, [as_tensor(j) for j in jpegs])
         except RuntimeError:  # one bad image fails the call: decode one by one to find it
             return [_one(j, device) for j in jpegs] if len(jpegs) > 1 else [None]
 
@@ -56,7 +55,7 @@ def nvjpeg_decoder(device: torch.device) -> JpegDecoder:
 
 def _one(jpeg: bytes, device: torch.device) -> torch.Tensor | None:
     try:
-        return decode_jpeg(as_tensor(jpeg), mode=ImageReadMode.RGB, device=device)
+        return decode_jpegs_on(device, [as_tensor(jpeg)])[0]
     except RuntimeError:
         return None
 
@@ -145,7 +144,7 @@ def falling_back(decoders: Sequence[JpegDecoder], device: torch.device) -> JpegD
 def on_cpu(data: bytes, device: torch.device) -> torch.Tensor | None:
     """Any encoded image decoded by torchvision on the CPU and copied to `device`; None if it is unreadable."""
     try:
-        pixels = decode_image(as_tensor(data), mode=ImageReadMode.RGB)
+        pixels = decode_image(as_tensor(data))
     except RuntimeError:
         return None
     return pixels.to(device, non_blocking=True)
