@@ -69,14 +69,15 @@ class Preprocessor:
         self.device = device
         self._jpeg_decoder = jpeg_decoder or device_decoder(device)
         self._dtype = _DTYPES[spec.dtype or "float32"]
-        order = [2, 1, 0] if spec.channels == "BGR" else [0, 1, 2]
-        self._order = torch.tensor(order, device=device)
+        self._order = torch.tensor([2, 1, 0], device=device) if spec.channels == "BGR" else None
         low, high = spec.value_range
         std = torch.tensor(spec.std, dtype=torch.float32, device=device)
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
         # pixel p in 0..255 -> ((low + p / 255 * (high - low)) - mean) / std, folded into p * a + b.
         self._a = ((high - low) / 255.0 / std).view(1, 3, 1, 1)
         self._b = ((low - mean) / std).view(1, 3, 1, 1)
+        # Models fed 0..255 as they are (YOLOX) skip a pass over the batch.
+        self._scales = bool((self._a != 1).any() or (self._b != 0).any())
 
     def from_images(self, images: Sequence[bytes | np.ndarray]) -> Prepared:
         """Encoded images and HxWx3 uint8 RGB arrays, mixed as a batch comes (`device_images`)."""
@@ -91,25 +92,43 @@ class Preprocessor:
             offset=offsets[:, ::-1].astype(np.float32),
         )
         if self.spec.resize == "none":
-            inputs = [self._finish(image[None].float())[0] for image in images]
+            inputs = [self._finish(self._ordered(image[None]).float())[0] for image in images]
             return Prepared(inputs, geometry, None, sizes[:, ::-1])
         height, width = (int(v) for v in canvas[0])
-        batch = torch.full((len(images), 3, height, width), float(self.spec.pad_value), device=self.device)
-        for key, members in _groups(sizes, resized, offsets).items():
-            (source_h, source_w), (new_h, new_w), (top, left) = key
-            group = torch.stack([images[i] for i in members]).float()
-            if (new_h, new_w) != (source_h, source_w):
-                group = F.interpolate(group, size=(new_h, new_w), mode="bilinear", align_corners=False)
-            index = torch.tensor(members, device=self.device)
-            batch[index, :, top : top + new_h, left : left + new_w] = group
+        placed = [
+            (members, self._place([images[i] for i in members], key, (height, width)))
+            for key, members in _groups(sizes, resized, offsets).items()
+        ]
+        if len(placed) == 1:  # the usual batch: images of one size
+            batch = placed[0][1]
+        else:
+            batch = torch.empty((len(images), 3, height, width), device=self.device)
+            for members, group in placed:
+                batch[torch.tensor(members, device=self.device)] = group
         return Prepared(self._finish(batch), geometry, (height, width), sizes[:, ::-1])
 
+    def _ordered(self, images: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch in the model's channel order: reordered while it is a quarter of its float size."""
+        return images if self._order is None else images[:, self._order]
+
+    def _place(self, images: Sequence[torch.Tensor], key: tuple, canvas: tuple[int, int]) -> torch.Tensor:
+        """Images of one size and placement (`_groups`) as a float 0..255 batch on the canvas:
+        stacked, channels ordered, resized together, padded."""
+        (source_h, source_w), (new_h, new_w), (top, left) = key
+        group = self._ordered(torch.stack(list(images))).float()
+        if (new_h, new_w) != (source_h, source_w):
+            group = F.interpolate(group, size=(new_h, new_w), mode="bilinear", align_corners=False)
+        height, width = canvas
+        return F.pad(group, (left, width - left - new_w, top, height - top - new_h), value=float(self.spec.pad_value))
+
     def _finish(self, batch: torch.Tensor) -> torch.Tensor:
-        """Channel order, value range and normalization, dtype and layout of a float 0..255 batch."""
+        """Value range and normalization, dtype and layout of a float 0..255 batch."""
         if self._dtype == torch.uint8:
-            batch = batch[:, self._order].round_().clamp_(0, 255).to(torch.uint8)
+            batch = batch.round_().clamp_(0, 255).to(torch.uint8)
         else:
-            batch = (batch[:, self._order] * self._a + self._b).to(self._dtype)
+            if self._scales:
+                batch = batch * self._a + self._b
+            batch = batch.to(self._dtype)
         if self.spec.layout == "NHWC":
             batch = batch.permute(0, 2, 3, 1)
         return batch.contiguous()
