@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.ops import batched_nms
 from torchvision.transforms.functional import pil_to_tensor
 
-from batch_predict.tfrecord import read_records
+from batch_predict.inputs.tfrecord import read_records
 from timing import sync
 
 SIZE = 416

@@ -32,7 +32,7 @@ from PIL import Image
 
 from make_inputs import make_file
 from timing import throughput
-from batch_predict.tfrecord import read_records
+from batch_predict.inputs.tfrecord import read_records
 
 
 def _images(photos: Path, work: Path, count: int) -> list[bytes]:

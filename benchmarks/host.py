@@ -30,9 +30,9 @@ from torchvision.io import ImageReadMode, decode_image
 from batch_predict import run
 from batch_predict.decode import decode, encode_png
 from batch_predict.records import Detections, Prediction, Record
-from batch_predict.sinks import JobSummary, result_lines, result_records
+from batch_predict.outputs.sinks import JobSummary, result_lines, result_records
 from batch_predict.spec import JobSpec
-from batch_predict.tfrecord import read_records
+from batch_predict.inputs.tfrecord import read_records
 
 LABELS = {i: f"class {i}" for i in range(80)}
 

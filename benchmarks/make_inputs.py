@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from batch_predict.tfrecord import write_record
+from batch_predict.inputs.tfrecord import write_record
 
 SIZE = (640, 480)
 

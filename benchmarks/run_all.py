@@ -36,7 +36,7 @@ from make_inputs import make_file
 from batch_predict.models import load_model
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
-from batch_predict.tfrecord import read_records
+from batch_predict.inputs.tfrecord import read_records
 
 log = logging.getLogger("bench")
 

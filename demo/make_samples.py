@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from batch_predict.example import build_example
-from batch_predict.tfrecord import write_record
+from batch_predict.inputs.tf_example import build_example
+from batch_predict.inputs.tfrecord import write_record
 
 from .scenes import CLASSES, JPEG_QUALITY, SAMPLES_SPLIT, encode_jpeg, job_scene, load_backgrounds
 

@@ -10,7 +10,7 @@ import itertools
 import json
 from pathlib import Path
 
-from batch_predict.sinks import summary_path
+from batch_predict.outputs.sinks import summary_path
 
 
 def describe_result(line: str, max_detections: int) -> str:

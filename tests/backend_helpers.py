@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_predict.example import build_example
-from batch_predict.tfrecord import write_record
+from batch_predict.inputs.tf_example import build_example
+from batch_predict.inputs.tfrecord import write_record
 
 REPO = Path(__file__).resolve().parents[1]
 

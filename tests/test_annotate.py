@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from batch_predict.annotate import class_color, draw_detections
+from batch_predict.tools.annotate import class_color, draw_detections
 
 GREY = (128, 128, 128)
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batch_predict.example import build_example
-from batch_predict.tfrecord import write_record
+from batch_predict.inputs.tf_example import build_example
+from batch_predict.inputs.tfrecord import write_record
 
 from conftest import shared_file
 

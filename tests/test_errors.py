@@ -7,20 +7,20 @@ import pytest
 from batch_predict import BatchPredictError, JobFailed, JobSpec, RecordFailure, SetupError, run
 from batch_predict.decode import ImageDecodeError, ImageTooLarge
 from batch_predict.errors import EXIT_BAD_SETUP, EXIT_JOB_FAILED, exit_status
-from batch_predict.evaluate import EvaluationError, GroundTruthError
-from batch_predict.example import ExampleParseError
-from batch_predict.job_outputs import JobOutputsError
-from batch_predict.jobstate import JobConflict
-from batch_predict.labels import LabelMapError
-from batch_predict.metrics import MetricsError
+from batch_predict.tools.evaluate import EvaluationError, GroundTruthError
+from batch_predict.inputs.tf_example import ExampleParseError
+from batch_predict.outputs.reading import JobOutputsError
+from batch_predict.outputs.jobstate import JobConflict
+from batch_predict.models.labels import LabelMapError
+from batch_predict.observe.metrics import MetricsError
 from batch_predict.models import ModelLoadError, ModelSpecError, PredictError
-from batch_predict.pack import PackError
+from batch_predict.tools.pack import PackError
 from batch_predict.pipeline import Stopped
 from batch_predict.runners.plan import UnitsFailed
-from batch_predict.sinks import OutputError
-from batch_predict.sources import NoInputError
+from batch_predict.outputs.sinks import OutputError
+from batch_predict.inputs.sources import NoInputError
 from batch_predict.spec import SpecError
-from batch_predict.tfrecord import TFRecordCorruption, TFRecordDataCorruption
+from batch_predict.inputs.tfrecord import TFRecordCorruption, TFRecordDataCorruption
 
 SETUP = [SpecError, NoInputError, ModelLoadError, ModelSpecError, OutputError, LabelMapError, GroundTruthError,
          JobConflict, MetricsError, PackError, JobOutputsError]

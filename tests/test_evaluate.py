@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from batch_predict.evaluate import (
+from batch_predict.tools.evaluate import (
     EvaluationError, GroundTruth, GroundTruthError, KeyMatcher, evaluate, evaluate_job, evaluate_outputs,
     format_evaluation, load_ground_truth,
 )

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from batch_predict.example import build_example
-from batch_predict.tfrecord import write_record
+from batch_predict.inputs.tf_example import build_example
+from batch_predict.inputs.tfrecord import write_record
 
 from conftest import REPO, shared_file
 

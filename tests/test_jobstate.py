@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from batch_predict.jobstate import JobConflict, JobState
-from batch_predict.sinks import UnitCounts, UnitOutputs
-from batch_predict.sources import expand_patterns
+from batch_predict.outputs.jobstate import JobConflict, JobState
+from batch_predict.outputs.sinks import UnitCounts, UnitOutputs
+from batch_predict.inputs.sources import expand_patterns
 from batch_predict.spec import JobSpec
-from batch_predict.units import plan_units
+from batch_predict.inputs.units import plan_units
 
 
 @pytest.fixture

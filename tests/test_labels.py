@@ -1,6 +1,6 @@
 import pytest
 
-from batch_predict.labels import LabelMapError, load_label_map
+from batch_predict.models.labels import LabelMapError, load_label_map
 
 
 def test_pbtxt_prefers_display_name(tmp_path):

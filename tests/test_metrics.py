@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from batch_predict.metrics import MetricsError, MetricsServer
+from batch_predict.observe.metrics import MetricsError, MetricsServer
 from batch_predict.runners.local import run
 
 from conftest import photo_job

@@ -10,8 +10,8 @@ from batch_predict.pipeline import (
     Batch, BatchLimit, Stopped, background, form_batches, is_out_of_memory, launch_prepared, predict_isolating,
     prepare_for, run_pipeline,
 )
-from batch_predict.records import Prediction, Record, RecordError, UnitEnd
-from batch_predict.sinks import UnitOutputs
+from batch_predict.records import Prediction, Record, FailedRecord, UnitEnd
+from batch_predict.outputs.sinks import UnitOutputs
 
 from images import encode, gradient
 from toymodels import MeanColourModel, StagedMeanColourModel
@@ -27,13 +27,13 @@ def test_one_bad_record_fails_alone_and_its_batch_mates_are_predicted():
     batch[11] = _record("poison-11")
     outcomes = predict_isolating(model, batch)
     assert [o.record.key if isinstance(o, Prediction) else o.key for o in outcomes] == [r.key for r in batch]
-    (error,) = [o for o in outcomes if isinstance(o, RecordError)]
+    (error,) = [o for o in outcomes if isinstance(o, FailedRecord)]
     assert error.key == "poison-11" and error.error_type == "ValueError" and error.stage == "predict"
     assert len(model.batch_sizes) <= 1 + 2 * 4  # bisection, not one call per record
 
 
 def test_same_size_batches_group_by_size_and_errors_pass_straight_through():
-    error = RecordError("bad", "src", 0, "E", "m", "read")
+    error = FailedRecord("bad", "src", 0, "E", "m", "read")
     items = [_record("a", 8, 6), _record("b", 4, 4), error, _record("c", 8, 6), _record("d", 4, 4), _record("e", 8, 6)]
     out = list(form_batches(items, batch_size=3, same_size=True))
     assert out[0] is error
@@ -86,14 +86,14 @@ def test_decode_failures_become_errors_of_the_decode_stage():
     good = prepare(Record("ok", "src", 0, encoded=encode(gradient())))
     bad = prepare(Record("bad", "src", 1, encoded=b"nope"))
     assert isinstance(good, Record) and good.array.shape == (48, 64, 3)
-    assert isinstance(bad, RecordError) and bad.stage == "decode" and bad.key == "bad"
+    assert isinstance(bad, FailedRecord) and bad.stage == "decode" and bad.key == "bad"
 
 
 def test_every_record_ends_once_in_results_or_errors(tmp_path):
     records = [Record(f"k{i}", "src", i, encoded=encode(gradient(8 + i % 3, 8))) for i in range(50)]
     records[7] = Record("poison", "src", 7, encoded=encode(gradient(8, 8)))
     records[20] = Record("broken", "src", 20, encoded=b"not an image")
-    records.insert(30, RecordError("unread", "src", 30, "TFRecordCorruption", "m", "read"))
+    records.insert(30, FailedRecord("unread", "src", 30, "TFRecordCorruption", "m", "read"))
     outputs = UnitOutputs(str(tmp_path / "r-00000-of-00001.jsonl"), str(tmp_path / "e-00000-of-00001.jsonl"), {1: "image"})
     read = run_pipeline(
         records, MeanColourModel(), outputs, batch_size=8, max_image_pixels=1 << 20, num_decode_workers=2, queue_depth=2
@@ -123,7 +123,7 @@ def test_a_record_too_big_for_memory_alone_is_an_error_and_shrinks_batches_once_
     batch = [_record(f"r{i}") for i in range(16)]
     batch[3] = _record("too-big-3")
     outcomes = predict_isolating(model, batch, limit)
-    (error,) = [o for o in outcomes if isinstance(o, RecordError)]
+    (error,) = [o for o in outcomes if isinstance(o, FailedRecord)]
     assert (error.key, error.error_type, error.stage) == ("too-big-3", "OutOfMemoryError", "predict")
     assert limit.size == 8  # the half without it worked whole
 
@@ -215,7 +215,7 @@ def test_a_prepared_batch_that_fails_is_bisected_so_only_its_bad_record_fails(fa
     batch = Batch(_record(f"r{i}") for i in range(8))
     batch[5] = _record("poison-5")
     outcomes = launch_prepared(model, batch, model.prepare(batch), limit)()
-    assert [o.key for o in outcomes if isinstance(o, RecordError)] == ["poison-5"]
+    assert [o.key for o in outcomes if isinstance(o, FailedRecord)] == ["poison-5"]
     assert [o.record.key for o in outcomes if isinstance(o, Prediction)] == [r.key for r in batch if r.key != "poison-5"]
 
 
@@ -230,7 +230,7 @@ def test_a_prepared_batch_larger_than_the_memory_limit_is_cut_first():
 # Several units through one pipeline: batches run across their ends, each end is delivered in place.
 
 def test_a_batch_runs_across_a_unit_end_and_carries_it_in_place():
-    end_a, error_b = UnitEnd("a", 3), RecordError("bad-b", "src", 9, "E", "m", "read")
+    end_a, error_b = UnitEnd("a", 3), FailedRecord("bad-b", "src", 9, "E", "m", "read")
     items = [_record("a0"), _record("a1"), _record("a2"), end_a, _record("b0"), error_b, _record("b1"), _record("b2")]
     out = list(form_batches(items, batch_size=5, same_size=False))
     assert [[r.key for r in b] for b in out] == [["a0", "a1", "a2", "b0", "b1"], ["b2"]]
@@ -262,7 +262,7 @@ class _UnitSink(_ListSink):
         self.units = []
 
     def end(self, mark):
-        self.units.append((mark.unit, [o.key if isinstance(o, RecordError) else o.record.key for o in self.outcomes]))
+        self.units.append((mark.unit, [o.key if isinstance(o, FailedRecord) else o.record.key for o in self.outcomes]))
         self.outcomes = []
 
 
@@ -272,7 +272,7 @@ def test_each_unit_end_reaches_the_sink_after_exactly_its_own_outcomes(model):
     def units():
         for unit in range(5):
             keys = [f"u{unit}-{i}" for i in range(unit + 2)]
-            yield from (_record(k) if k != "u3-1" else RecordError(k, "src", 1, "E", "m", "read") for k in keys)
+            yield from (_record(k) if k != "u3-1" else FailedRecord(k, "src", 1, "E", "m", "read") for k in keys)
             yield UnitEnd(unit, len(keys))
 
     sink = _UnitSink()

@@ -6,8 +6,8 @@ import io
 import json
 import logging
 
-from batch_predict.logformat import JsonFormatter
-from batch_predict.progress import LogProgress, Tally, TerminalProgress, summary_table
+from batch_predict.observe.logformat import JsonFormatter
+from batch_predict.observe.progress import LogProgress, Tally, TerminalProgress, summary_table
 from batch_predict.runners.local import run
 
 from conftest import photo_job

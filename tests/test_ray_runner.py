@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 import ray
 
-from batch_predict.jobstate import JobState
+from batch_predict.outputs.jobstate import JobState
 from batch_predict.models import ModelLoadError
 from batch_predict.pipeline import Stopped
 from batch_predict.runners import local
 from batch_predict.runners import ray as ray_runner
 from batch_predict.runners.stopping import Stopping
-from batch_predict.sources import expand_patterns
+from batch_predict.inputs.sources import expand_patterns
 from batch_predict.spec import JobSpec
-from batch_predict.units import plan_units
+from batch_predict.inputs.units import plan_units
 
 from backend_helpers import REPO, largest_differences, run_cli, write_tfrecord
 from conftest import shared_file

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batch_predict.report import collect, load_samples, render, sniff_format, throughput
-from batch_predict.sources import expand_patterns
-from batch_predict.tfrecord import write_record
+from batch_predict.tools.report import collect, load_samples, render, sniff_format, throughput
+from batch_predict.inputs.sources import expand_patterns
+from batch_predict.inputs.tfrecord import write_record
 
 from conftest import shared_file
 from images import encode, gradient

@@ -10,13 +10,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from batch_predict.evaluate import evaluate_outputs, load_ground_truth
-from batch_predict.job_outputs import JobOutputsError, read_lines, read_results
-from batch_predict.jobstate import JobConflict
+from batch_predict.tools.evaluate import evaluate_outputs, load_ground_truth
+from batch_predict.outputs.reading import JobOutputsError, read_lines, read_results
+from batch_predict.outputs.jobstate import JobConflict
 from batch_predict.models import load_model
-from batch_predict.pack import find_images, pack
-from batch_predict.report import collect
-from batch_predict.result_formats import image_id_of_key
+from batch_predict.tools.pack import find_images, pack
+from batch_predict.tools.report import collect
+from batch_predict.outputs.result_formats import image_id_of_key
 from batch_predict.runners.local import run
 from batch_predict.spec import JobSpec
 

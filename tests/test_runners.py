@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from batch_predict.observe import JobObserver
+from batch_predict.observe.observers import JobObserver
 from batch_predict.pipeline import Stopped
 from batch_predict.runners.local import run
 from batch_predict.runners.plan import UnitsFailed
 from batch_predict.runners.stopping import Stopping
 from batch_predict.spec import JobSpec
-from batch_predict.tfrecord import write_record
+from batch_predict.inputs.tfrecord import write_record
 
 from conftest import shared_file
 from toymodels import MeanColourModel

@@ -5,8 +5,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from batch_predict.records import Detections, Prediction, Record, RecordError
-from batch_predict.sinks import (
+from batch_predict.records import Detections, Prediction, Record, FailedRecord
+from batch_predict.outputs.sinks import (
     OutputError, UnitOutputs, ensure_writable, result_lines, shard_files, shard_name, write_atomically,
 )
 
@@ -39,7 +39,7 @@ def test_without_a_label_map_detections_carry_ids_only():
 
 
 def _error(key):
-    return RecordError(key, "f", 1, "ValueError", "bad", "decode")
+    return FailedRecord(key, "f", 1, "ValueError", "bad", "decode")
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -6,10 +6,10 @@ import fsspec
 import numpy as np
 import pytest
 
-from batch_predict.example import build_example
-from batch_predict.records import Record, RecordError
-from batch_predict.sources import NoInputError, expand_patterns, image_from_tfrecord, parse_instance, read_file
-from batch_predict.tfrecord import write_record
+from batch_predict.inputs.tf_example import build_example
+from batch_predict.records import Record, FailedRecord
+from batch_predict.inputs.sources import NoInputError, expand_patterns, image_from_tfrecord, parse_instance, read_file
+from batch_predict.inputs.tfrecord import write_record
 
 from images import encode, gradient
 
@@ -87,7 +87,7 @@ def test_a_corrupt_data_crc_is_one_error_and_reading_goes_on(tmp_path):
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     items = _records(path, "tfrecord")
-    assert [type(i) for i in items] == [Record, RecordError, Record]
+    assert [type(i) for i in items] == [Record, FailedRecord, Record]
     assert items[1].error_type == "TFRecordDataCorruption" and items[1].index == 1
 
 
@@ -99,7 +99,7 @@ def test_a_truncated_file_yields_its_complete_records_then_one_error(tmp_path):
     path.write_bytes(path.read_bytes()[:-10])
     first, error = _records(path, "tfrecord")
     assert isinstance(first, Record)
-    assert isinstance(error, RecordError) and error.index == 1 and error.error_type == "TFRecordCorruption"
+    assert isinstance(error, FailedRecord) and error.index == 1 and error.error_type == "TFRecordCorruption"
 
 
 def test_a_bad_length_crc_ends_the_file_with_one_error(tmp_path):
@@ -116,7 +116,7 @@ def test_a_truncated_gzip_file_yields_the_records_before_the_cut_then_one_error(
     (tmp_path / "cut.tfrecord.gz").write_bytes(packed[: len(packed) * 9 // 10])
     items = _records(tmp_path / "cut.tfrecord.gz", "tfrecord_gzip")
     assert all(isinstance(i, Record) for i in items[:-1]) and 0 < len(items) - 1 < 30
-    assert isinstance(items[-1], RecordError) and items[-1].index == len(items) - 1
+    assert isinstance(items[-1], FailedRecord) and items[-1].index == len(items) - 1
 
 
 def test_a_gzip_file_is_never_read_from_a_byte_range(tmp_path):
@@ -130,7 +130,7 @@ def test_a_gzip_format_file_that_is_not_gzip_is_one_error(tmp_path):
     with open(path, "wb") as f:
         write_record(f, JPEG)
     (error,) = _records(path, "tfrecord_gzip")
-    assert isinstance(error, RecordError) and error.error_type == "BadGzipFile" and error.stage == "read"
+    assert isinstance(error, FailedRecord) and error.error_type == "BadGzipFile" and error.stage == "read"
 
 
 def test_json_lines_accept_every_cloud_ml_instance_form(tmp_path):
@@ -180,7 +180,7 @@ def test_each_bad_json_line_is_one_error_naming_the_problem(tmp_path, line, mess
     path.write_text(f'{{"b64": "{base64.b64encode(JPEG).decode()}"}}\n{line}\n')
     good, error = _records(path, "json")
     assert isinstance(good, Record)
-    assert isinstance(error, RecordError) and error.index == 1 and message in error.message
+    assert isinstance(error, FailedRecord) and error.index == 1 and message in error.message
 
 
 def test_nan_in_an_array_is_refused():

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from batch_predict.svg import bar_chart, column_chart, line_chart, nice_ceiling
+from batch_predict.tools.svg import bar_chart, column_chart, line_chart, nice_ceiling
 
 SVG = "{http://www.w3.org/2000/svg}"
 

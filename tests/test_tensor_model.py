@@ -17,7 +17,7 @@ from batch_predict.models.tensor_model import ModuleRunner, PaddingRunner, Tenso
 from batch_predict.models.torchscript import load_script
 from batch_predict.pipeline import prepare_for, run_pipeline
 from batch_predict.records import Record
-from batch_predict.sinks import UnitOutputs
+from batch_predict.outputs.sinks import UnitOutputs
 from batch_predict.spec import ModelSettings
 
 from backend_helpers import REPO

@@ -2,7 +2,7 @@ import io
 
 import pytest
 
-from batch_predict.tfrecord import TFRecordCorruption, TFRecordDataCorruption, read_record_range, read_records, write_record
+from batch_predict.inputs.tfrecord import TFRecordCorruption, TFRecordDataCorruption, read_record_range, read_records, write_record
 
 
 def _framed(*payloads: bytes) -> bytes:

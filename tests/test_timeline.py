@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from batch_predict.job_outputs import read_timeline, unit_timeline_path
-from batch_predict.records import RecordError
-from batch_predict.report import collect, throughput
+from batch_predict.outputs.reading import read_timeline, unit_timeline_path
+from batch_predict.records import FailedRecord
+from batch_predict.tools.report import collect, throughput
 from batch_predict.runners.local import run
-from batch_predict.sinks import UnitCounts
-from batch_predict.timeline import TimelineWriter
-from batch_predict.units import Unit
+from batch_predict.outputs.sinks import UnitCounts
+from batch_predict.outputs.timeline import TimelineWriter
+from batch_predict.inputs.units import Unit
 
 from conftest import photo_job
 from toymodels import MeanColourModel
@@ -59,7 +59,7 @@ def test_a_redone_unit_counts_only_its_committed_attempt(tmp_path):
     unit = Unit(0, 1, ())
     writer = TimelineWriter(prefix)
     writer.job_started([unit])
-    error = RecordError("k", "src", 0, "ValueError", "bad", "decode")
+    error = FailedRecord("k", "src", 0, "ValueError", "bad", "decode")
     writer.written(unit, [error, error])
     writer.unit_abandoned(unit)
     writer.written(unit, [error])

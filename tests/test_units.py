@@ -5,8 +5,8 @@ from __future__ import annotations
 import fsspec
 import pytest
 
-from batch_predict.sources import InputFile
-from batch_predict.units import AUTO_MAX_UNITS, Slice, num_units, plan_units, units_for_worker
+from batch_predict.inputs.sources import InputFile
+from batch_predict.inputs.units import AUTO_MAX_UNITS, Slice, num_units, plan_units, units_for_worker
 
 FS = fsspec.filesystem("memory")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from batch_predict.annotate import class_color
+from batch_predict.tools.annotate import class_color
 from batch_predict.runners.local import run
-from batch_predict.visualize import picture_name, visualized_dir
+from batch_predict.tools.visualize import picture_name, visualized_dir
 
 from conftest import photo_job
 from toymodels import MeanColourModel

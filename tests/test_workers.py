@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batch_predict import run
-from batch_predict.progress import Tally
+from batch_predict.observe.progress import Tally
 from batch_predict.runners.workers import local_worker_count, worker_device
 from batch_predict.spec import JobSpec
 

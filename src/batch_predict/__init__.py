@@ -2,7 +2,7 @@
 
 from .errors import BatchPredictError, JobFailed, RecordFailure, SetupError
 from .runners import run
-from .sinks import JobSummary
+from .outputs.sinks import JobSummary
 from .spec import JobSpec
 
 __all__ = ["BatchPredictError", "JobFailed", "JobSpec", "JobSummary", "RecordFailure", "SetupError", "run"]

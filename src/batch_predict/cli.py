@@ -14,10 +14,10 @@ import click
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import EXIT_BAD_SETUP, EXIT_JOB_FAILED, BatchPredictError, SetupError, exit_status
-from .logformat import configure_logging
+from .observe.logformat import configure_logging
 from .runners import RUNNERS
-from .observe import Observers
-from .pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, find_images, pack
+from .observe.observers import Observers
+from .tools.pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, find_images, pack
 from .spec import (
     COMPILE_MODES, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, INPUT_FORMATS, OUTPUT_FORMATS, PRECISIONS, JobSpec,
     SpecError, split_patterns,
@@ -221,7 +221,7 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
 
 def run_watchers(metrics_port: int | None, progress_interval_s: float) -> Observers:
     """What watches this run: a bar on a terminal, else periodic log lines; metrics if a port is given."""
-    from .metrics import MetricsServer
+    from .observe.metrics import MetricsServer
     from .progress import LogProgress, TerminalProgress
 
     watchers: list = [TerminalProgress(sys.stderr)] if sys.stderr.isatty() else (
@@ -281,7 +281,7 @@ def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_pr
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def inspect_command(model_dir: str, as_json: bool, **settings) -> None:
     """Show a model's backend, signature, input, outputs and labels, and what the job will feed it."""
-    from .inspect_model import format_description, inspect_model
+    from .tools.inspect import format_description, inspect_model
     from .spec import ModelSettings
 
     try:
@@ -301,7 +301,7 @@ def evaluate_command(output_result_prefix: str, ground_truth: str, as_json: bool
 
     Results match ground-truth images by key: the image's file_name, its last path part, or its id.
     """
-    from .evaluate import EvaluationError, GroundTruthError, evaluate_outputs, format_evaluation, load_ground_truth
+    from .tools.evaluate import EvaluationError, GroundTruthError, evaluate_outputs, format_evaluation, load_ground_truth
     from .job_outputs import JobOutputsError
 
     try:
@@ -323,7 +323,7 @@ def report_command(output_result_prefix: str, output_error_prefix: str | None, o
                    input_file_format: str | None) -> None:
     """Write a self-contained HTML page about a finished job: counts, throughput, scores,
     classes, errors and sample images with their detections drawn."""
-    from .job_outputs import JobOutputsError
+    from .outputs.reading import JobOutputsError
     from .report import write_report
 
     try:

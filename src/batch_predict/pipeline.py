@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 from . import decode
 from .errors import BatchPredictError
 from .models import Model
-from .records import Detections, Outcome, Prediction, Record, RecordError, UnitEnd
+from .records import Detections, Outcome, Prediction, Record, FailedRecord, UnitEnd
 
 log = logging.getLogger("batch_predict")
 
@@ -83,7 +83,7 @@ class StagedModel(Protocol):
     def predict(self, records: Sequence[Record]) -> list[Detections]: ...
 
 
-Mark = Union[RecordError, UnitEnd]
+Mark = Union[FailedRecord, UnitEnd]
 
 
 class Batch(list):
@@ -221,7 +221,7 @@ def prepare_for(model: Model, max_pixels: int) -> Callable[[Record | Mark], Reco
         try:
             return step(item)
         except (ValueError, OSError) as exc:
-            return RecordError.of(item, exc, "decode")
+            return FailedRecord.of(item, exc, "decode")
 
     return prepare
 
@@ -338,7 +338,7 @@ def _bisect(model: Model, batch: Sequence[Record], limit: BatchLimit) -> list[Ou
         found = model.predict(batch)
     except Exception as exc:  # any failure of one batch is data about its records
         if len(batch) == 1:
-            return [RecordError.of(batch[0], exc, "predict")]
+            return [FailedRecord.of(batch[0], exc, "predict")]
         limit.failed(len(batch), exc)
         middle = len(batch) // 2
         return _bisect(model, batch[:middle], limit) + _bisect(model, batch[middle:], limit)
@@ -492,7 +492,7 @@ def run_pipeline(
                     raise Stopped("abandoned on request")
                 if isinstance(item, UnitEnd):
                     writer.put([item])
-                elif isinstance(item, RecordError):
+                elif isinstance(item, FailedRecord):
                     writer.put([[item]])
                 elif ready is not None:
                     collect = launch_prepared(model, item, ready, limit)

@@ -22,7 +22,7 @@ class Record:
 
 
 @dataclass(slots=True)
-class RecordError:
+class FailedRecord:
     """An input instance that could not be read, decoded or predicted: one error line."""
 
     key: str
@@ -43,7 +43,7 @@ class RecordError:
         }
 
     @classmethod
-    def of(cls, record: Record, exc: BaseException, stage: str) -> "RecordError":
+    def of(cls, record: Record, exc: BaseException, stage: str) -> "FailedRecord":
         error_type = getattr(exc, "error_type", type(exc).__name__)
         return cls(record.key, record.source, record.index, error_type, str(exc), stage)
 
@@ -66,7 +66,7 @@ class Prediction:
     detections: Detections
 
 
-Outcome = Union[Prediction, RecordError]
+Outcome = Union[Prediction, FailedRecord]
 
 
 @dataclass(frozen=True, slots=True)

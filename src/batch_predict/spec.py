@@ -66,7 +66,7 @@ class JobSpec:
     """What to read, which model to run, and where to write.
 
     `num_output_shards` is also the number of work units: each shard is written, and
-    committed, by one unit (see `units.py`); 0 means one per input file.
+    committed, by one unit (see `inputs/units.py`); 0 means one per input file.
     """
 
     input_file_patterns: tuple[str, ...]

@@ -11,7 +11,7 @@ import importlib
 
 import fsspec
 
-from ..labels import load_label_map
+from .labels import load_label_map
 from ..spec import ModelSettings
 from .base import InputKind, Model, ModelLoadError, PredictError
 from .formats import Located, find_spec_file, locate

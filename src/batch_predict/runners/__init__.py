@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from ..errors import SetupError
 from ..models import Model
-from ..observe import JobObserver
-from ..sinks import JobSummary
+from ..observe.observers import JobObserver
+from ..outputs.sinks import JobSummary
 from ..spec import JobSpec, SpecError
-from . import local, workers
+from . import local
+from . import workers
 from .stopping import Stopping
 
 RUNNERS = ("local", "ray")

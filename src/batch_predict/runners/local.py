@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from ..jobstate import JobState
+from ..outputs.jobstate import JobState
 from ..models import Model, load_model
-from ..observe import JobObserver
+from ..observe.observers import JobObserver
 from ..pipeline import BatchLimit, Stopped
-from ..sinks import JobSummary
+from ..outputs.sinks import JobSummary
 from ..spec import JobSpec
 from .plan import finish_run, plan_run
 from .stopping import Stopping

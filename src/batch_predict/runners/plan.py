@@ -12,14 +12,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import evaluate, sources
+from ..tools import evaluate
+from ..inputs import sources
 from ..errors import JobFailed
-from ..jobstate import JobState
-from ..observe import JobObserver
-from ..result_formats import result_writer
-from ..sinks import JobSummary
+from ..outputs.jobstate import JobState
+from ..observe.observers import JobObserver
+from ..outputs.result_formats import result_writer
+from ..outputs.sinks import JobSummary
 from ..spec import JobSpec
-from ..units import Unit, plan_units, units_for_worker
+from ..inputs.units import Unit, plan_units, units_for_worker
 
 log = logging.getLogger("batch_predict")
 

@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from ..jobstate import JobState
+from ..outputs.jobstate import JobState
 from ..models import load_model
-from ..observe import JobObserver, Observers
+from ..observe.observers import JobObserver, Observers
 from ..pipeline import BatchLimit, Stopped
-from ..sinks import JobSummary, UnitCounts
+from ..outputs.sinks import JobSummary, UnitCounts
 from ..spec import JobSpec, SpecError
-from ..units import Unit
+from ..inputs.units import Unit
 from .plan import finish_run, plan_run
 from .stopping import Stopping
 from .unit import run_unit

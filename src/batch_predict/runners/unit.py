@@ -12,15 +12,15 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 
-from ..jobstate import JobState
+from ..outputs.jobstate import JobState
 from ..models import Model
-from ..observe import JobObserver, timed
+from ..observe.observers import JobObserver, timed
 from ..pipeline import BatchLimit, run_pipeline
-from ..records import Outcome, Record, RecordError, UnitEnd
-from ..result_formats import result_writer
-from ..sinks import OutputError, UnitCounts, UnitOutputs
+from ..records import Outcome, Record, FailedRecord, UnitEnd
+from ..outputs.result_formats import result_writer
+from ..outputs.sinks import OutputError, UnitCounts, UnitOutputs
 from ..spec import JobSpec
-from ..units import Unit, read_unit
+from ..inputs.units import Unit, read_unit
 
 log = logging.getLogger("batch_predict")
 
@@ -30,7 +30,7 @@ UnitResult = tuple[Unit, UnitCounts | Exception]
 
 def read_units(
     units: Sequence[Unit], input_format: str, observer: JobObserver, stop: threading.Event | None = None
-) -> Iterator[Record | RecordError | UnitEnd]:
+) -> Iterator[Record | FailedRecord | UnitEnd]:
     """The records of each unit in turn, each unit followed by its `UnitEnd`.
 
     A unit whose input cannot be read to its end (an I/O failure, not damaged data, which is

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..observe import JobObserver, Observers
+from ..observe.observers import JobObserver, Observers
 from ..spec import JobSpec
-from ..timeline import TimelineWriter
-from ..visualize import Visualizer
+from ..outputs.timeline import TimelineWriter
+from ..tools.visualize import Visualizer
 
 
 def job_observers(spec: JobSpec, observer: JobObserver | None = None) -> Observers:

@@ -20,13 +20,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..jobstate import JobState
-from ..observe import JobObserver
+from ..outputs.jobstate import JobState
+from ..observe.observers import JobObserver
 from ..pipeline import Stopped
-from ..records import Outcome, Prediction, Record, RecordError
-from ..sinks import JobSummary, UnitCounts
+from ..records import Outcome, Prediction, Record, FailedRecord
+from ..outputs.sinks import JobSummary, UnitCounts
 from ..spec import JobSpec
-from ..units import Unit
+from ..inputs.units import Unit
 from .local import run
 from .plan import finish_run, plan_run
 from .stopping import Stopping
@@ -88,7 +88,7 @@ class Relay(JobObserver):
     def unit_started(self, unit: Unit) -> None:
         self._add(("unit_started", unit.index))
 
-    def record_read(self, unit: Unit, item: Record | RecordError) -> None:
+    def record_read(self, unit: Unit, item: Record | FailedRecord) -> None:
         self._add(("record_read", unit.index, _without_pixels(item)))
 
     def batch_predicted(self, size: int, seconds: float) -> None:

@@ -20,12 +20,12 @@ from typing import Any
 
 import fsspec
 
-from .errors import SetupError
+from ..errors import SetupError
 from .result_formats import EXTENSIONS
 from .sinks import JobSummary, UnitCounts, ensure_writable, shard_files, shard_name, summary_path, write_atomically
-from .sources import InputFile
-from .spec import JobSpec
-from .units import Unit
+from ..inputs.sources import InputFile
+from ..spec import JobSpec
+from ..inputs.units import Unit
 
 
 _FORMAT_VERSION = 1

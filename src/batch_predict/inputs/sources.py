@@ -19,10 +19,10 @@ import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-from . import example
-from .decode import to_uint8_rgb
-from .errors import SetupError
-from .records import Record, RecordError, default_key
+from . import tf_example
+from ..decode import to_uint8_rgb
+from ..errors import SetupError
+from ..records import Record, FailedRecord, default_key
 from .tfrecord import TFRecordCorruption, TFRecordDataCorruption, read_record_range
 
 _GLOB_CHARS = frozenset("*?[")
@@ -74,7 +74,7 @@ def expand_patterns(patterns: Iterable[str]) -> list[InputFile]:
 
 def read_file(
     file: InputFile, input_format: str, start: int = 0, end: int | None = None
-) -> Iterator[Record | RecordError]:
+) -> Iterator[Record | FailedRecord]:
     """The records of one file that begin in bytes [start, end), in order, errors included.
 
     Records keep their index in the whole file, so keys do not depend on how a file is split.
@@ -97,16 +97,16 @@ def read_file(
     except _DATA_ERRORS as exc:
         index = exc.index if isinstance(exc, TFRecordCorruption) else next_index
         # What follows a framing error cannot be located, so it is one error line.
-        yield RecordError(
+        yield FailedRecord(
             default_key(file.url, index), file.url, index, type(exc).__name__,
             f"file unreadable from this record on: {exc}", "read",
         )
 
 
-def _read_tfrecords(source: str, stream: Any, start: int, end: int | None) -> Iterator[Record | RecordError]:
+def _read_tfrecords(source: str, stream: Any, start: int, end: int | None) -> Iterator[Record | FailedRecord]:
     for index, data in read_record_range(stream, start, end):
         if isinstance(data, TFRecordDataCorruption):
-            yield RecordError(default_key(source, index), source, index, type(data).__name__, str(data), "read")
+            yield FailedRecord(default_key(source, index), source, index, type(data).__name__, str(data), "read")
             continue
         encoded, key = image_from_tfrecord(data)
         yield Record(key or default_key(source, index), source, index, encoded=encoded)
@@ -117,8 +117,8 @@ def image_from_tfrecord(data: bytes) -> tuple[bytes, str | None]:
     if data.startswith(_IMAGE_MAGIC):
         return data, None
     try:
-        features = example.parse_bytes_features(data)
-    except (example.ExampleParseError, UnicodeDecodeError):
+        features = tf_example.parse_bytes_features(data)
+    except (tf_example.ExampleParseError, UnicodeDecodeError):
         return data, None  # not an Example either: the decoder will say what it is
     encoded = features.get("image/encoded")
     if not encoded:
@@ -127,7 +127,7 @@ def image_from_tfrecord(data: bytes) -> tuple[bytes, str | None]:
     return encoded[0], key
 
 
-def _read_json_lines(source: str, stream: Any, start: int, end: int | None) -> Iterator[Record | RecordError]:
+def _read_json_lines(source: str, stream: Any, start: int, end: int | None) -> Iterator[Record | FailedRecord]:
     offset = 0
     for index, line in enumerate(stream):
         line_start, offset = offset, offset + len(line)
@@ -143,7 +143,7 @@ def _read_json_lines(source: str, stream: Any, start: int, end: int | None) -> I
                 key = str(instance.pop("key"))
             image = parse_instance(instance)
         except (ValueError, TypeError) as exc:
-            yield RecordError(key, source, index, type(exc).__name__, str(exc), "read")
+            yield FailedRecord(key, source, index, type(exc).__name__, str(exc), "read")
             continue
         if isinstance(image, bytes):
             yield Record(key, source, index, encoded=image)

@@ -21,7 +21,7 @@ import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .records import Record, RecordError
+from ..records import Record, FailedRecord
 from .sources import InputFile, read_file
 
 #: `--num_output_shards 0` means one unit per input file, up to this many: beyond it,
@@ -78,7 +78,7 @@ def units_for_worker(units: Sequence[Unit], worker_index: int, worker_count: int
     return [unit for unit in units if unit.index % worker_count == worker_index]
 
 
-def read_unit(unit: Unit, input_format: str) -> Iterator[Record | RecordError]:
+def read_unit(unit: Unit, input_format: str) -> Iterator[Record | FailedRecord]:
     """Every record of the unit, in order, errors included."""
     for piece in unit.slices:
         yield from read_file(piece.file, input_format, piece.start, piece.end)

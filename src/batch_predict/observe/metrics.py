@@ -13,12 +13,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import SetupError
-from .models import Model
-from .observe import JobObserver
-from .records import Outcome, Prediction, Record, RecordError
-from .sinks import UnitCounts
-from .units import Unit
+from ..errors import SetupError
+from ..models import Model
+from .observers import JobObserver
+from ..records import Outcome, Prediction, Record, FailedRecord
+from ..outputs.sinks import UnitCounts
+from ..inputs.units import Unit
 
 #: Seconds; from a small batch on a GPU to a large one on a CPU.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -89,7 +89,7 @@ class MetricsServer(JobObserver):
                                      "torch.cuda.memory_allocated() of the current device.", registry=self.registry)
             self._gpu_memory.set_function(torch.cuda.memory_allocated)
 
-    def record_read(self, unit: Unit, item: Record | RecordError) -> None:
+    def record_read(self, unit: Unit, item: Record | FailedRecord) -> None:
         self.records_read.inc()
 
     def batch_predicted(self, size: int, seconds: float) -> None:
@@ -100,7 +100,7 @@ class MetricsServer(JobObserver):
         self.predicted.inc(len(predictions))
         self.detections.inc(sum(len(p.detections.scores) for p in predictions))
         for o in outcomes:
-            if isinstance(o, RecordError):
+            if isinstance(o, FailedRecord):
                 self.failed.labels(o.error_type).inc()
         with self._lock:
             self._done += len(outcomes)

@@ -26,11 +26,11 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 
-from .errors import SetupError
-from .example import build_example
-from .sources import InputFile
-from .spec import INPUT_FORMATS, InputFormat
-from .tfrecord import write_record
+from ..errors import SetupError
+from ..inputs.tf_example import build_example
+from ..inputs.sources import InputFile
+from ..spec import INPUT_FORMATS, InputFormat
+from ..inputs.tfrecord import write_record
 
 RecordKind = Literal["example", "raw"]
 RECORD_KINDS: tuple[str, ...] = ("example", "raw")

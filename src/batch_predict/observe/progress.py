@@ -18,10 +18,10 @@ from typing import IO
 
 from tqdm import tqdm
 
-from .observe import JobObserver, unit_bytes
-from .records import Outcome, Prediction, Record, RecordError
-from .sinks import JobSummary, UnitCounts
-from .units import Unit
+from .observers import JobObserver, unit_bytes
+from ..records import Outcome, Prediction, Record, FailedRecord
+from ..outputs.sinks import JobSummary, UnitCounts
+from ..inputs.units import Unit
 
 log = logging.getLogger("batch_predict")
 
@@ -88,7 +88,7 @@ class Tally(JobObserver):
             self._units_started += 1
             self._running[unit.index] = [0, unit_bytes(unit)]
 
-    def record_read(self, unit: Unit, item: Record | RecordError) -> None:
+    def record_read(self, unit: Unit, item: Record | FailedRecord) -> None:
         size = len(item.encoded) + _RECORD_OVERHEAD if isinstance(item, Record) and item.encoded is not None else 0
         with self._lock:
             self._read += 1
@@ -100,7 +100,7 @@ class Tally(JobObserver):
         with self._lock:
             self._predicted += predicted
             self._failed += len(outcomes) - predicted
-            self.error_types.update(o.error_type for o in outcomes if isinstance(o, RecordError))
+            self.error_types.update(o.error_type for o in outcomes if isinstance(o, FailedRecord))
 
     def unit_committed(self, unit: Unit, counts: UnitCounts) -> None:
         with self._lock:

@@ -19,10 +19,10 @@ from typing import Any
 
 import fsspec
 
-from .errors import JobFailed, SetupError
-from .job_outputs import load_summary, read_coco_results, read_results, result_files
-from .result_formats import image_id_of_key
-from .sinks import summary_path
+from ..errors import JobFailed, SetupError
+from ..outputs.reading import load_summary, read_coco_results, read_results, result_files
+from ..outputs.result_formats import image_id_of_key
+from ..outputs.sinks import summary_path
 
 log = logging.getLogger("batch_predict")
 

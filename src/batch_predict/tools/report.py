@@ -23,9 +23,9 @@ from PIL import Image
 
 from . import svg
 from .annotate import draw_detections, to_jpeg
-from .job_outputs import load_summary, read_lines, read_results, read_timeline, result_files, shard_files
-from .records import Record
-from .sources import InputFile, expand_patterns, read_file
+from ..outputs.reading import load_summary, read_lines, read_results, read_timeline, result_files, shard_files
+from ..records import Record
+from ..inputs.sources import InputFile, expand_patterns, read_file
 
 SCORE_BINS = 20
 ERROR_EXAMPLES = 3

@@ -18,11 +18,11 @@ import fsspec
 from PIL import Image
 
 from .annotate import draw_detections, to_jpeg
-from .models import Model
-from .observe import JobObserver
-from .records import Outcome, Prediction
-from .sinks import result_records
-from .units import Unit
+from ..models import Model
+from ..observe.observers import JobObserver
+from ..records import Outcome, Prediction
+from ..outputs.sinks import result_records
+from ..inputs.units import Unit
 
 log = logging.getLogger("batch_predict")
 

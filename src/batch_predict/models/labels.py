@@ -6,7 +6,7 @@ import re
 
 import fsspec
 
-from .errors import SetupError
+from ..errors import SetupError
 
 _PBTXT_ITEM = re.compile(r"item\s*\{(.*?)\}", re.S)
 _PBTXT_FIELD = re.compile(r"\b(id|name|display_name)\s*:\s*(?:\"((?:[^\"\\]|\\.)*)\"|'((?:[^'\\]|\\.)*)'|(-?\d+))")

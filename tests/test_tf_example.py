@@ -1,6 +1,6 @@
 import pytest
 
-from batch_predict.example import ExampleParseError, build_example, parse_bytes_features
+from batch_predict.inputs.tf_example import ExampleParseError, build_example, parse_bytes_features
 
 
 def test_build_then_parse_round_trips_bytes_features():

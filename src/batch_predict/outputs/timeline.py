@@ -14,11 +14,11 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from .job_outputs import unit_timeline_path
-from .observe import JobObserver
-from .records import Outcome, Prediction
+from .reading import unit_timeline_path
+from ..observe.observers import JobObserver
+from ..records import Outcome, Prediction
 from .sinks import UnitCounts, write_atomically
-from .units import Unit
+from ..inputs.units import Unit
 
 
 class TimelineWriter(JobObserver):

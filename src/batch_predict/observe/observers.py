@@ -12,12 +12,12 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from .decode import DecodeSplit
-from .models import InputKind, Model
-from .pipeline import Sink, StagedModel
-from .records import Outcome, Record, RecordError
-from .sinks import JobSummary, UnitCounts
-from .units import Unit
+from ..decode import DecodeSplit
+from ..models import InputKind, Model
+from ..pipeline import Sink, StagedModel
+from ..records import Outcome, Record, FailedRecord
+from ..outputs.sinks import JobSummary, UnitCounts
+from ..inputs.units import Unit
 
 
 class JobObserver:
@@ -32,7 +32,7 @@ class JobObserver:
     def unit_started(self, unit: Unit) -> None:
         """`unit` starts reading."""
 
-    def record_read(self, unit: Unit, item: Record | RecordError) -> None:
+    def record_read(self, unit: Unit, item: Record | FailedRecord) -> None:
         """One record (or one record that could not be read) left the reader."""
 
     def batch_predicted(self, size: int, seconds: float) -> None:
@@ -73,7 +73,7 @@ class Observers(JobObserver):
         for o in self.observers:
             o.unit_started(unit)
 
-    def record_read(self, unit: Unit, item: Record | RecordError) -> None:
+    def record_read(self, unit: Unit, item: Record | FailedRecord) -> None:
         for o in self.observers:
             o.record_read(unit, item)
 
@@ -102,8 +102,8 @@ class Observers(JobObserver):
             o.close()
 
 
-def observed_records(items: Iterable[Record | RecordError], unit: Unit,
-                     observer: JobObserver) -> Iterator[Record | RecordError]:
+def observed_records(items: Iterable[Record | FailedRecord], unit: Unit,
+                     observer: JobObserver) -> Iterator[Record | FailedRecord]:
     """`items`, each reported as read."""
     for item in items:
         observer.record_read(unit, item)

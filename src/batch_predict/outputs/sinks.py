@@ -20,8 +20,8 @@ import fsspec
 import numpy as np
 import orjson
 
-from .errors import SetupError
-from .records import Outcome, Prediction, RecordError
+from ..errors import SetupError
+from ..records import Outcome, Prediction, FailedRecord
 
 
 class OutputError(SetupError, OSError):
@@ -259,7 +259,7 @@ class UnitOutputs:
 
     def write(self, outcomes: list[Outcome]) -> None:
         predictions = [o for o in outcomes if isinstance(o, Prediction)]
-        errors = [o for o in outcomes if isinstance(o, RecordError)]
+        errors = [o for o in outcomes if isinstance(o, FailedRecord)]
         if predictions:
             self._results.write(predictions)
         if errors:

@@ -7,7 +7,7 @@ import json
 import fsspec
 import pytest
 
-from batch_predict.job_outputs import (
+from batch_predict.outputs.reading import (
     JobOutputsError, load_summary, read_lines, read_timeline, result_files, shard_files, timeline_path,
 )
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .models import load_model
-from .spec import ModelSettings
+from ..models import load_model
+from ..spec import ModelSettings
 
 _FEEDS = {
     "encoded": "encoded image bytes as stored (JPEG, PNG, ...); images of any size share a batch",

@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import crc32c
 
-from .errors import RecordFailure
+from ..errors import RecordFailure
 
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from batch_predict.observe import JobObserver, Observers, timed
+from batch_predict.observe.observers import JobObserver, Observers, timed
 from batch_predict.pipeline import StagedModel
 from batch_predict.runners.local import run
 

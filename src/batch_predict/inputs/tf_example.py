@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .errors import RecordFailure
+from ..errors import RecordFailure
 
 _LEN = 2  # protobuf wire type of length-delimited fields
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from batch_predict.inspect_model import format_description, inspect_model
+from batch_predict.tools.inspect import format_description, inspect_model
 from batch_predict.models import ModelLoadError
 from batch_predict.spec import ModelSettings
 

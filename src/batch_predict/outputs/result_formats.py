@@ -12,7 +12,7 @@ import posixpath
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
-from .records import Prediction
+from ..records import Prediction
 from .sinks import JsonlResults, OutputError, ResultWriter, result_records
 
 #: Each format's result shard ending.
