@@ -10,7 +10,7 @@ import itertools
 import json
 from pathlib import Path
 
-from batch_predict.outputs.sinks import summary_path
+from batch_predict.outputs.layout import OutputLayout
 
 
 def describe_result(line: str, max_detections: int) -> str:
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--output_result_prefix", required=True)
     parser.add_argument("--lines", type=int, default=5, help="How many result lines to show.")
     args = parser.parse_args()
-    summary_file = summary_path(args.output_result_prefix)
+    summary_file = OutputLayout(args.output_result_prefix).summary
     summary = json.loads(Path(summary_file).read_text())
     print(f"\nRecords read {summary['records_read']}: predicted {summary['predicted']}, failed {summary['failed']}; "
           f"{summary['detections']} detections.")

@@ -73,3 +73,15 @@ def photo_job(tmp_path: Path, **settings) -> "JobSpec":
         model_dir="unused: the model is given", output_result_prefix=str(tmp_path / "out" / "results"),
         output_error_prefix=str(tmp_path / "out" / "errors"), batch_size=2, num_decode_workers=2, **settings,
     )
+
+
+def one_unit_output(folder: Path, results: str = "r", errors: str = "e", labels: dict[int, str] | None = None):
+    """The output of a job's only unit: `<folder>/<results>-00000-of-00001.jsonl` and its error shard."""
+    from batch_predict.inputs.units import Unit
+    from batch_predict.outputs.files import FileSink
+    from batch_predict.outputs.layout import OutputLayout
+    from batch_predict.outputs.result_formats import JsonlResults
+
+    sink = FileSink(OutputLayout(str(folder / results), str(folder / errors)), JsonlResults)
+    return sink.open(Unit(0, 1, ()), labels or {})
+

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -135,31 +136,52 @@ def assert_same_as_reference(out: Path, reference: dict) -> None:
     assert list(out.glob("*.partial")) == []
 
 
-@pytest.mark.parametrize("seed", [11, 22, 33])
-def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_output(seed, dataset, model_dir, reference, tmp_path):
-    rng = random.Random(seed)
-    args = job_args(dataset, model_dir, tmp_path)
+def kill_while_units_are_written(args: list[str], out: Path, rng: random.Random) -> None:
+    """Run the job and SIGKILL it while a unit is being written, after a random number of units
+    committed, at least once (twice where the job does not outrun the kills)."""
     kills = tries = 0
     while kills < 2 and tries < 8:
         tries += 1
-        if committed(tmp_path) >= UNITS - 1:
+        if committed(out) >= UNITS - 1:
             # The job outran the kill: the units run back to back, and the last ones can all
             # commit within one sleep. Start again from nothing.
-            shutil.rmtree(tmp_path)
-            tmp_path.mkdir()
-        # Kill while a unit is being written, after a random number of units committed.
-        target = rng.randint(committed(tmp_path), UNITS - 2)
+            shutil.rmtree(out)
+            out.mkdir()
+        target = rng.randint(committed(out), UNITS - 2)
         job = start_cli(*args)
-        wait_for(lambda: committed(tmp_path) >= target and list(tmp_path.glob("*.partial")) or job.poll() is not None,
+        wait_for(lambda: committed(out) >= target and list(out.glob("*.partial")) or job.poll() is not None,
                  "a unit in progress")
         time.sleep(rng.uniform(0, 0.05))
         job.send_signal(signal.SIGKILL)
         job.communicate()
         kills += job.returncode == -signal.SIGKILL
     assert kills >= 1
+
+
+@pytest.mark.parametrize("seed", [11, 22, 33])
+def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_output(seed, dataset, model_dir, reference, tmp_path):
+    args = job_args(dataset, model_dir, tmp_path)
+    kill_while_units_are_written(args, tmp_path, random.Random(seed))
     final = run_cli(*args)
     assert final.returncode == 0, final.stderr
     assert_same_as_reference(tmp_path, reference)
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_output_as_sqlite_rows(dataset, model_dir, reference, tmp_path):
+    args = job_args(dataset, model_dir, tmp_path, "--output_format", "sqlite")
+    kill_while_units_are_written(args, tmp_path, random.Random(44))
+    final = run_cli(*args)
+    assert final.returncode == 0, final.stderr
+    with sqlite3.connect(tmp_path / "results.sqlite") as connection:
+        results = [key for (key,) in connection.execute("SELECT key FROM results")]
+        errors = list(connection.execute("SELECT key, error_type FROM errors"))
+    assert not [k for k, n in Counter(results).items() if n > 1], "a record was written twice"
+    assert sorted(results) == sorted(reference["results"])
+    assert sorted(errors) == sorted(reference["errors"])
+    summary = json.loads((tmp_path / "results-summary.json").read_text())
+    for name in ("records_read", "predicted", "failed", "error_types", "units", "units_committed"):
+        assert summary[name] == reference["summary"][name], name
+    assert list(tmp_path.glob("*.partial*")) == []
 
 
 @pytest.mark.parametrize("grace", ["0", "60"])

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from batch_predict.outputs.jobstate import JobConflict, JobState
-from batch_predict.outputs.sinks import UnitCounts, UnitOutputs
+from batch_predict.outputs.formats import open_sink
+from batch_predict.outputs.sinks import UnitCounts
 from batch_predict.inputs.sources import expand_patterns
 from batch_predict.spec import JobSpec
 from batch_predict.inputs.units import plan_units
@@ -40,12 +41,12 @@ def _open(spec: JobSpec) -> JobState:
 
 def _checked(spec: JobSpec) -> JobState:
     files = expand_patterns(spec.input_file_patterns)
-    return JobState.open(spec, files, plan_units(files, spec.input_file_format, spec.num_output_shards))
+    return JobState.open(spec, files, plan_units(files, spec.input_file_format, spec.num_output_shards), open_sink(spec))
 
 
 def _commit(state: JobState, index: int, read: int) -> None:
     unit = state.units[index]
-    UnitOutputs(*state.shard_paths(unit), {}).commit(records_read=0)
+    state.sink.open(unit, {}).commit(records_read=0)
     # The commit record, not the shards' contents, is what the state counts.
     state.commit(unit, UnitCounts(records_read=read, predicted=read - 1, failed=1, error_types={"X": 1}))
 

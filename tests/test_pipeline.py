@@ -11,9 +11,9 @@ from batch_predict.pipeline import (
     prepare_for, run_pipeline,
 )
 from batch_predict.records import Prediction, Record, FailedRecord, UnitEnd
-from batch_predict.outputs.sinks import UnitOutputs
 
 from images import encode, gradient
+from conftest import one_unit_output
 from toymodels import MeanColourModel, StagedMeanColourModel
 
 
@@ -94,7 +94,7 @@ def test_every_record_ends_once_in_results_or_errors(tmp_path):
     records[7] = Record("poison", "src", 7, encoded=encode(gradient(8, 8)))
     records[20] = Record("broken", "src", 20, encoded=b"not an image")
     records.insert(30, FailedRecord("unread", "src", 30, "TFRecordCorruption", "m", "read"))
-    outputs = UnitOutputs(str(tmp_path / "r-00000-of-00001.jsonl"), str(tmp_path / "e-00000-of-00001.jsonl"), {1: "image"})
+    outputs = one_unit_output(tmp_path, labels={1: "image"})
     read = run_pipeline(
         records, MeanColourModel(), outputs, batch_size=8, max_image_pixels=1 << 20, num_decode_workers=2, queue_depth=2
     )
@@ -182,7 +182,7 @@ def test_a_source_that_fails_mid_way_raises_and_stops_every_thread():
 # Batches prepared ahead (StagedModel): the same outcomes as predicting each batch in turn.
 
 def _outcomes_of(model, tmp_path, name, records):
-    outputs = UnitOutputs(str(tmp_path / f"{name}-00000-of-00001.jsonl"), str(tmp_path / f"{name}e-00000-of-00001.jsonl"), {1: "image"})
+    outputs = one_unit_output(tmp_path, name, f"{name}e", {1: "image"})
     read = run_pipeline(records, model, outputs, batch_size=8, max_image_pixels=1 << 20, num_decode_workers=2, queue_depth=2)
     counts = outputs.commit(read)
     lines = [(tmp_path / f"{name}{kind}-00000-of-00001.jsonl").read_text() for kind in ("", "e")]

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import ray
 
+from batch_predict.outputs.formats import open_sink
 from batch_predict.outputs.jobstate import JobState
 from batch_predict.models import ModelLoadError
 from batch_predict.pipeline import Stopped
@@ -165,7 +166,7 @@ def test_an_actor_returns_a_unit_that_fails_whole_as_an_error_row_and_leaves_it_
     files = expand_patterns(spec.input_file_patterns)
     units = plan_units(files, spec.input_file_format, UNITS)
     assert [piece.file.url for piece in units[2].slices] == [str(copied / "part-1.tfrecord")]
-    state = JobState.open(spec, files, units)
+    state = JobState.open(spec, files, units, open_sink(spec))
     state.begin()
     actor = ray_runner.UnitRunner(spec, state, {unit.index: unit for unit in units})
     (copied / "part-1.tfrecord").unlink()

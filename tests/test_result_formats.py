@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -16,7 +17,8 @@ from batch_predict.outputs.jobstate import JobConflict
 from batch_predict.models import load_model
 from batch_predict.tools.pack import find_images, pack
 from batch_predict.tools.report import collect
-from batch_predict.outputs.result_formats import image_id_of_key
+from batch_predict.outputs.result_formats import image_id_of_key, result_lines
+from batch_predict.records import Detections, Prediction, Record
 from batch_predict.runners.local import run
 from batch_predict.spec import JobSpec
 
@@ -90,3 +92,28 @@ def test_coco_results_of_yolox_on_coco8_score_as_its_result_lines_do(tmp_path):
     assert abs(from_coco.mAP - from_lines.mAP) < 1e-3 and from_coco.per_class_AP.keys() == from_lines.per_class_AP.keys()
     with pytest.raises(JobOutputsError, match="COCO results"):
         collect(coco.output_result_prefix)
+
+
+def _prediction(key="k", boxes=((10, 20, 110, 70),), scores=(0.9,), classes=(3,)):
+    record = Record(key, "gs://b/f.tfrecord", 4, width=200, height=100)
+    return Prediction(record, Detections(np.array(boxes, np.float32), np.array(scores, np.float32), np.array(classes)))
+
+
+def test_a_result_line_has_pixel_and_normalized_boxes_and_labels():
+    line = json.loads(result_lines([_prediction()], {3: "car"}))
+    assert line == {
+        "key": "k",
+        "source": "gs://b/f.tfrecord",
+        "record_index": 4,
+        "width": 200,
+        "height": 100,
+        "detections": [{"box": [10.0, 20.0, 110.0, 70.0], "box_normalized": [0.05, 0.2, 0.55, 0.7], "score": 0.9,
+                        "class_id": 3, "label": "car"}],
+    }
+
+
+def test_without_a_label_map_detections_carry_ids_only():
+    (detection,) = json.loads(result_lines([_prediction()], {}))["detections"]
+    assert "label" not in detection and detection["class_id"] == 3
+
+

@@ -17,10 +17,10 @@ from batch_predict.models.tensor_model import ModuleRunner, PaddingRunner, Tenso
 from batch_predict.models.torchscript import load_script
 from batch_predict.pipeline import prepare_for, run_pipeline
 from batch_predict.records import Record
-from batch_predict.outputs.sinks import UnitOutputs
 from batch_predict.spec import ModelSettings
 
 from backend_helpers import REPO
+from conftest import one_unit_output
 
 SPEC = str(REPO / "examples" / "specs" / "yolox_nano.yaml")
 
@@ -141,8 +141,7 @@ def test_on_the_gpu_path_damaged_images_become_error_lines_and_their_batch_mates
         Record("truncated-jpeg", "s", 3, encoded=jpeg[:2000]),  # its header still gives a size
         Record("not-an-image", "s", 4, encoded=b"plain text"),
     ]
-    outputs = UnitOutputs(str(tmp_path / "r-00000-of-00001.jsonl"), str(tmp_path / "e-00000-of-00001.jsonl"),
-                          jpeg_path.labels)
+    outputs = one_unit_output(tmp_path, labels=jpeg_path.labels)
     read = run_pipeline(records, jpeg_path, outputs, batch_size=5, max_image_pixels=1 << 30, num_decode_workers=2,
                         queue_depth=2)
     counts = outputs.commit(read)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from batch_predict.outputs.reading import read_timeline, unit_timeline_path
+from batch_predict.outputs.layout import OutputLayout
+from batch_predict.outputs.reading import read_timeline
 from batch_predict.records import FailedRecord
 from batch_predict.tools.report import collect, throughput
 from batch_predict.runners.local import run
@@ -21,7 +22,7 @@ def test_each_committed_unit_leaves_its_batch_lines_and_together_they_count_ever
     spec = photo_job(tmp_path)
     summary = run(spec, model=MeanColourModel())
     for index in range(summary.units):
-        lines = [json.loads(x) for x in Path(unit_timeline_path(spec.output_result_prefix, index, 2)).open()]
+        lines = [json.loads(x) for x in Path(OutputLayout(spec.output_result_prefix).unit_timeline(index, 2)).open()]
         assert lines and all({"t", "predicted", "failed", "time"} <= line.keys() for line in lines)
     timeline = read_timeline(spec.output_result_prefix)
     assert sum(line["predicted"] for line in timeline) == summary.predicted == 11
@@ -38,7 +39,7 @@ def test_workers_and_a_resumed_run_share_one_clock_without_the_idle_gap(tmp_path
         2: [{"t": 2.0, "predicted": 10, "time": 4602.0}],
     }
     for unit, lines in runs.items():
-        path = Path(unit_timeline_path(prefix, unit, 3))
+        path = Path(OutputLayout(prefix).unit_timeline(unit, 3))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     timeline = read_timeline(prefix)
@@ -57,7 +58,7 @@ def test_a_timeline_written_whole_is_still_read(tmp_path):
 def test_a_redone_unit_counts_only_its_committed_attempt(tmp_path):
     prefix = str(tmp_path / "results")
     unit = Unit(0, 1, ())
-    writer = TimelineWriter(prefix)
+    writer = TimelineWriter(OutputLayout(prefix))
     writer.job_started([unit])
     error = FailedRecord("k", "src", 0, "ValueError", "bad", "decode")
     writer.written(unit, [error, error])

@@ -10,7 +10,8 @@ from PIL import Image
 
 from batch_predict.tools.annotate import class_color
 from batch_predict.runners.local import run
-from batch_predict.tools.visualize import picture_name, visualized_dir
+from batch_predict.outputs.layout import OutputLayout
+from batch_predict.tools.visualize import picture_name
 
 from conftest import photo_job
 from toymodels import MeanColourModel
@@ -19,7 +20,7 @@ from toymodels import MeanColourModel
 def test_n_predicted_images_are_drawn_with_their_boxes(tmp_path):
     spec = dataclasses.replace(photo_job(tmp_path), visualize=3)
     run(spec, model=MeanColourModel())
-    pictures = sorted(Path(visualized_dir(spec.output_result_prefix)).iterdir())
+    pictures = sorted(Path(OutputLayout(spec.output_result_prefix).visualized).iterdir())
     assert len(pictures) == 3
     keys = {json.loads(line)["key"] for p in Path(spec.output_result_prefix).parent.glob("results-*.jsonl") for line in p.open()}
     assert {p.name for p in pictures} <= {picture_name(k) for k in keys}
@@ -34,7 +35,7 @@ def test_n_predicted_images_are_drawn_with_their_boxes(tmp_path):
 def test_no_pictures_unless_asked(tmp_path):
     spec = photo_job(tmp_path)
     run(spec, model=MeanColourModel())
-    assert not Path(visualized_dir(spec.output_result_prefix)).exists()
+    assert not Path(OutputLayout(spec.output_result_prefix).visualized).exists()
 
 
 def test_picture_names_have_no_folders_and_one_jpg_ending():

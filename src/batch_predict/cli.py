@@ -136,7 +136,8 @@ def cli() -> None:
             "(keep it below the pod's terminationGracePeriodSeconds). SIGINT or a second SIGTERM abandons at once.")
 @_flag("output_format", type=click.Choice(OUTPUT_FORMATS), default="jsonl", show_default=True,
        help="Result shards: jsonl (one line per image), parquet (one row per image, detections nested) or coco "
-            "(a JSON array of COCO detection results). Error shards are always JSON lines.")
+            "(a JSON array of COCO detection results), with error shards as JSON lines; or sqlite: results and "
+            "errors as rows of the tables of one database, <output_result_prefix>.sqlite (a local file).")
 @_flag("visualize", type=int, default=0, show_default=True,
        help="Also draw the detections of the first N predicted images into <output_result_prefix>-visualized/.")
 @_flag("runner", type=click.Choice(RUNNERS), default="local", show_default=True,
@@ -166,7 +167,7 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
     """
     configure_logging(log_level, log_format, sys.stderr)
     from .pipeline import Stopped
-    from .progress import summary_table
+    from .observe.progress import summary_table
     from .runners import run
     from .runners.stopping import Stopping
 
@@ -222,7 +223,7 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
 def run_watchers(metrics_port: int | None, progress_interval_s: float) -> Observers:
     """What watches this run: a bar on a terminal, else periodic log lines; metrics if a port is given."""
     from .observe.metrics import MetricsServer
-    from .progress import LogProgress, TerminalProgress
+    from .observe.progress import LogProgress, TerminalProgress
 
     watchers: list = [TerminalProgress(sys.stderr)] if sys.stderr.isatty() else (
         [LogProgress(progress_interval_s)] if progress_interval_s > 0 else [])
@@ -302,7 +303,7 @@ def evaluate_command(output_result_prefix: str, ground_truth: str, as_json: bool
     Results match ground-truth images by key: the image's file_name, its last path part, or its id.
     """
     from .tools.evaluate import EvaluationError, GroundTruthError, evaluate_outputs, format_evaluation, load_ground_truth
-    from .job_outputs import JobOutputsError
+    from .outputs.reading import JobOutputsError
 
     try:
         evaluation = evaluate_outputs(output_result_prefix, load_ground_truth(ground_truth))
@@ -324,7 +325,7 @@ def report_command(output_result_prefix: str, output_error_prefix: str | None, o
     """Write a self-contained HTML page about a finished job: counts, throughput, scores,
     classes, errors and sample images with their detections drawn."""
     from .outputs.reading import JobOutputsError
-    from .report import write_report
+    from .tools.report import write_report
 
     try:
         path = write_report(output_result_prefix, output, error_prefix=output_error_prefix, num_samples=samples,

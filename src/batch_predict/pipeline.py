@@ -56,7 +56,7 @@ _LAUNCHED_AHEAD = 2
 _OUT_OF_MEMORY_TYPES = frozenset({"OutOfMemoryError", "ResourceExhaustedError", "MemoryError"})
 
 
-class Sink(Protocol):
+class OutcomeSink(Protocol):
     """Where outcomes go, in the order they were produced, with the end of each unit among them."""
 
     def write(self, outcomes: list[Outcome]) -> None: ...
@@ -392,7 +392,7 @@ class _Writer:
     """Collects and writes outcomes in a thread, so that neither waiting for the device nor
     formatting lines delays launching the next batch."""
 
-    def __init__(self, sink: Sink, depth: int) -> None:
+    def __init__(self, sink: OutcomeSink, depth: int) -> None:
         self._sink = sink
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
@@ -445,7 +445,7 @@ def decode_workers(model: Model) -> int:
 def run_pipeline(
     records: Iterable[Record | Mark],
     model: Model,
-    sink: Sink,
+    sink: OutcomeSink,
     *,
     batch_size: int,
     max_image_pixels: int,

@@ -12,7 +12,7 @@ from .errors import SetupError
 
 InputFormat = Literal["json", "tfrecord", "tfrecord_gzip"]
 INPUT_FORMATS: tuple[str, ...] = ("json", "tfrecord", "tfrecord_gzip")
-OUTPUT_FORMATS: tuple[str, ...] = ("jsonl", "parquet", "coco")
+OUTPUT_FORMATS: tuple[str, ...] = ("jsonl", "parquet", "coco", "sqlite")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 COMPILE_MODES: tuple[str, ...] = ("none", "torch_compile", "cuda_graphs")
 

@@ -9,12 +9,12 @@ watchers listen through `Observers`. Events of one unit may come from different 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..decode import DecodeSplit
 from ..models import InputKind, Model
-from ..pipeline import Sink, StagedModel
+from ..pipeline import StagedModel
 from ..records import Outcome, Record, FailedRecord
 from ..outputs.sinks import JobSummary, UnitCounts
 from ..inputs.units import Unit
@@ -100,25 +100,6 @@ class Observers(JobObserver):
     def close(self) -> None:
         for o in self.observers:
             o.close()
-
-
-def observed_records(items: Iterable[Record | FailedRecord], unit: Unit,
-                     observer: JobObserver) -> Iterator[Record | FailedRecord]:
-    """`items`, each reported as read."""
-    for item in items:
-        observer.record_read(unit, item)
-        yield item
-
-
-class ObservedSink:
-    """A sink that reports each write after it is done."""
-
-    def __init__(self, sink: Sink, unit: Unit, observer: JobObserver) -> None:
-        self._sink, self._unit, self._observer = sink, unit, observer
-
-    def write(self, outcomes: list[Outcome]) -> None:
-        self._sink.write(outcomes)
-        self._observer.written(self._unit, outcomes)
 
 
 class TimedModel:

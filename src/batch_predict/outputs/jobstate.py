@@ -1,6 +1,6 @@
 """What a job has committed, kept beside its results, so that a rerun resumes it.
 
-Under `<output_result_prefix>-job/`:
+Under `<output_result_prefix>-job/` (`layout.OutputLayout`):
 - `job.json`: what job this is (the settings that shape its output, and its input files
   with their sizes). A rerun with other settings or other inputs would mix two jobs'
   lines in one set of shards, so it is refused; `--overwrite` starts over instead.
@@ -21,15 +21,14 @@ from typing import Any
 import fsspec
 
 from ..errors import SetupError
-from .result_formats import EXTENSIONS
-from .sinks import JobSummary, UnitCounts, ensure_writable, shard_files, shard_name, summary_path, write_atomically
 from ..inputs.sources import InputFile
-from ..spec import JobSpec
 from ..inputs.units import Unit
-
+from ..spec import JobSpec
+from .files import write_atomically
+from .sinks import JobSummary, Sink, UnitCounts
 
 _FORMAT_VERSION = 1
-_COMMIT_NAME = re.compile(r"(\d{5,})-of-(\d{5,})\.json")
+_COMMIT_NAME = re.compile(r"(\d{5,})-of-(\d{5,})\.json")  # as `OutputLayout.commit_record` names them
 
 #: The settings that change what a job writes. Batch size, device, decode threads and the
 #: error-rate limit do not, so a rerun may change them (a smaller batch after running out
@@ -87,35 +86,32 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 class JobState:
-    """The commit records of one job under its result prefix."""
+    """The commit records of one job under its result prefix, and the sink its units commit into."""
 
-    def __init__(self, spec: JobSpec, units: Sequence[Unit], identity: dict[str, Any]) -> None:
-        self.result_prefix = spec.output_result_prefix
-        self.error_prefix = spec.output_error_prefix
-        self.result_ext = EXTENSIONS[spec.output_format]
+    def __init__(self, sink: Sink, units: Sequence[Unit], identity: dict[str, Any]) -> None:
+        self.sink = sink
+        self.layout = sink.layout
         self.units = list(units)
         self.identity = identity
-        self.root = f"{spec.output_result_prefix}-job"
-        self._fs, self._committed_dir = fsspec.core.url_to_fs(f"{self.root}/committed")
+        self._fs, self._committed_dir = fsspec.core.url_to_fs(self.layout.committed_dir)
         self._stored: dict[str, Any] | None = None
         self._overwrite = False
 
     @classmethod
-    def open(cls, spec: JobSpec, files: Sequence[InputFile], units: Sequence[Unit]) -> "JobState":
+    def open(cls, spec: JobSpec, files: Sequence[InputFile], units: Sequence[Unit], sink: Sink) -> "JobState":
         """The job's state, checked but not yet changed (`begin` writes).
 
         Fails before any input is read when an output location cannot be written
         (`OutputError`) or, unless `spec.overwrite`, when the prefixes hold a different job
         (`JobConflict`).
         """
-        state = cls(spec, units, job_identity(spec, files, units))
-        ensure_writable(spec.output_result_prefix)
-        ensure_writable(spec.output_error_prefix)
+        state = cls(sink, units, job_identity(spec, files, units))
+        sink.check()
         state._overwrite = spec.overwrite
         state._stored = state._stored_identity()
         if not spec.overwrite and state._stored is not None and (said := _differences(state._stored, state.identity)):
             raise JobConflict(
-                f"{state.root}/job.json records a different job writing to these output prefixes ("
+                f"{state.layout.job_record} records a different job writing to these output prefixes ("
                 + "; ".join(said)
                 + "). Rerun with the same arguments to resume it, pass --overwrite to start over, "
                 "or choose other output prefixes."
@@ -131,7 +127,7 @@ class JobState:
         if self._overwrite:
             self._start_over()
         if self._stored is None or self._overwrite:
-            write_atomically(f"{self.root}/job.json", json.dumps({"version": _FORMAT_VERSION, **self.identity}, indent=2))
+            write_atomically(self.layout.job_record, json.dumps({"version": _FORMAT_VERSION, **self.identity}, indent=2))
             self._stored, self._overwrite = self.identity, False
 
     def joined(self) -> None:
@@ -141,28 +137,21 @@ class JobState:
 
     def _stored_identity(self) -> dict[str, Any] | None:
         try:
-            with fsspec.open(f"{self.root}/job.json", "rt", encoding="utf-8") as f:
+            with fsspec.open(self.layout.job_record, "rt", encoding="utf-8") as f:
                 return json.load(f)
         except FileNotFoundError:
             return None
         except ValueError as exc:
-            raise JobConflict(f"{self.root}/job.json is unreadable ({exc}); pass --overwrite to start over") from None
+            raise JobConflict(f"{self.layout.job_record} is unreadable ({exc}); pass --overwrite to start over") from None
 
     def _start_over(self) -> None:
         """Remove every output of an earlier job under both prefixes, its records first."""
-        for path in (f"{self.root}/committed", f"{self.root}/timeline", f"{self.root}/job.json",
-                     summary_path(self.result_prefix)):
+        layout = self.layout
+        for path in (layout.committed_dir, layout.timeline_dir, layout.job_record, layout.summary):
             fs, root = fsspec.core.url_to_fs(path)
             if fs.exists(root):
                 fs.rm(root, recursive=True)
-        for prefix in (self.result_prefix, self.error_prefix):
-            for path in shard_files(prefix):
-                fsspec.core.url_to_fs(path)[0].rm(path)
-
-    def shard_paths(self, unit: Unit) -> tuple[str, str]:
-        """(result shard, error shard) that `unit` writes."""
-        return (shard_name(self.result_prefix, unit.index, unit.count, self.result_ext),
-                shard_name(self.error_prefix, unit.index, unit.count))
+        self.sink.remove()
 
     def committed(self) -> dict[int, UnitCounts]:
         """{unit index: its counts} for every unit of this job committed so far, by any process.
@@ -186,7 +175,7 @@ class JobState:
 
     def commit(self, unit: Unit, counts: UnitCounts) -> None:
         """Record `unit` as done; its shards must already be in place."""
-        result_path, error_path = self.shard_paths(unit)
+        result_path, error_path = self.sink.locations(unit)
         record = {
             "unit": unit.index,
             "of": unit.count,
@@ -195,7 +184,7 @@ class JobState:
             "error_file": error_path,
             "counts": dataclasses.asdict(counts),
         }
-        write_atomically(f"{self.root}/committed/{unit.index:05d}-of-{unit.count:05d}.json", json.dumps(record))
+        write_atomically(self.layout.commit_record(unit.index, unit.count), json.dumps(record))
 
     def summarize(self, files: int, wall_time_s: float, predicted_now: int) -> JobSummary:
         """The counts of every committed unit; once all are, also written to `<prefix>-summary.json`.
@@ -212,13 +201,11 @@ class JobState:
             images_per_second=round(predicted_now / wall_time_s, 2) if wall_time_s > 0 else 0.0,
         )
         if summary.complete:
-            paths = [self.shard_paths(unit) for unit in self.units]
-            summary.result_files = [r for r, _ in paths]
-            summary.error_files = [e for _, e in paths]
-            for prefix in (self.result_prefix, self.error_prefix):
-                for leftover in shard_files(prefix, partial_only=True):
-                    fsspec.core.url_to_fs(leftover)[0].rm(leftover)
-            write_atomically(summary_path(self.result_prefix), json.dumps(summary.to_json(), indent=2))
+            paths = [self.sink.locations(unit) for unit in self.units]
+            summary.result_files = list(dict.fromkeys(r for r, _ in paths))  # one database serves every unit
+            summary.error_files = list(dict.fromkeys(e for _, e in paths))
+            self.sink.tidy()
+            write_atomically(self.layout.summary, json.dumps(summary.to_json(), indent=2))
         return summary
 
 

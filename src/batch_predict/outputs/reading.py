@@ -1,65 +1,60 @@
-"""Read a finished job's outputs back: its summary, result and error lines, and timeline.
+"""Read a finished job's outputs back: its summary, results, errors and timeline.
 
 The tools that look at a job after it ran (`report`, `evaluate`) start from its
-`--output_result_prefix`, as a user does; the summary names the shard files, and without a
-summary the shards are found by the job's naming.
+`--output_result_prefix`, as a user does; the summary names the result and error files, and
+without a summary they are found where `layout.OutputLayout` puts them.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import SetupError
-from .sinks import summary_path
-
-_SHARD_GLOB = "-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]."
-#: Result shard endings, in the order a prefix without summary is searched for them.
-_RESULT_EXTENSIONS = ("jsonl", "parquet", "json")
+from .layout import SHARD_EXTENSIONS, OutputLayout, find_shards
 
 
 class JobOutputsError(SetupError, FileNotFoundError):
     """No job outputs under the given prefix."""
 
 
-def timeline_path(result_prefix: str) -> str:
-    """`<prefix>-timeline.jsonl`: one line per batch, as a job may write it whole (see docs/tools.md)."""
-    return f"{result_prefix}-timeline.jsonl"
-
-
-def unit_timeline_path(result_prefix: str, index: int, count: int) -> str:
-    """The timeline lines of one committed unit, as the job writes them (`timeline.TimelineWriter`)."""
-    return f"{result_prefix}-job/timeline/{index:05d}-of-{count:05d}.jsonl"
-
-
 def load_summary(result_prefix: str) -> dict[str, Any] | None:
     """The job's `-summary.json`, or None when the job wrote none (it was stopped before the end)."""
     try:
-        with fsspec.open(summary_path(result_prefix), "rt", encoding="utf-8") as f:
+        with fsspec.open(OutputLayout(result_prefix).summary, "rt", encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         return None
 
 
-def shard_files(prefix: str, ext: str = "jsonl") -> list[str]:
-    """The `<prefix>-NNNNN-of-NNNNN.<ext>` files that exist, in order."""
-    fs, root = fsspec.core.url_to_fs(prefix)
-    local = isinstance(fs, LocalFileSystem)
-    return [p if local else fs.unstrip_protocol(p) for p in sorted(fs.glob(root + _SHARD_GLOB + ext))]
-
-
 def result_files(result_prefix: str, summary: dict[str, Any] | None = None) -> list[str]:
-    """The result shards: as the summary lists them, else as found. Raises `JobOutputsError` if none."""
+    """The result files: as the summary lists them, else as found (shards of the first ending that
+    has any, or the SQLite database). Raises `JobOutputsError` if none."""
+    layout = OutputLayout(result_prefix)
     files = summary["result_files"] if summary and summary.get("result_files") else next(
-        (found for ext in _RESULT_EXTENSIONS if (found := shard_files(result_prefix, ext))), [])
+        (found for ext in SHARD_EXTENSIONS if (found := find_shards(result_prefix, (ext,)))), [])
+    if not files and _exists(layout.database):
+        files = [layout.database]
     if not files:
-        raise JobOutputsError(f"no job outputs under {result_prefix!r}: neither {summary_path(result_prefix)} "
+        raise JobOutputsError(f"no job outputs under {result_prefix!r}: neither {layout.summary} "
                               f"nor {result_prefix}-NNNNN-of-NNNNN.jsonl exists")
     return files
+
+
+def error_files(error_prefix: str | None, summary: dict[str, Any] | None = None) -> list[str]:
+    """The error files: the shards under `error_prefix` when it is given, else as the summary lists them."""
+    if error_prefix:
+        return find_shards(error_prefix, ("jsonl",))
+    return list((summary or {}).get("error_files") or [])
+
+
+def _exists(path: str) -> bool:
+    fs, root = fsspec.core.url_to_fs(path)
+    return fs.exists(root)
 
 
 def read_lines(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
@@ -72,18 +67,43 @@ def read_lines(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
 
 
 def read_results(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The result records of JSON lines or Parquet shards (by their ending), as result lines give them.
+    """The result records of JSON lines or Parquet shards or a SQLite database (by their ending),
+    as result lines give them.
 
     COCO result shards hold detections without keys or sources: read them with `read_coco_results`.
     """
     for path in paths:
         if path.endswith(".parquet"):
             yield from _parquet_rows(path)
+        elif path.endswith(".sqlite"):
+            yield from _sqlite_rows(path, "results")
         elif path.endswith(".jsonl"):
             yield from read_lines([path])
         else:
             raise JobOutputsError(f"{path}: COCO results (--output_format coco) hold no keys or sources; "
                                   "this tool needs jsonl or parquet results")
+
+
+def read_errors(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The error records of JSON-lines error shards or a SQLite database, as error lines give them."""
+    for path in dict.fromkeys(paths):
+        yield from _sqlite_rows(path, "errors") if path.endswith(".sqlite") else read_lines([path])
+
+
+def _sqlite_rows(path: str, table: str) -> Iterator[dict[str, Any]]:
+    """A table of a job's SQLite database, in unit order, as its lines would give it."""
+    local = fsspec.core.url_to_fs(path)[1]
+    with sqlite3.connect(f"file:{local}?mode=ro", uri=True) as connection:
+        connection.row_factory = sqlite3.Row
+        for row in connection.execute(f"SELECT * FROM {table} ORDER BY unit, rowid"):
+            found = dict(row)
+            del found["unit"]
+            if table == "results":
+                found["detections"] = json.loads(found["detections"])
+                raw = found.pop("raw")
+                if raw is not None:
+                    found["raw"] = json.loads(raw)
+            yield found
 
 
 def _parquet_rows(path: str) -> Iterator[dict[str, Any]]:
@@ -118,10 +138,12 @@ def read_timeline(result_prefix: str) -> list[dict[str, Any]]:
     share it, and the idle gap between a run and its resumption is left out, so `t` is
     seconds of the job running and the plot shows the rate whenever something ran.
     """
-    fs, root = fsspec.core.url_to_fs(result_prefix)
-    paths = sorted(fs.glob(root + "-job/timeline/*-of-*.jsonl"))
-    if fs.exists(root + "-timeline.jsonl"):
-        paths.insert(0, root + "-timeline.jsonl")
+    layout = OutputLayout(result_prefix)
+    fs, folder = fsspec.core.url_to_fs(layout.timeline_dir)
+    paths = sorted(fs.glob(folder + "/*-of-*.jsonl"))
+    whole = fsspec.core.url_to_fs(layout.timeline)[1]
+    if fs.exists(whole):
+        paths.insert(0, whole)
     lines = list(read_lines(fs.unstrip_protocol(p) for p in paths))
     clocked = [line for line in lines if "time" in line]
     if clocked:

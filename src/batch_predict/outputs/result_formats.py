@@ -1,22 +1,96 @@
-"""`--output_format`: result shards as JSON lines, Parquet, or COCO detection results.
+"""What goes into a result shard: JSON lines, Parquet, or COCO detection results.
 
-Every format writes into the unit's temporary shard and is committed by the same rename
-(`sinks.UnitOutputs`), so resuming works alike for all; only the file ending differs
-(`<prefix>-NNNNN-of-NNNNN.jsonl|parquet|json`). Error shards are always JSON lines.
+Each writer writes into the unit's temporary shard, which `files.FileSink` commits by the same
+rename whatever the format, so resuming works alike for all; only the file ending differs
+(`<prefix>-NNNNN-of-NNNNN.jsonl|parquet|json`). Error shards are always JSON lines. The result
+records themselves (`result_records`) are shared by every format, the SQLite sink's too.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Callable, Mapping
-from typing import IO, Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, Any, Protocol
+
+import numpy as np
+import orjson
 
 from ..records import Prediction
-from .sinks import JsonlResults, OutputError, ResultWriter, result_records
 
-#: Each format's result shard ending.
-EXTENSIONS = {"jsonl": "jsonl", "parquet": "parquet", "coco": "json"}
+
+def json_line(value: Any) -> bytes:
+    """One line of JSON lines, as UTF-8.
+
+    orjson rather than the json module: the writer thread formats every detection of every
+    image, and at thousands of images a second json.dumps would hold the GIL for a large
+    share of the time the thread feeding the GPU needs it (docs/benchmarks.md, "Host").
+    """
+    return orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def result_lines(predictions: Sequence[Prediction], labels: Mapping[int, str]) -> bytes:
+    """The result lines of `predictions`: each record's identity, its size and its detections."""
+    return b"".join(json_line(record) for record in result_records(predictions, labels))
+
+
+def result_records(predictions: Sequence[Prediction], labels: Mapping[int, str]) -> Iterator[dict[str, Any]]:
+    """What result lines hold, as dicts, one image at a time, for every output format to write its own way.
+
+    The arithmetic runs once over the whole batch's detections: a few numpy calls per batch,
+    not per image, whose fixed costs would outweigh an image's few detections. Each image's
+    lists and dicts are made only when it is asked for: a whole batch's tens of thousands of
+    live containers would make every run of the cyclic garbage collector walk them all.
+    """
+    if not predictions:
+        return
+    found = [p.detections for p in predictions]
+    counts = [len(d.scores) for d in found]
+    # float64 first, so that rounding gives short decimals rather than float32 artefacts.
+    pixels = np.concatenate([d.boxes for d in found]).astype(np.float64).reshape(-1, 4)
+    sizes = np.repeat(np.array([[p.record.width, p.record.height] * 2 for p in predictions], np.float64), counts, axis=0)
+    boxes = np.round(pixels, 2)
+    normalized = np.round(pixels / sizes, 5)
+    scores = np.round(np.concatenate([d.scores for d in found]).astype(np.float64), 4).tolist()
+    classes = np.concatenate([d.classes for d in found]).astype(np.int64).tolist()
+    end = 0
+    for prediction, count in zip(predictions, counts):
+        start, end = end, end + count
+        rows = zip(boxes[start:end].tolist(), normalized[start:end].tolist(), scores[start:end], classes[start:end])
+        detections = [{"box": b, "box_normalized": n, "score": s, "class_id": c} for b, n, s, c in rows]
+        if labels:
+            for detection in detections:
+                detection["label"] = labels.get(detection["class_id"], str(detection["class_id"]))
+        record = prediction.record
+        line: dict[str, Any] = {
+            "key": record.key, "source": record.source, "record_index": record.index,
+            "width": record.width, "height": record.height, "detections": detections,
+        }
+        if prediction.detections.raw:
+            line["raw"] = prediction.detections.raw
+        yield line
+
+
+class ResultWriter(Protocol):
+    """Writes predictions into one open result shard in some format; `finish` completes its content."""
+
+    def write(self, predictions: list[Prediction]) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class JsonlResults:
+    """The default result format: one JSON line per prediction."""
+
+    def __init__(self, file: IO[bytes], labels: Mapping[int, str]) -> None:
+        self._file, self._labels = file, labels
+
+    def write(self, predictions: list[Prediction]) -> None:
+        self._file.write(result_lines(predictions, self._labels))
+
+    def finish(self) -> None:
+        pass
+
 
 #: Rows per Parquet row group: large enough to compress well, small enough to bound memory.
 PARQUET_ROW_GROUP = 4096
@@ -108,14 +182,3 @@ class CocoResults:
 
     def finish(self) -> None:
         self._file.write(b"\n]\n")
-
-
-def result_writer(output_format: str) -> Callable[[IO[bytes], Mapping[int, str]], ResultWriter]:
-    """The writer of a `--output_format`; raises `OutputError` when its library is missing."""
-    if output_format == "parquet":
-        try:
-            import pyarrow.parquet  # noqa: F401  (checked here, before any record is read)
-        except ImportError:
-            raise OutputError("--output_format parquet needs pyarrow: pip install 'batch-predict[parquet]'") from None
-        return ParquetResults
-    return CocoResults if output_format == "coco" else JsonlResults

@@ -14,10 +14,11 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from .reading import unit_timeline_path
 from ..observe.observers import JobObserver
 from ..records import Outcome, Prediction
-from .sinks import UnitCounts, write_atomically
+from .files import write_atomically
+from .layout import OutputLayout
+from .sinks import UnitCounts
 from ..inputs.units import Unit
 
 
@@ -25,8 +26,8 @@ class TimelineWriter(JobObserver):
     """Collects each unit's batch lines (`t` since this run started, `time` on the wall clock) and
     writes them at its commit."""
 
-    def __init__(self, result_prefix: str) -> None:
-        self.result_prefix = result_prefix
+    def __init__(self, layout: OutputLayout) -> None:
+        self.layout = layout
         self._started = time.time()
         self._lines: dict[int, list[dict[str, Any]]] = defaultdict(list)
         self._lock = threading.Lock()
@@ -45,7 +46,7 @@ class TimelineWriter(JobObserver):
     def unit_committed(self, unit: Unit, counts: UnitCounts) -> None:
         with self._lock:
             lines = self._lines.pop(unit.index, [])
-        write_atomically(unit_timeline_path(self.result_prefix, unit.index, unit.count),
+        write_atomically(self.layout.unit_timeline(unit.index, unit.count),
                          "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
 
     def unit_abandoned(self, unit: Unit) -> None:

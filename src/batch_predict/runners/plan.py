@@ -17,7 +17,7 @@ from ..inputs import sources
 from ..errors import JobFailed
 from ..outputs.jobstate import JobState
 from ..observe.observers import JobObserver
-from ..outputs.result_formats import result_writer
+from ..outputs.formats import open_sink
 from ..outputs.sinks import JobSummary
 from ..spec import JobSpec
 from ..inputs.units import Unit, plan_units, units_for_worker
@@ -53,9 +53,9 @@ def plan_run(spec: JobSpec, worker_index: int, worker_count: int) -> RunPlan:
     """Everything that can fail before any work: inputs, ground truth, output format, job state."""
     files = sources.expand_patterns(spec.input_file_patterns)
     ground_truth = evaluate.load_ground_truth(spec.ground_truth) if spec.ground_truth else None
-    result_writer(spec.output_format)  # a missing library fails now, not after the model loaded
+    sink = open_sink(spec)  # a missing library fails now, not after the model loaded
     units = plan_units(files, spec.input_file_format, spec.num_output_shards)
-    state = JobState.open(spec, files, units)
+    state = JobState.open(spec, files, units, sink)
     done = state.committed()
     mine = units_for_worker(units, worker_index, worker_count)
     pending = [unit for unit in mine if unit.index not in done]

@@ -17,8 +17,7 @@ from ..models import Model
 from ..observe.observers import JobObserver, timed
 from ..pipeline import BatchLimit, run_pipeline
 from ..records import Outcome, Record, FailedRecord, UnitEnd
-from ..outputs.result_formats import result_writer
-from ..outputs.sinks import OutputError, UnitCounts, UnitOutputs
+from ..outputs.sinks import OutputError, UnitCounts, UnitOutput
 from ..spec import JobSpec
 from ..inputs.units import Unit, read_unit
 
@@ -54,22 +53,21 @@ def read_units(
 
 
 class UnitSinks:
-    """The pipeline's sink for a stream of units: each unit's outcomes go to its own shards,
-    committed at its end; a unit whose lines cannot be written fails alone."""
+    """The pipeline's `OutcomeSink` for a stream of units: each unit's outcomes go to its own
+    output of the job's sink, committed at its end; a unit whose outcomes cannot be written fails alone."""
 
-    def __init__(self, spec: JobSpec, model: Model, state: JobState, units: Sequence[Unit],
-                 observer: JobObserver) -> None:
-        self._spec, self._labels, self._state, self._observer = spec, model.labels, state, observer
+    def __init__(self, model: Model, state: JobState, units: Sequence[Unit], observer: JobObserver) -> None:
+        self._labels, self._state, self._observer = model.labels, state, observer
         self._waiting = deque(units)
-        self._outputs: UnitOutputs | None = None
+        self._outputs: UnitOutput | None = None
         self._failure: Exception | None = None
         self.results: list[UnitResult] = []
 
-    def _open(self, unit: Unit) -> UnitOutputs:
-        """The shards of `unit`, the one being written, opened at its first line (or at its end,
+    def _open(self, unit: Unit) -> UnitOutput:
+        """The output of `unit`, the one being written, opened at its first outcome (or at its end,
         for a unit with no record)."""
         if self._outputs is None:
-            self._outputs = UnitOutputs(*self._state.shard_paths(unit), self._labels, result_writer(self._spec.output_format))
+            self._outputs = self._state.sink.open(unit, self._labels)
         return self._outputs
 
     def write(self, outcomes: list[Outcome]) -> None:
@@ -142,7 +140,7 @@ def run_units(
     units committed before stay committed. An `OutputError` fails the run.
     """
     observer = observer or JobObserver()
-    sinks = UnitSinks(spec, model, state, units, observer)
+    sinks = UnitSinks(model, state, units, observer)
     try:
         run_pipeline(
             read_units(units, spec.input_file_format, observer, stop),

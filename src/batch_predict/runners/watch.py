@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..observe.observers import JobObserver, Observers
 from ..spec import JobSpec
+from ..outputs.formats import output_layout
 from ..outputs.timeline import TimelineWriter
 from ..tools.visualize import Visualizer
 
@@ -13,5 +14,6 @@ def job_observers(spec: JobSpec, observer: JobObserver | None = None) -> Observe
 
     A runner calls `job_started`, `model_loaded` and `job_ended` on it and passes it to each `run_unit`.
     """
-    visualizer = [Visualizer(spec.output_result_prefix, spec.visualize)] if spec.visualize else []
-    return Observers([TimelineWriter(spec.output_result_prefix), *visualizer, *([observer] if observer else [])])
+    layout = output_layout(spec)
+    visualizer = [Visualizer(layout, spec.visualize)] if spec.visualize else []
+    return Observers([TimelineWriter(layout), *visualizer, *([observer] if observer else [])])

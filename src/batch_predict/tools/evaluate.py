@@ -22,7 +22,7 @@ import fsspec
 from ..errors import JobFailed, SetupError
 from ..outputs.reading import load_summary, read_coco_results, read_results, result_files
 from ..outputs.result_formats import image_id_of_key
-from ..outputs.sinks import summary_path
+from ..outputs.layout import OutputLayout
 
 log = logging.getLogger("batch_predict")
 
@@ -236,7 +236,7 @@ def evaluate_job(result_prefix: str, ground_truth: GroundTruth) -> Evaluation:
     """After a job: score it, add the scores to its summary file under "evaluation", and log them."""
     evaluation = evaluate_outputs(result_prefix, ground_truth)
     summary = load_summary(result_prefix) or {}
-    with fsspec.open(summary_path(result_prefix), "wt", encoding="utf-8") as f:
+    with fsspec.open(OutputLayout(result_prefix).summary, "wt", encoding="utf-8") as f:
         json.dump({**summary, "evaluation": evaluation.to_json()}, f, indent=2)
     log.info("batch-predict: evaluation against %s: %s", ground_truth.path, evaluation.headline())
     return evaluation

@@ -31,6 +31,7 @@ from ..inputs.tf_example import build_example
 from ..inputs.sources import InputFile
 from ..spec import INPUT_FORMATS, InputFormat
 from ..inputs.tfrecord import write_record
+from ..outputs.layout import shard
 
 RecordKind = Literal["example", "raw"]
 RECORD_KINDS: tuple[str, ...] = ("example", "raw")
@@ -82,8 +83,7 @@ class PackSummary:
 
 def shard_paths(output_prefix: str, num_shards: int, output_format: InputFormat) -> list[str]:
     """`<prefix>-00000-of-00004.tfrecord`: the job's own shard naming, with the format's extension."""
-    ext = _EXTENSIONS[output_format]
-    return [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.{ext}" for i in range(num_shards)]
+    return [shard(output_prefix, i, num_shards, _EXTENSIONS[output_format]) for i in range(num_shards)]
 
 
 def find_images(inputs: Sequence[str] = (), list_files: Sequence[str] = ()) -> list[PackItem]:

@@ -23,7 +23,8 @@ from PIL import Image
 
 from . import svg
 from .annotate import draw_detections, to_jpeg
-from ..outputs.reading import load_summary, read_lines, read_results, read_timeline, result_files, shard_files
+from ..outputs.layout import OutputLayout
+from ..outputs.reading import error_files, load_summary, read_errors, read_results, read_timeline, result_files
 from ..records import Record
 from ..inputs.sources import InputFile, expand_patterns, read_file
 
@@ -84,9 +85,8 @@ def collect(result_prefix: str, error_prefix: str | None = None, num_samples: in
         _reservoir(with_found if found else without, line, num_samples, data.with_detections if found
                    else data.predicted - data.with_detections, rng)
     data.samples = (with_found + without)[:num_samples]
-    error_files = shard_files(error_prefix) if error_prefix else (summary or {}).get("error_files")
-    data.error_files_known = error_files is not None
-    for error in read_lines(error_files or []):
+    data.error_files_known = bool(error_prefix) or (summary or {}).get("error_files") is not None
+    for error in read_errors(error_files(error_prefix, summary)):
         data.failed += 1
         data.error_types[error["error_type"]] += 1
         if len(data.error_examples[error["error_type"]]) < ERROR_EXAMPLES:
@@ -227,7 +227,7 @@ def _throughput_panel(data: ReportData, summary: dict[str, Any]) -> str:
     if summary.get("wall_time_s"):
         return (f'<p class="note">The job read {summary.get("records_read", 0):,} records in '
                 f'{summary["wall_time_s"]:.1f} s: {summary.get("images_per_second", 0):.1f} images/s on average. '
-                f"It wrote no timeline ({escape(data.result_prefix)}-timeline.jsonl), so there is no plot over time.</p>")
+                f"It wrote no timeline ({escape(OutputLayout(data.result_prefix).timeline)}), so there is no plot over time.</p>")
     return '<p class="note">No timing: the job wrote neither a summary nor a timeline.</p>'
 
 
@@ -287,7 +287,7 @@ def write_report(result_prefix: str, output: str | None = None, *, error_prefix:
     """Build the page for the job under `result_prefix` and write it (default `<prefix>-report.html`)."""
     data = collect(result_prefix, error_prefix, num_samples)
     page = render(data, load_samples(data.samples, input_format))
-    output = output or f"{result_prefix}-report.html"
+    output = output or OutputLayout(result_prefix).report
     with fsspec.open(output, "wt", encoding="utf-8") as f:
         f.write(page)
     return output

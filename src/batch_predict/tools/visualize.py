@@ -21,16 +21,13 @@ from .annotate import draw_detections, to_jpeg
 from ..models import Model
 from ..observe.observers import JobObserver
 from ..records import Outcome, Prediction
-from ..outputs.sinks import result_records
+from ..outputs.layout import OutputLayout
+from ..outputs.result_formats import result_records
 from ..inputs.units import Unit
 
 log = logging.getLogger("batch_predict")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def visualized_dir(result_prefix: str) -> str:
-    return f"{result_prefix}-visualized"
 
 
 def picture_name(key: str) -> str:
@@ -45,8 +42,8 @@ class Visualizer(JobObserver):
     A picture that cannot be made is logged and skipped: it must never fail the job.
     """
 
-    def __init__(self, result_prefix: str, count: int, width: int = 800) -> None:
-        self.folder = visualized_dir(result_prefix)
+    def __init__(self, layout: OutputLayout, count: int, width: int = 800) -> None:
+        self.folder = layout.visualized
         self.left = count
         self.width = width
         self.labels: Mapping[int, str] = {}
