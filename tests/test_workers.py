@@ -71,7 +71,8 @@ def test_workers_take_one_gpu_each_unless_a_device_is_named():
     assert local_worker_count(spec) == 1
 
 
-def test_overwrite_with_a_model_that_fails_to_load_leaves_the_earlier_outputs(tmp_path, photos_dir, yolox_dir):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_overwrite_with_a_model_that_fails_to_load_leaves_the_earlier_outputs(workers, tmp_path, photos_dir, yolox_dir):
     from batch_predict.models import ModelLoadError
 
     write_tfrecord(tmp_path / "in.tfrecord", {"bus": (photos_dir / "bus.jpg").read_bytes()})
@@ -79,7 +80,7 @@ def test_overwrite_with_a_model_that_fails_to_load_leaves_the_earlier_outputs(tm
     run(_job(str(tmp_path / "in.tfrecord"), prefix, yolox_dir / "yolox_nano_torchscript.pt", 1))
     before = _outputs(prefix) | {"summary": (tmp_path / "out" / "r-summary.json").read_text()}
     (tmp_path / "model.pt").write_bytes(b"not a model")
-    broken = dataclasses.replace(_job(str(tmp_path / "in.tfrecord"), prefix, tmp_path / "model.pt", 2), overwrite=True)
+    broken = dataclasses.replace(_job(str(tmp_path / "in.tfrecord"), prefix, tmp_path / "model.pt", workers), overwrite=True)
     with pytest.raises(ModelLoadError):
         run(broken)
     assert _outputs(prefix) | {"summary": (tmp_path / "out" / "r-summary.json").read_text()} == before

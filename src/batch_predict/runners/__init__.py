@@ -12,8 +12,7 @@ from ..models import Model
 from ..observe.observers import JobObserver
 from ..outputs.sinks import JobSummary
 from ..spec import JobSpec, SpecError
-from . import local
-from . import workers
+from . import local, workers
 from .stopping import Stopping
 
 RUNNERS = ("local", "ray")
