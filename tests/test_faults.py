@@ -6,6 +6,7 @@ YOLOX-Nano TF OD API SavedModel, so what is checked is what a user or Kubernetes
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -462,3 +463,127 @@ def test_bad_json_lines_and_odd_images_through_the_cli_with_an_image_tensor_mode
     names = sorted(p.name for p in out.iterdir())
     assert names == ["errors-00000-of-00001.jsonl", "results-00000-of-00001.jsonl", "results-job", "results-summary.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json", "out"]
+
+
+# Nothing on disk is trusted: commit records are checked against the outputs they promise, and
+# outputs are kept apart from inputs. These run the job in this process with a toy model.
+
+
+def _toy_run(spec):
+    from batch_predict.runners.local import run
+    from toymodels import MeanColourModel
+
+    return run(spec, model=MeanColourModel())
+
+
+def _lines(out: Path) -> list[str]:
+    return sorted(line for p in out.glob("results-*-of-*.jsonl") for line in p.read_text().splitlines())
+
+
+@pytest.mark.parametrize("damage", ["deleted", "altered", "truncated"])
+def test_a_rerun_redoes_a_unit_whose_shard_went_missing_or_changed(damage, tmp_path, caplog):
+    from conftest import photo_job
+
+    spec = photo_job(tmp_path)
+    _toy_run(spec)
+    out = tmp_path / "out"
+    expected = _lines(out)
+    shard = out / "results-00001-of-00002.jsonl"
+    if damage == "deleted":
+        shard.unlink()
+    elif damage == "altered":
+        data = bytearray(shard.read_bytes())
+        data[10] ^= 1  # same size, other bytes
+        shard.write_bytes(bytes(data))
+    else:
+        shard.write_bytes(shard.read_bytes()[:-20])
+    summary = _toy_run(spec)
+    assert "unit 1 is committed" in caplog.text and "running it again" in caplog.text
+    assert _lines(out) == expected
+    assert summary.predicted == 11 and summary.complete
+    assert subprocess.run(_command("verify", spec.output_result_prefix), env=_env(), capture_output=True).returncode == 0
+
+
+def test_an_unreadable_commit_record_is_named_and_its_unit_runs_again(tmp_path, caplog):
+    from conftest import photo_job
+
+    spec = photo_job(tmp_path)
+    _toy_run(spec)
+    record = tmp_path / "out" / "results-job" / "committed" / "00000-of-00002.json"
+    record.write_text("")
+    summary = _toy_run(spec)
+    assert f"{record} is not a readable commit record" in caplog.text
+    assert summary.complete and summary.predicted == 11
+    assert json.loads(record.read_text())["counts"]["predicted"] > 0
+
+
+def test_verify_names_each_output_that_differs_from_its_commit_and_exits_1(tmp_path):
+    from conftest import photo_job
+
+    spec = photo_job(tmp_path)
+    _toy_run(spec)
+    done = subprocess.run(_command("verify", spec.output_result_prefix), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0 and "2 units verified" in done.stdout
+    (tmp_path / "out" / "errors-00000-of-00002.jsonl").write_text("")
+    (tmp_path / "out" / "results-job" / "committed" / "00001-of-00002.json").unlink()
+    done = subprocess.run(_command("verify", spec.output_result_prefix), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "errors-00000-of-00002.jsonl has 0 bytes" in done.stderr
+    assert "unit 1 of 2 has no commit record" in done.stderr
+
+
+def test_prefixes_with_glob_characters_are_taken_literally(tmp_path):
+    from conftest import photo_job
+
+    spec = dataclasses.replace(photo_job(tmp_path), output_result_prefix=str(tmp_path / "o" / "run[1]"),
+                               output_error_prefix=str(tmp_path / "o" / "err[1]"))
+    first = _toy_run(spec)
+    assert first.complete and _toy_run(spec).predicted == first.predicted == 11
+    assert (tmp_path / "o" / "run[1]-00000-of-00002.jsonl").exists()
+
+
+def test_inputs_named_as_the_jobs_outputs_are_left_out(tmp_path, caplog):
+    from conftest import photo_job
+
+    spec = photo_job(tmp_path)
+    _toy_run(spec)
+    everything = dataclasses.replace(spec, input_file_patterns=(str(tmp_path / "*.jsonl"), str(tmp_path / "out" / "*.jsonl")),
+                                     overwrite=True)
+    summary = _toy_run(everything)
+    assert "4 of the 6 input files are named as this job's outputs" in caplog.text
+    assert summary.records_read == 13 and summary.complete
+
+
+def test_commits_reach_the_disk_before_their_rename(tmp_path, monkeypatch):
+    """A power loss cannot be staged here; what can be checked is that every committed file and its
+    folder are synced before the job goes on."""
+    from conftest import photo_job
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    _toy_run(photo_job(tmp_path))
+    out = tmp_path / "out"
+    for name in ("results-00000-of-00002.jsonl", "errors-00001-of-00002.jsonl", "results-summary.json",
+                 "results-job/committed/00001-of-00002.json"):
+        assert any(path.startswith(str(out / name) + ".") for path in synced), name  # its temporary name
+    assert str(out) in synced
+
+
+@pytest.mark.parametrize(
+    ("inputs", "prefixes", "message"),
+    [
+        ("in/inst-0000?-of-00002.jsonl", ("in/inst", "in/inst-errors"), "every input file matched by"),
+        ("in/inst-0000?-of-00002.jsonl", ("out/r", "out/r"), "are the same"),
+    ],
+)
+def test_outputs_that_would_overwrite_inputs_or_each_other_fail_at_setup(inputs, prefixes, message, tmp_path):
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        (tmp_path / "in" / f"inst-0000{i}-of-00002.jsonl").write_text('{"key": "a", "b64": "AAAA"}\n')
+    done = run_cli("--input_file_patterns", str(tmp_path / inputs), "--input_file_format", "json",
+                   "--model_dir", str(tmp_path / "no-model"),
+                   "--output_result_prefix", str(tmp_path / prefixes[0]), "--output_error_prefix", str(tmp_path / prefixes[1]))
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["inst-00000-of-00002.jsonl", "inst-00001-of-00002.jsonl"]

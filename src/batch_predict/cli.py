@@ -313,6 +313,22 @@ def evaluate_command(output_result_prefix: str, ground_truth: str, as_json: bool
     click.echo(json.dumps(evaluation.to_json(), indent=2) if as_json else format_evaluation(evaluation))
 
 
+@cli.command("verify")
+@click.argument("output_result_prefix")
+def verify_command(output_result_prefix: str) -> None:
+    """Check a finished job's outputs against its commit records: every unit committed, every
+    shard (or database row count) as it was committed, and the summary their sum. Exit 1 on any
+    mismatch, naming it; a rerun of the job redoes the units whose outputs no longer match."""
+    from .outputs.verify import verify_job
+
+    units, problems = verify_job(output_result_prefix)
+    for problem in problems:
+        click.echo(f"batch-predict verify: {problem}", err=True)
+    if problems:
+        sys.exit(EXIT_JOB_FAILED)
+    click.echo(f"{units} units verified: every output is as committed, and the summary is their sum")
+
+
 @cli.command("report")
 @click.argument("output_result_prefix")
 @_flag("output_error_prefix", default=None, help="Where the job wrote errors; default: as its summary says.")

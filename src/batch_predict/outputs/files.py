@@ -9,22 +9,80 @@ when the job completes (`FileSink.tidy`), with one listing rather than one per u
 
 from __future__ import annotations
 
+import glob
+import os
 import posixpath
+import shutil
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from ..inputs.units import Unit
 from ..records import FailedRecord, Outcome, Prediction
 from .layout import OutputLayout, find_shards, partial
 from .result_formats import ResultWriter, json_line
 from .sinks import OutputError, UnitCounts
+from .verify import files_fingerprint
 
 #: Makes a result writer for an open shard and the model's class names.
 WriterFactory = Callable[[IO[bytes], Mapping[int, str]], ResultWriter]
+
+
+# Output paths are taken literally: a prefix may hold glob characters (`out/run[1]`), which
+# fsspec's `mv`, `rm` and `cat` would expand, so only its single-file operations are used here.
+
+
+def move(fs: fsspec.AbstractFileSystem, source: str, target: str) -> None:
+    """Rename a file into place: atomic on a local disk, copy-then-delete on an object store."""
+    if isinstance(fs, LocalFileSystem):
+        os.replace(source, target)
+        _sync_directory(os.path.dirname(target))
+    else:
+        fs.cp_file(source, target)
+        fs.rm_file(source)
+
+
+def remove(path: str) -> None:
+    """Remove a file or a folder with all it holds, if it exists."""
+    fs, root = fsspec.core.url_to_fs(path)
+    if isinstance(fs, LocalFileSystem):
+        if os.path.isdir(root):
+            shutil.rmtree(root)
+        elif os.path.lexists(root):
+            os.remove(root)
+        return
+    for found in fs.find(root):
+        fs.rm_file(found)
+
+
+def read_files(fs: fsspec.AbstractFileSystem, paths: Iterable[str]) -> dict[str, bytes]:
+    """{path: its bytes}, fetched concurrently where the file system can (object stores)."""
+    paths = list(paths)
+    if any(glob.has_magic(path) for path in paths):  # `cat` would expand them
+        return {path: fs.cat_file(path) for path in paths}
+    return fs.cat(paths) if paths else {}
+
+
+def close_durably(file: Any, fs: fsspec.AbstractFileSystem) -> None:
+    """Close a file written for a commit; on a local disk, its bytes reach the disk first, so that
+    a power loss after the rename cannot leave an empty or partial file under the final name."""
+    if isinstance(fs, LocalFileSystem):
+        file.flush()
+        os.fsync(file.fileno())
+    file.close()
+
+
+def _sync_directory(folder: str) -> None:
+    """Make a rename in `folder` durable (POSIX: the entry lives in the directory)."""
+    descriptor = os.open(folder or ".", os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def ensure_writable(prefix: str) -> None:
@@ -41,20 +99,23 @@ def ensure_writable(prefix: str) -> None:
             fs.makedirs(parent, exist_ok=True)
         with fs.open(probe, "wb") as f:
             f.write(b"")
-        fs.rm(probe)
+        fs.rm_file(probe)
     except OSError as exc:
         raise OutputError(f"cannot write output files under {prefix!r}: {exc}") from None
 
 
 def write_atomically(path: str, text: str) -> None:
-    """Write a whole file or nothing: to a temporary name, then renamed into place."""
+    """Write a whole file or nothing, durably: to a temporary name, then renamed into place."""
     fs, root = fsspec.core.url_to_fs(path)
     temp = partial(root, uuid.uuid4().hex[:12])
     try:
         fs.makedirs(posixpath.dirname(root), exist_ok=True)
-        with fs.open(temp, "wb") as f:
-            f.write(text.encode("utf-8"))
-        fs.mv(temp, root)
+        file = fs.open(temp, "wb")
+        try:
+            file.write(text.encode("utf-8"))
+        finally:
+            close_durably(file, fs)
+        move(fs, temp, root)
     except OSError as exc:
         raise OutputError(f"cannot write {path!r}: {exc}") from None
 
@@ -77,13 +138,16 @@ class FileSink:
     def locations(self, unit: Unit) -> tuple[str, str]:
         return self.layout.result_shard(unit.index, unit.count), self.layout.error_shard(unit.index, unit.count)
 
+    def fingerprint(self, unit: Unit) -> dict[str, Any]:
+        return files_fingerprint(self.locations(unit))
+
     def remove(self) -> None:
         for path in self._shards(partial_only=False) + self._shards(partial_only=True):
-            fsspec.core.url_to_fs(path)[0].rm(path)
+            remove(path)
 
     def tidy(self) -> None:
         for path in self._shards(partial_only=True):
-            fsspec.core.url_to_fs(path)[0].rm(path)
+            remove(path)
 
     def _shards(self, partial_only: bool) -> list[str]:
         return [path for prefix in (self.layout.result_prefix, self.layout.error_prefix) if prefix
@@ -132,10 +196,10 @@ class FileUnitOutput:
             raise
         try:
             self._results.finish()
-            for f in self._files:
-                f.close()
+            for file, (fs, _, _) in zip(self._files, self._temps):
+                close_durably(file, fs)
             for fs, temp, root in self._temps:
-                fs.mv(temp, root)
+                move(fs, temp, root)
         except OSError as exc:
             self.discard()
             raise OutputError(f"cannot commit {self.paths[0]!r}: {exc}") from None
@@ -150,6 +214,6 @@ class FileUnitOutput:
         for fs, temp, _ in self._temps:
             try:
                 if fs.exists(temp):
-                    fs.rm(temp)
+                    fs.rm_file(temp)
             except OSError:
                 pass

@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import posixpath
-import re
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,11 +23,14 @@ from ..errors import SetupError
 from ..inputs.sources import InputFile
 from ..inputs.units import Unit
 from ..spec import JobSpec
-from .files import write_atomically
+from .files import read_files, remove, write_atomically
+from .layout import canonical, committed_unit
 from .sinks import JobSummary, Sink, UnitCounts
+from .verify import problems
+
+log = logging.getLogger("batch_predict")
 
 _FORMAT_VERSION = 1
-_COMMIT_NAME = re.compile(r"(\d{5,})-of-(\d{5,})\.json")  # as `OutputLayout.commit_record` names them
 
 #: The settings that change what a job writes. Batch size, device, decode threads and the
 #: error-rate limit do not, so a rerun may change them (a smaller batch after running out
@@ -49,7 +51,7 @@ def job_identity(spec: JobSpec, files: Sequence[InputFile], units: Sequence[Unit
     settings: dict[str, Any] = {name: getattr(spec, name) for name in _OUTPUT_SETTINGS}
     for name in ("model_dir", "label_map", "output_error_prefix", "model_spec"):
         if settings[name]:
-            settings[name] = _canonical_url(settings[name])
+            settings[name] = canonical(settings[name])
     settings["model_options"] = list(spec.model_options)  # as job.json gives it back
     settings["num_output_shards"] = len(units)
     listing = "".join(f"{f.url}\t{f.size}\n" for f in files)
@@ -59,15 +61,6 @@ def job_identity(spec: JobSpec, files: Sequence[InputFile], units: Sequence[Unit
         "sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(),
     }
     return {"settings": settings, "inputs": inputs}
-
-
-def _canonical_url(url: str) -> str:
-    """One spelling per location, so that `out/x` and `./out/x/` are the same job."""
-    try:
-        fs, root = fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError):  # a scheme fsspec cannot open here: its loader will say so
-        return url.rstrip("/")
-    return fs.unstrip_protocol(root.rstrip("/"))
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -96,6 +89,7 @@ class JobState:
         self._fs, self._committed_dir = fsspec.core.url_to_fs(self.layout.committed_dir)
         self._stored: dict[str, Any] | None = None
         self._overwrite = False
+        self._distrusted: set[int] = set()
 
     @classmethod
     def open(cls, spec: JobSpec, files: Sequence[InputFile], units: Sequence[Unit], sink: Sink) -> "JobState":
@@ -148,30 +142,50 @@ class JobState:
         """Remove every output of an earlier job under both prefixes, its records first."""
         layout = self.layout
         for path in (layout.committed_dir, layout.timeline_dir, layout.job_record, layout.summary):
-            fs, root = fsspec.core.url_to_fs(path)
-            if fs.exists(root):
-                fs.rm(root, recursive=True)
+            remove(path)
         self.sink.remove()
 
-    def committed(self) -> dict[int, UnitCounts]:
+    def committed(self, verify: bool = False) -> dict[int, UnitCounts]:
         """{unit index: its counts} for every unit of this job committed so far, by any process.
 
-        None yet when overwriting: what is there belongs to the job being replaced.
+        None yet when overwriting: what is there belongs to the job being replaced. A commit
+        record that cannot be read does not count (its unit runs again), and with `verify`
+        neither does one whose outputs are no longer as committed (`verify.problems`): this run
+        redoes those units, and until it has, they do not count for it.
         """
         if self._overwrite:
             return {}
+        records = self._records()
+        if verify:
+            for index, (path, record) in records.items():
+                if found := problems(record.get("fingerprint")):
+                    log.warning("unit %d is committed (%s) but %s; running it again", index, path, "; ".join(found))
+                    self._distrusted.add(index)
+        return {index: counts for index, (_, record) in records.items()
+                if index not in self._distrusted and (counts := UnitCounts.from_json(record["counts"]))}
+
+    def _records(self) -> dict[int, tuple[str, dict[str, Any]]]:
+        """{unit index: (path, commit record)} of the records that can be read."""
         try:
             listing = self._fs.ls(self._committed_dir, detail=False)
         except FileNotFoundError:
             return {}
         wanted = {}
         for path in listing:
-            match = _COMMIT_NAME.fullmatch(posixpath.basename(path))
-            if match and int(match.group(2)) == len(self.units):
-                wanted[path] = int(match.group(1))
-        # One concurrent fetch of all records where the file system can (object stores).
-        contents = self._fs.cat(list(wanted)) if wanted else {}
-        return {wanted[path]: UnitCounts.from_json(json.loads(data)["counts"]) for path, data in contents.items()}
+            unit = committed_unit(path)
+            if unit is not None and unit[1] == len(self.units):
+                wanted[path] = unit[0]
+        found = {}
+        for path, data in read_files(self._fs, wanted).items():
+            try:
+                record = json.loads(data)
+                UnitCounts.from_json(record["counts"])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("%s is not a readable commit record (%s: %s); its unit runs again",
+                            path, type(exc).__name__, exc)
+                continue
+            found[wanted[path]] = (path, record)
+        return found
 
     def commit(self, unit: Unit, counts: UnitCounts) -> None:
         """Record `unit` as done; its shards must already be in place."""
@@ -183,8 +197,10 @@ class JobState:
             "result_file": result_path,
             "error_file": error_path,
             "counts": dataclasses.asdict(counts),
+            "fingerprint": self.sink.fingerprint(unit),
         }
         write_atomically(self.layout.commit_record(unit.index, unit.count), json.dumps(record))
+        self._distrusted.discard(unit.index)
 
     def summarize(self, files: int, wall_time_s: float, predicted_now: int) -> JobSummary:
         """The counts of every committed unit; once all are, also written to `<prefix>-summary.json`.

@@ -40,6 +40,15 @@ def partial(path: str, token: str) -> str:
     return f"{path}.{token}.partial"
 
 
+def canonical(url: str) -> str:
+    """One spelling per location, so that `out/x` and `./out/x/` are the same job."""
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError):  # a scheme fsspec cannot open here: its loader will say so
+        return url.rstrip("/")
+    return fs.unstrip_protocol(root.rstrip("/"))
+
+
 def find_shards(prefix: str, extensions: tuple[str, ...] = SHARD_EXTENSIONS, *, partial_only: bool = False) -> list[str]:
     """The shard files under `prefix` that exist, whatever their count, in order; with
     `partial_only`, only those still being written (or left by a killed attempt).
@@ -60,6 +69,23 @@ def find_shards(prefix: str, extensions: tuple[str, ...] = SHARD_EXTENSIONS, *, 
     return sorted(p if local else fs.unstrip_protocol(p) for p in listing if pattern.fullmatch(posixpath.basename(p)))
 
 
+#: What follows a prefix in the name of something a job writes (shards, temporary files, the
+#: summary, the job folder...): how an input that is one of the job's own outputs is recognised.
+_OWNED = re.compile(
+    r"(-\d{5,}-of-\d{5,}\.[a-z]+|-summary\.json|-timeline\.jsonl|-report\.html|\.sqlite)(\.[0-9a-z-]+\.partial)?"
+    r"|(-job|-visualized)/.*|\.sqlite-(journal|wal|shm)"
+)
+
+
+_UNIT_FILE = re.compile(r"(\d{5,})-of-(\d{5,})\.json")
+
+
+def committed_unit(name: str) -> tuple[int, int] | None:
+    """(unit index, unit count) of a commit record's file name (`OutputLayout.commit_record`), else None."""
+    match = _UNIT_FILE.fullmatch(posixpath.basename(name))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 @dataclass(frozen=True)
 class OutputLayout:
     """The paths of one job's outputs. Readers that know only the result prefix (`report`,
@@ -68,6 +94,15 @@ class OutputLayout:
     result_prefix: str
     error_prefix: str | None = None
     result_extension: str = "jsonl"
+
+    def owns(self, path: str) -> bool:
+        """Whether `path` is named as one of this job's outputs, under either prefix."""
+        path = canonical(path)
+        for prefix in filter(None, (self.result_prefix, self.error_prefix)):
+            prefix = canonical(prefix)
+            if path.startswith(prefix) and _OWNED.fullmatch(path[len(prefix):]):
+                return True
+        return False
 
     def result_shard(self, index: int, count: int) -> str:
         return shard(self.result_prefix, index, count, self.result_extension)

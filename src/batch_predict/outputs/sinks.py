@@ -52,6 +52,9 @@ class Sink(Protocol):
     def locations(self, unit: Unit) -> tuple[str, str]:
         """Where a committed unit's results and its errors are, for its commit record and the summary."""
 
+    def fingerprint(self, unit: Unit) -> dict[str, Any]:
+        """What a committed unit left on disk, for its commit record (`verify.problems` checks it)."""
+
     def remove(self) -> None:
         """Remove every output an earlier job left here (`--overwrite`)."""
 

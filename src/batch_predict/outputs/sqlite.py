@@ -17,6 +17,7 @@ import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Mapping
+from typing import Any
 
 import fsspec
 import orjson
@@ -27,6 +28,7 @@ from ..records import FailedRecord, Outcome, Prediction
 from .layout import OutputLayout, partial
 from .result_formats import result_records
 from .sinks import OutputError, UnitCounts
+from .verify import rows_fingerprint
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -82,6 +84,9 @@ class SqliteSink:
 
     def locations(self, unit: Unit) -> tuple[str, str]:
         return self.layout.database, self.layout.database
+
+    def fingerprint(self, unit: Unit) -> dict[str, Any]:
+        return rows_fingerprint(self.layout.database, unit.index)
 
     def remove(self) -> None:
         for suffix in ("", "-journal", "-wal", "-shm"):

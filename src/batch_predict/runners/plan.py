@@ -18,7 +18,8 @@ from ..errors import JobFailed
 from ..outputs.jobstate import JobState
 from ..observe.observers import JobObserver
 from ..outputs.formats import open_sink
-from ..outputs.sinks import JobSummary
+from ..outputs.layout import OutputLayout, canonical
+from ..outputs.sinks import JobSummary, OutputError
 from ..spec import JobSpec
 from ..inputs.units import Unit, plan_units, units_for_worker
 
@@ -51,12 +52,12 @@ class RunPlan:
 
 def plan_run(spec: JobSpec, worker_index: int, worker_count: int) -> RunPlan:
     """Everything that can fail before any work: inputs, ground truth, output format, job state."""
-    files = sources.expand_patterns(spec.input_file_patterns)
-    ground_truth = evaluate.load_ground_truth(spec.ground_truth) if spec.ground_truth else None
     sink = open_sink(spec)  # a missing library fails now, not after the model loaded
+    files = inputs_apart_from_outputs(sources.expand_patterns(spec.input_file_patterns), sink.layout, spec)
+    ground_truth = evaluate.load_ground_truth(spec.ground_truth) if spec.ground_truth else None
     units = plan_units(files, spec.input_file_format, spec.num_output_shards)
     state = JobState.open(spec, files, units, sink)
-    done = state.committed()
+    done = state.committed(verify=True)
     mine = units_for_worker(units, worker_index, worker_count)
     pending = [unit for unit in mine if unit.index not in done]
     log.info(
@@ -64,6 +65,27 @@ def plan_run(spec: JobSpec, worker_index: int, worker_count: int) -> RunPlan:
         len(files), len(units), len(mine) - len(pending), len(mine),
     )
     return RunPlan(spec, files, units, pending, state, ground_truth)
+
+
+def inputs_apart_from_outputs(
+    files: list[sources.InputFile], layout: OutputLayout, spec: JobSpec
+) -> list[sources.InputFile]:
+    """The input files that are not this job's own outputs. A job must never read what it writes
+    (a rerun would predict its own results) nor write over what it reads; the two prefixes must
+    differ, or results and errors would share files."""
+    if canonical(spec.output_result_prefix) == canonical(spec.output_error_prefix):
+        raise OutputError("--output_result_prefix and --output_error_prefix are the same; results and errors "
+                          "need prefixes of their own")
+    kept = [f for f in files if not layout.owns(f.url)]
+    if len(kept) < len(files):
+        log.warning("%d of the %d input files are named as this job's outputs (under %s); they are left out "
+                    "of its inputs", len(files) - len(kept), len(files), spec.output_result_prefix)
+    if not kept:
+        raise sources.NoInputError(
+            f"every input file matched by {list(spec.input_file_patterns)} is named as this job's own output "
+            f"(under {spec.output_result_prefix!r} or {spec.output_error_prefix!r}); choose other output prefixes"
+        )
+    return kept
 
 
 def finish_run(plan: RunPlan, observer: JobObserver) -> JobSummary:
