@@ -93,3 +93,13 @@ def test_an_unwritable_location_fails_at_once(tmp_path):
     blocker.write_text("")
     with pytest.raises(OutputError, match="cannot write output files under"):
         ensure_writable(str(blocker / "results"))
+
+
+def test_a_line_that_cannot_be_written_fails_its_record_alone(tmp_path):
+    outputs, (result, error) = _unit_output(str(tmp_path / "results"))
+    outputs.write([_prediction("a"), _prediction("bad-\ud800"), _prediction("c")])
+    counts = outputs.commit(records_read=3)
+    assert (counts.predicted, counts.failed) == (2, 1)
+    assert [json.loads(line)["key"] for line in open(result)] == ["a", "c"]
+    (failure,) = [json.loads(line) for line in open(error)]
+    assert failure["key"] == "bad-\\ud800" and failure["stage"] == "write"

@@ -1,5 +1,6 @@
 import base64
 import gzip
+import io
 import json
 
 import fsspec
@@ -14,6 +15,8 @@ from batch_predict.inputs.tfrecord import write_record
 from images import encode, gradient
 
 JPEG = encode(gradient())
+_PNG = encode(gradient(), "PNG")
+_B64_PNG = base64.b64encode(_PNG).decode()
 
 
 def _records(path, fmt, start=0, end=None):
@@ -231,3 +234,47 @@ def test_an_input_file_that_vanished_raises_rather_than_becoming_error_lines(tmp
     (tmp_path / "in.tfrecord").unlink()
     with pytest.raises(FileNotFoundError):
         list(read_file(file, "tfrecord"))
+
+
+def test_a_record_that_breaks_the_parser_fails_alone(tmp_path):
+    lines = ['{"key": "a", "b64": "%s"}' % _B64_PNG, '{"key": "\\ud800", "b64": "AAAA"}', "[" * 1200 + "]" * 1200,
+             '{"key": "big", "b64": "%s"}' % ("A" * 4000), '{"key": "d", "b64": "%s"}' % _B64_PNG]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    (file,) = expand_patterns([str(path)])
+    found = list(read_file(file, "json", max_record_bytes=3000))
+    assert [type(item).__name__ for item in found] == ["Record", "FailedRecord", "FailedRecord", "FailedRecord", "Record"]
+    assert found[1].key == "\\ud800" and "lone surrogate" in found[1].message
+    assert found[2].error_type == "RecursionError"
+    assert found[3].error_type == "RecordTooLarge" and [found[0].key, found[4].key] == ["a", "d"]
+
+
+@pytest.mark.parametrize("length", [1 << 62, (1 << 64) - 1])
+def test_an_absurd_tfrecord_length_with_a_valid_crc_is_one_error_line(length, tmp_path):
+    import struct
+
+    from batch_predict.inputs.tfrecord import masked_crc
+
+    stream = io.BytesIO()
+    write_record(stream, _PNG)
+    header = struct.pack("<Q", length)
+    stream.write(header + struct.pack("<I", masked_crc(header)) + b"rest of the file")
+    path = tmp_path / "in.tfrecord"
+    path.write_bytes(stream.getvalue())
+    (file,) = expand_patterns([str(path)])
+    found = list(read_file(file, "tfrecord"))
+    assert [type(item).__name__ for item in found] == ["Record", "FailedRecord"]
+    assert found[1].error_type == "TFRecordCorruption" and found[1].index == 1
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_record_over_the_limit_is_skipped_unread_and_the_file_goes_on(compressed, tmp_path):
+    stream = io.BytesIO()
+    for data in (_PNG, bytes(4 << 20), _PNG):  # the middle one: 4 MiB of zeros, a few KiB gzipped
+        write_record(stream, data)
+    path = tmp_path / ("in.tfrecord.gz" if compressed else "in.tfrecord")
+    path.write_bytes(gzip.compress(stream.getvalue()) if compressed else stream.getvalue())
+    (file,) = expand_patterns([str(path)])
+    found = list(read_file(file, "tfrecord_gzip" if compressed else "tfrecord", max_record_bytes=1 << 20))
+    assert [type(item).__name__ for item in found] == ["Record", "FailedRecord", "Record"]
+    assert found[1].error_type == "RecordTooLarge" and "4194304 bytes" in found[1].message

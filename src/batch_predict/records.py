@@ -21,9 +21,19 @@ class Record:
     height: int = 0
 
 
+def safe_text(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (a JSON key such as "\\ud800") written as its escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 @dataclass(slots=True)
 class FailedRecord:
-    """An input instance that could not be read, decoded or predicted: one error line."""
+    """An input instance that could not be read, decoded, predicted or written: one error line.
+    Its text is made valid UTF-8 here, so that the line itself can always be written."""
 
     key: str
     source: str
@@ -31,6 +41,9 @@ class FailedRecord:
     error_type: str
     message: str
     stage: str
+
+    def __post_init__(self) -> None:
+        self.key, self.source, self.message = safe_text(self.key), safe_text(self.source), safe_text(self.message)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,9 @@ DEFAULT_MAX_ERROR_RATE = 0.05
 #: Decompression-bomb guard: images declaring more pixels than this are refused before
 #: their pixels are allocated (about 16k x 11k; a 100 MP photo passes).
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+#: Records (a TFRecord's data, a JSON line) longer than this are error lines, never read into
+#: memory: a damaged length field or a decompression bomb cannot take the process down.
+DEFAULT_MAX_RECORD_BYTES = 64 << 20
 
 
 class SpecError(SetupError, ValueError):
@@ -83,6 +86,7 @@ class JobSpec:
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     output_raw: bool = False
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     num_decode_workers: int = 0
     queue_depth: int = 4
     ground_truth: str | None = None
@@ -111,6 +115,7 @@ class JobSpec:
         _check_range("num_output_shards", self.num_output_shards, 0, 99_999)
         _check_range("max_error_rate", self.max_error_rate, 0.0, 1.0)
         _check_range("max_image_pixels", self.max_image_pixels, 1, 1 << 40)
+        _check_range("max_record_bytes", self.max_record_bytes, 1, 1 << 40)
         _check_range("num_decode_workers", self.num_decode_workers, 0, 1024)
         _check_range("queue_depth", self.queue_depth, 1, 1024)
         if self.output_format not in OUTPUT_FORMATS:

@@ -22,8 +22,9 @@ from fsspec.implementations.local import LocalFileSystem
 from . import tf_example
 from ..decode import to_uint8_rgb
 from ..errors import SetupError
-from ..records import Record, FailedRecord, default_key
-from .tfrecord import TFRecordCorruption, TFRecordDataCorruption, read_record_range
+from ..records import FailedRecord, Record, default_key, safe_text
+from ..spec import DEFAULT_MAX_RECORD_BYTES
+from .tfrecord import TFRecordCorruption, read_record_range
 
 _GLOB_CHARS = frozenset("*?[")
 _IMAGE_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
@@ -73,7 +74,8 @@ def expand_patterns(patterns: Iterable[str]) -> list[InputFile]:
 
 
 def read_file(
-    file: InputFile, input_format: str, start: int = 0, end: int | None = None
+    file: InputFile, input_format: str, start: int = 0, end: int | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[Record | FailedRecord]:
     """The records of one file that begin in bytes [start, end), in order, errors included.
 
@@ -91,7 +93,7 @@ def read_file(
     next_index = 0
     try:
         with file.fs.open(file.path, "rb", compression=compression) as stream:
-            for item in reader(file.url, stream, start, end):
+            for item in reader(file.url, stream, start, end, max_record_bytes):
                 next_index = item.index + 1
                 yield item
     except _DATA_ERRORS as exc:
@@ -103,9 +105,9 @@ def read_file(
         )
 
 
-def _read_tfrecords(source: str, stream: Any, start: int, end: int | None) -> Iterator[Record | FailedRecord]:
-    for index, data in read_record_range(stream, start, end):
-        if isinstance(data, TFRecordDataCorruption):
+def _read_tfrecords(source: str, stream: Any, start: int, end: int | None, max_bytes: int) -> Iterator[Record | FailedRecord]:
+    for index, data in read_record_range(stream, start, end, max_bytes):
+        if isinstance(data, Exception):
             yield FailedRecord(default_key(source, index), source, index, type(data).__name__, str(data), "read")
             continue
         encoded, key = image_from_tfrecord(data)
@@ -127,28 +129,49 @@ def image_from_tfrecord(data: bytes) -> tuple[bytes, str | None]:
     return encoded[0], key
 
 
-def _read_json_lines(source: str, stream: Any, start: int, end: int | None) -> Iterator[Record | FailedRecord]:
+def _read_json_lines(source: str, stream: Any, start: int, end: int | None, max_bytes: int) -> Iterator[Record | FailedRecord]:
     offset = 0
-    for index, line in enumerate(stream):
-        line_start, offset = offset, offset + len(line)
+    for index, (line, size) in enumerate(_lines(stream, max_bytes)):
+        line_start, offset = offset, offset + size
         if end is not None and line_start >= end:
             return
-        if line_start < start or not line.strip():
+        if line_start < start or (line is not None and not line.strip()):
             continue
         key = default_key(source, index)
+        if line is None:
+            message = f"line of {size} bytes is larger than --max_record_bytes ({max_bytes})"
+            yield FailedRecord(key, source, index, "RecordTooLarge", message, "read")
+            continue
         try:
             instance = json.loads(line)
             if isinstance(instance, dict) and "key" in instance:
                 instance = dict(instance)
                 key = str(instance.pop("key"))
+                if safe_text(key) != key:
+                    raise ValueError("the key is not valid Unicode (it holds a lone surrogate)")
             image = parse_instance(instance)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: brackets nested thousands deep
             yield FailedRecord(key, source, index, type(exc).__name__, str(exc), "read")
             continue
         if isinstance(image, bytes):
             yield Record(key, source, index, encoded=image)
         else:
             yield Record(key, source, index, array=image, height=image.shape[0], width=image.shape[1])
+
+
+def _lines(stream: Any, max_bytes: int) -> Iterator[tuple[bytes | None, int]]:
+    """Each line of a binary stream and its length in bytes; None in place of a line longer than
+    `max_bytes`, which is skipped without being held in memory."""
+    while line := stream.readline(max_bytes + 1):
+        if len(line) <= max_bytes or line.endswith(b"\n"):
+            yield line, len(line)
+            continue
+        size = len(line)
+        while rest := stream.readline(1 << 20):
+            size += len(rest)
+            if rest.endswith(b"\n"):
+                break
+        yield None, size
 
 
 def parse_instance(instance: Any) -> bytes | np.ndarray:

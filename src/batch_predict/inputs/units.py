@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..records import Record, FailedRecord
+from ..spec import DEFAULT_MAX_RECORD_BYTES
 from .sources import InputFile, read_file
 
 #: `--num_output_shards 0` means one unit per input file, up to this many: beyond it,
@@ -78,10 +79,10 @@ def units_for_worker(units: Sequence[Unit], worker_index: int, worker_count: int
     return [unit for unit in units if unit.index % worker_count == worker_index]
 
 
-def read_unit(unit: Unit, input_format: str) -> Iterator[Record | FailedRecord]:
+def read_unit(unit: Unit, input_format: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[Record | FailedRecord]:
     """Every record of the unit, in order, errors included."""
     for piece in unit.slices:
-        yield from read_file(piece.file, input_format, piece.start, piece.end)
+        yield from read_file(piece.file, input_format, piece.start, piece.end, max_record_bytes)
 
 
 def _group_files(files: Sequence[InputFile], count: int) -> list[list[InputFile]]:

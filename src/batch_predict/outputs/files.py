@@ -25,7 +25,7 @@ from ..inputs.units import Unit
 from ..records import FailedRecord, Outcome, Prediction
 from .layout import OutputLayout, find_shards, partial
 from .result_formats import ResultWriter, json_line
-from .sinks import OutputError, UnitCounts
+from .sinks import OutputError, UnitCounts, write_each
 from .verify import files_fingerprint
 
 #: Makes a result writer for an open shard and the model's class names.
@@ -177,12 +177,16 @@ class FileUnitOutput:
         self.error_types: Counter[str] = Counter()
 
     def write(self, outcomes: list[Outcome]) -> None:
+        write_each(self._write, outcomes)
+
+    def _write(self, outcomes: list[Outcome]) -> None:
         predictions = [o for o in outcomes if isinstance(o, Prediction)]
         errors = [o for o in outcomes if isinstance(o, FailedRecord)]
+        error_lines = b"".join(json_line(e.to_json()) for e in errors)  # before writing anything: all or none
         if predictions:
             self._results.write(predictions)
         if errors:
-            self._files[1].write(b"".join(json_line(e.to_json()) for e in errors))
+            self._files[1].write(error_lines)
         self.predicted += len(predictions)
         self.detections += sum(len(p.detections.scores) for p in predictions)
         self.error_types.update(e.error_type for e in errors)

@@ -137,21 +137,26 @@ class ParquetResults:
         self._labels = labels
         self._schema = parquet_schema()
         self._writer = pq.ParquetWriter(file, self._schema, compression="zstd")
-        self._rows: list[dict[str, Any]] = []
+        self._tables: list[Any] = []
+        self._rows = 0
 
     def write(self, predictions: list[Prediction]) -> None:
-        for row in result_records(predictions, self._labels):
-            row["raw"] = json.dumps(row["raw"]) if "raw" in row else None
-            self._rows.append(row)
-        if len(self._rows) >= PARQUET_ROW_GROUP:
+        import pyarrow as pa
+
+        rows = [{**row, "raw": json.dumps(row["raw"]) if "raw" in row else None}
+                for row in result_records(predictions, self._labels)]
+        # Converted now, so that a value Arrow cannot hold fails this call, not a later row group.
+        self._tables.append(pa.Table.from_pylist(rows, schema=self._schema))
+        self._rows += len(rows)
+        if self._rows >= PARQUET_ROW_GROUP:
             self._flush()
 
     def _flush(self) -> None:
         import pyarrow as pa
 
-        if self._rows:
-            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
-            self._rows = []
+        if self._tables:
+            self._writer.write_table(pa.concat_tables(self._tables))
+            self._tables, self._rows = [], 0
 
     def finish(self) -> None:
         self._flush()

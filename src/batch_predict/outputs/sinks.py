@@ -11,18 +11,43 @@ a commit record (`jobstate`). The formats and their sinks are listed in `formats
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from ..errors import SetupError
 from ..inputs.units import Unit
-from ..records import Outcome
+from ..records import FailedRecord, Outcome
 from .layout import OutputLayout
 
 
 class OutputError(SetupError, OSError):
     """An output location cannot be written."""
+
+
+#: What a value that a format cannot hold raises (orjson, pyarrow and sqlite3 alike), as
+#: opposed to an I/O failure (OSError), which fails the unit.
+_UNWRITABLE = (ValueError, TypeError, OverflowError)
+
+
+def write_each(write: Callable[[list[Outcome]], None], outcomes: list[Outcome]) -> None:
+    """`write(outcomes)`; when that fails on a value, each outcome on its own, and a prediction that
+    still cannot be written becomes its record's error line. One record's unwritable line (a
+    value a format cannot hold) so never fails its neighbours or its unit. `write` must write all
+    of the outcomes it is given or none."""
+    try:
+        write(outcomes)
+        return
+    except _UNWRITABLE:
+        if len(outcomes) == 1 and isinstance(outcomes[0], FailedRecord):
+            raise  # an error line is made writable (`FailedRecord`): nothing smaller to fall back to
+    for outcome in outcomes:
+        try:
+            write([outcome])
+        except _UNWRITABLE as exc:
+            if isinstance(outcome, FailedRecord):
+                raise
+            write([FailedRecord.of(outcome.record, exc, "write")])
 
 
 class UnitOutput(Protocol):

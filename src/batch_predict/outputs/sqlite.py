@@ -27,7 +27,7 @@ from ..inputs.units import Unit
 from ..records import FailedRecord, Outcome, Prediction
 from .layout import OutputLayout, partial
 from .result_formats import result_records
-from .sinks import OutputError, UnitCounts
+from .sinks import OutputError, UnitCounts, write_each
 from .verify import rows_fingerprint
 
 _SCHEMA = """
@@ -118,17 +118,28 @@ class SqliteUnitOutput:
         self.error_types: Counter[str] = Counter()
 
     def write(self, outcomes: list[Outcome]) -> None:
+        write_each(self._write, outcomes)
+
+    def _write(self, outcomes: list[Outcome]) -> None:
         predictions = [o for o in outcomes if isinstance(o, Prediction)]
         errors = [o for o in outcomes if isinstance(o, FailedRecord)]
         unit = self._unit.index
-        self._connection.executemany(_insert("results"), [
+        results = [
             (unit, r["key"], r["source"], r["record_index"], r["width"], r["height"],
              orjson.dumps(r["detections"]).decode(), orjson.dumps(r["raw"]).decode() if "raw" in r else None)
             for r in result_records(predictions, self._labels)
-        ])
-        self._connection.executemany(_insert("errors"), [
-            (unit, e.key, e.source, e.index, e.error_type, e.message, e.stage) for e in errors
-        ])
+        ]
+        self._connection.execute("SAVEPOINT outcomes")  # all of them or none
+        try:
+            self._connection.executemany(_insert("results"), results)
+            self._connection.executemany(_insert("errors"), [
+                (unit, e.key, e.source, e.index, e.error_type, e.message, e.stage) for e in errors
+            ])
+        except BaseException:
+            self._connection.execute("ROLLBACK TO outcomes")
+            raise
+        finally:
+            self._connection.execute("RELEASE outcomes")
         self.predicted += len(predictions)
         self.detections += sum(len(p.detections.scores) for p in predictions)
         self.error_types.update(e.error_type for e in errors)

@@ -28,7 +28,7 @@ UnitResult = tuple[Unit, UnitCounts | Exception]
 
 
 def read_units(
-    units: Sequence[Unit], input_format: str, observer: JobObserver, stop: threading.Event | None = None
+    units: Sequence[Unit], spec: JobSpec, observer: JobObserver, stop: threading.Event | None = None
 ) -> Iterator[Record | FailedRecord | UnitEnd]:
     """The records of each unit in turn, each unit followed by its `UnitEnd`.
 
@@ -42,7 +42,7 @@ def read_units(
         observer.unit_started(unit)
         read = 0
         try:
-            for item in read_unit(unit, input_format):
+            for item in read_unit(unit, spec.input_file_format, spec.max_record_bytes):
                 observer.record_read(unit, item)
                 read += 1
                 yield item
@@ -143,7 +143,7 @@ def run_units(
     sinks = UnitSinks(model, state, units, observer)
     try:
         run_pipeline(
-            read_units(units, spec.input_file_format, observer, stop),
+            read_units(units, spec, observer, stop),
             timed(model, observer),
             sinks,
             batch_size=spec.batch_size,
