@@ -229,3 +229,18 @@ def test_a_share_measured_while_the_job_warmed_up_is_measured_again_soon():
 
     shares = _run_split(split, rate, 200)
     assert shares[-1] == 0.0
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_the_listed_formats_decode(fmt):
+    record = decode(Record("k", "s", 0, encoded=encode(gradient(16, 12), fmt)), 1 << 20)
+    assert record.array.shape == (12, 16, 3)
+
+
+@pytest.mark.parametrize("data", [
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",  # handed to Ghostscript where it is installed
+    encode(gradient(8, 8), "PPM"),
+])
+def test_formats_outside_the_list_are_refused_unopened(data):
+    with pytest.raises(ImageDecodeError, match="none of JPEG, PNG, GIF, BMP, WEBP, TIFF"):
+        decode(Record("k", "s", 0, encoded=data), 1 << 20)

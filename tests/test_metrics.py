@@ -55,3 +55,15 @@ def test_a_taken_port_fails_at_setup():
         taken.listen()
         with pytest.raises(MetricsError, match="cannot serve"):
             MetricsServer.start(taken.getsockname()[1], addr="127.0.0.1")
+
+
+def test_the_cli_binds_the_address_it_is_given():
+    from batch_predict.cli import run_watchers
+
+    watchers = run_watchers(0, "127.0.0.1", 0)
+    (server,) = [w for w in watchers.observers if isinstance(w, MetricsServer)]
+    try:
+        assert server._server.server_address[0] == "127.0.0.1" and server.port > 0
+    finally:
+        server.close()
+

@@ -156,9 +156,11 @@ def cli() -> None:
 @_flag("progress_interval_seconds", type=float, default=30.0, show_default=True,
        help="When stderr is not a terminal, log one progress line this often; 0: none. On a terminal, a live bar.")
 @_flag("metrics_port", type=int, default=None,
-       help="Serve Prometheus metrics on this port (all interfaces) while the job runs; needs batch-predict[metrics].")
+       help="Serve Prometheus metrics on this port while the job runs; needs batch-predict[metrics].")
+@_flag("metrics_address", default="0.0.0.0", show_default=True,
+       help="The address --metrics_port binds: 0.0.0.0 for a pod's scraper, 127.0.0.1 for this machine only.")
 def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: str, progress_interval_seconds: float,
-            metrics_port: int | None, termination_grace_seconds: float, runner: str, ray_address: str | None,
+            metrics_port: int | None, metrics_address: str, termination_grace_seconds: float, runner: str, ray_address: str | None,
             ray_num_actors: int, **settings) -> None:
     """Predict every record of the input files; write results, errors and a summary.
 
@@ -189,7 +191,7 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
     try:
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
         worker_index, worker_count = worker_from_environment(os.environ)
-        watchers = run_watchers(metrics_port, progress_interval_seconds)
+        watchers = run_watchers(metrics_port, metrics_address, progress_interval_seconds)
         # On a terminal, log lines go above the progress bar instead of through it.
         with logging_redirect_tqdm() if sys.stderr.isatty() else contextlib.nullcontext():
             summary = run(spec, runner=runner, ray_address=ray_address, ray_num_actors=ray_num_actors,
@@ -222,7 +224,7 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
         sys.exit(EXIT_JOB_FAILED)
 
 
-def run_watchers(metrics_port: int | None, progress_interval_s: float) -> Observers:
+def run_watchers(metrics_port: int | None, metrics_address: str, progress_interval_s: float) -> Observers:
     """What watches this run: a bar on a terminal, else periodic log lines; metrics if a port is given."""
     from .observe.metrics import MetricsServer
     from .observe.progress import LogProgress, TerminalProgress
@@ -230,7 +232,7 @@ def run_watchers(metrics_port: int | None, progress_interval_s: float) -> Observ
     watchers: list = [TerminalProgress(sys.stderr)] if sys.stderr.isatty() else (
         [LogProgress(progress_interval_s)] if progress_interval_s > 0 else [])
     if metrics_port is not None:
-        watchers.append(MetricsServer.start(metrics_port))
+        watchers.append(MetricsServer.start(metrics_port, metrics_address))
     return Observers(watchers)
 
 

@@ -49,15 +49,23 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
         raise ImageTooLarge(f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
 
 
-def _open(data: bytes) -> Image.Image:
+#: The image formats a job decodes. Pillow knows many more, some through outside programs (EPS
+#: through Ghostscript): a record must not choose what runs on the worker.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Pillow's lazy image of encoded bytes, in one of `IMAGE_FORMATS`; raises `ImageDecodeError` else."""
     if not data:
         raise ImageDecodeError("empty image bytes")
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(str(exc)) from None
     except Image.UnidentifiedImageError:
-        raise ImageDecodeError(f"not a decodable image: no known image format in its first bytes {data[:8]!r}") from None
+        raise ImageDecodeError(
+            f"not a decodable image: none of {', '.join(IMAGE_FORMATS)} in its first bytes {data[:8]!r}"
+        ) from None
     except Exception as exc:  # Pillow raises several types for bytes that are not an image
         raise ImageDecodeError(f"not a decodable image: {exc}") from None
 
@@ -68,7 +76,7 @@ def probe(record: Record, max_pixels: int) -> Record:
         return record
     data = record.encoded or b""
     size = jpeg_size(data)
-    record.width, record.height = size if size is not None else _open(data).size
+    record.width, record.height = size if size is not None else open_image(data).size
     check_size(record.width, record.height, max_pixels)
     return record
 
@@ -153,7 +161,7 @@ def _decode_jpeg(data: bytes, max_pixels: int) -> np.ndarray | None:
 
 
 def _decode_any(data: bytes, max_pixels: int) -> np.ndarray:
-    image = _open(data)
+    image = open_image(data)
     check_size(*image.size, max_pixels)
     try:
         image.load()

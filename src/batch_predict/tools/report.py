@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import io
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from PIL import Image
 
 from . import svg
 from .annotate import draw_detections, to_jpeg
+from ..decode import open_image
 from ..outputs.layout import OutputLayout
 from ..outputs.reading import error_files, load_summary, read_errors, read_results, read_timeline, result_files
 from ..records import Record
@@ -136,7 +136,7 @@ def _draw(sample: Sample, record: Record, width: int) -> None:
         sample.problem = f"the source holds {record.key!r} there now, not {sample.result['key']!r}"
         return
     try:
-        image = Image.fromarray(record.array) if record.array is not None else Image.open(io.BytesIO(record.encoded))
+        image = Image.fromarray(record.array) if record.array is not None else open_image(record.encoded or b"")
         sample.jpeg = to_jpeg(draw_detections(image, sample.result.get("detections", []), width))
     except (OSError, ValueError) as exc:
         sample.problem = f"cannot decode the image: {exc}"

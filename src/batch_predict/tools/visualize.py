@@ -8,7 +8,6 @@ ends so); each run writes up to N.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import threading
@@ -18,6 +17,7 @@ import fsspec
 from PIL import Image
 
 from .annotate import draw_detections, to_jpeg
+from ..decode import open_image
 from ..models import Model
 from ..observe.observers import JobObserver
 from ..records import Outcome, Prediction
@@ -60,7 +60,7 @@ class Visualizer(JobObserver):
             record = prediction.record
             path = f"{self.folder}/{picture_name(record.key)}"
             try:
-                image = Image.fromarray(record.array) if record.array is not None else Image.open(io.BytesIO(record.encoded))
+                image = Image.fromarray(record.array) if record.array is not None else open_image(record.encoded or b"")
                 # The result line's own detections, so the picture shows exactly what the shard says.
                 detections = next(result_records([prediction], self.labels))["detections"]
                 picture = to_jpeg(draw_detections(image, detections, self.width))
