@@ -278,3 +278,14 @@ def test_a_record_over_the_limit_is_skipped_unread_and_the_file_goes_on(compress
     found = list(read_file(file, "tfrecord_gzip" if compressed else "tfrecord", max_record_bytes=1 << 20))
     assert [type(item).__name__ for item in found] == ["Record", "FailedRecord", "Record"]
     assert found[1].error_type == "RecordTooLarge" and "4194304 bytes" in found[1].message
+
+
+def test_an_input_that_cannot_be_named_or_reached_fails_at_setup_saying_which(tmp_path):
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    with pytest.raises(NoInputError, match="cannot read input .*loop-a"):
+        expand_patterns([str(tmp_path / "loop-a")])
+    with open(bytes(tmp_path / "bad") + b"\xff.jsonl", "wb") as f:
+        f.write(b"{}\n")
+    with pytest.raises(NoInputError, match=r"bad\\\\udcff.jsonl' is not valid UTF-8"):
+        expand_patterns([str(tmp_path / "bad*.jsonl")])

@@ -57,17 +57,19 @@ def expand_patterns(patterns: Iterable[str]) -> list[InputFile]:
     files: dict[str, InputFile] = {}
     for pattern in patterns:
         fs, path = fsspec.core.url_to_fs(pattern)
-        if _GLOB_CHARS.intersection(path):
-            found = fs.glob(path, detail=True)
-        else:
-            try:
-                found = {path: fs.info(path)}
-            except FileNotFoundError:
-                found = {}
+        try:
+            found = fs.glob(path, detail=True) if _GLOB_CHARS.intersection(path) else {path: fs.info(path)}
+        except FileNotFoundError:
+            found = {}
+        except OSError as exc:  # a symlink loop, a permission: named, not a traceback
+            raise NoInputError(f"cannot read input {pattern!r}: {exc}") from None
         matched = {p: info for p, info in found.items() if info.get("type") == "file"}
         if not matched:
             raise NoInputError(f"no input file matches {pattern!r}")
         for p in sorted(matched):
+            if safe_text(p) != p:
+                raise NoInputError(f"input file name {safe_text(p)!r} is not valid UTF-8 (the lines naming "
+                                   "its records could not be written); rename it")
             url = p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p)
             files.setdefault(url, InputFile(url, fs, p, int(matched[p].get("size") or 0)))
     return sorted(files.values(), key=lambda f: f.url)
