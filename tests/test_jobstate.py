@@ -133,3 +133,30 @@ def test_unreadable_job_record_is_refused(job):
     Path(spec.output_result_prefix + "-job/job.json").write_text("{not json")
     with pytest.raises(JobConflict, match="unreadable"):
         _open(spec)
+
+
+@pytest.mark.parametrize("edited", ["model_dir", "model_spec", "label_map"])
+def test_a_rerun_after_the_model_spec_or_labels_were_edited_is_another_job(edited, job, tmp_path):
+    spec, _ = job
+    files = {"model_dir": tmp_path / "model", "model_spec": tmp_path / "spec.yaml", "label_map": tmp_path / "labels.txt"}
+    (files["model_dir"] / "variables").mkdir(parents=True)
+    for path in (files["model_dir"] / "variables" / "data", files["model_spec"], files["label_map"]):
+        path.write_text("first")
+    spec = dataclasses.replace(spec, model_spec=str(files["model_spec"]), label_map=str(files["label_map"]))
+    _open(spec)
+    _open(spec)  # the same files: the same job
+    target = files[edited] / "variables" / "data" if edited == "model_dir" else files[edited]
+    target.write_text("score: 0.8")
+    with pytest.raises(JobConflict, match=f"the contents of --{edited} changed"):
+        _open(spec)
+
+
+def test_of_two_jobs_starting_at_once_with_other_settings_the_second_is_refused_before_its_first_unit(job):
+    spec, _ = job
+    # All three see no job.json; the third is another pod of the first's job.
+    first, other, same = _checked(spec), _checked(dataclasses.replace(spec, score_threshold=0.9)), _checked(spec)
+    first.begin()
+    with pytest.raises(JobConflict, match="another job began writing to these output prefixes meanwhile.*score_threshold"):
+        other.begin()
+    same.begin()
+    assert json.loads(Path(spec.output_result_prefix + "-job/job.json").read_text())["settings"]["score_threshold"] is None

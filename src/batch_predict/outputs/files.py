@@ -85,6 +85,36 @@ def _sync_directory(folder: str) -> None:
         os.close(descriptor)
 
 
+def claim_file(path: str, text: str) -> bool:
+    """Write a whole file where none exists, durably; False, writing nothing, where one does.
+
+    On a local disk the test and the write are one step (a hard link of a complete temporary
+    file fails if the name exists), so of two jobs starting at once exactly one claims it. An
+    object store offers no such step through fsspec: there the file is written if it is not
+    there when looked for.
+    """
+    fs, root = fsspec.core.url_to_fs(path)
+    if not isinstance(fs, LocalFileSystem):
+        if fs.exists(root):
+            return False
+        write_atomically(path, text)
+        return True
+    os.makedirs(os.path.dirname(root) or ".", exist_ok=True)
+    temp = partial(root, uuid.uuid4().hex[:12])
+    with open(temp, "wb") as f:
+        f.write(text.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(temp, root)
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(temp)
+    _sync_directory(os.path.dirname(root))
+    return True
+
+
 def ensure_writable(prefix: str) -> None:
     """Create the prefix's folder and write and remove a file there, or raise `OutputError`.
 

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import posixpath
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..errors import SetupError
 from ..inputs.sources import InputFile
 from ..inputs.units import Unit
 from ..spec import JobSpec
-from .files import read_files, remove, write_atomically
+from .files import claim_file, read_files, remove, write_atomically
 from .layout import canonical, committed_unit
 from .sinks import JobSummary, Sink, UnitCounts
 from .verify import problems
@@ -40,6 +41,10 @@ _OUTPUT_SETTINGS = (
     "score_threshold", "output_raw", "max_image_pixels", "output_error_prefix", "model_spec", "model_options",
     "output_format", "precision",
 )
+
+
+#: The files whose contents, not only whose paths, make a job: edit one and it is another job.
+_HASHED_FILES = ("model_dir", "model_spec", "label_map")
 
 
 class JobConflict(SetupError, ValueError):
@@ -60,7 +65,25 @@ def job_identity(spec: JobSpec, files: Sequence[InputFile], units: Sequence[Unit
         "bytes": sum(f.size for f in files),
         "sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(),
     }
-    return {"settings": settings, "inputs": inputs}
+    contents = {name: content_digest(getattr(spec, name)) for name in _HASHED_FILES if getattr(spec, name)}
+    return {"settings": settings, "inputs": inputs, "contents": contents}
+
+
+def content_digest(url: str) -> str | None:
+    """SHA-256 of a file's bytes, or of a folder's files (each one's path in it, and bytes); None
+    when it cannot be read (the model's loader says why, at load)."""
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        paths = sorted(fs.find(root)) if fs.isdir(root) else [root]
+        digest = hashlib.sha256()
+        for path in paths:
+            digest.update(posixpath.relpath(path, root).encode("utf-8", "backslashreplace") + b"\0")
+            with fs.open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+    except (OSError, ValueError):
+        return None
+    return digest.hexdigest()
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -75,6 +98,10 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
             f"the input files differ: {then_in.get('files')} files of {then_in.get('bytes')} bytes then, "
             f"{now_in['files']} files of {now_in['bytes']} bytes now"
         )
+    then_contents = stored.get("contents")  # absent from job.json of versions before contents were hashed
+    if then_contents is not None:
+        said += [f"the contents of --{name} changed" for name, now in current["contents"].items()
+                 if then_contents.get(name) != now]
     return said
 
 
@@ -116,12 +143,22 @@ class JobState:
         """Record the job in `job.json`, first removing an earlier job's outputs if overwriting.
 
         Called once the model has loaded, so that a job failing at setup leaves the
-        prefixes as they were.
+        prefixes as they were. `job.json` is claimed, not overwritten: if another job wrote one
+        since `open` looked, this job goes on only if it is the same job (the pods of one
+        Indexed Job), else it is refused before its first unit (`JobConflict`).
         """
-        if self._overwrite:
+        overwriting = self._overwrite
+        if overwriting:
             self._start_over()
-        if self._stored is None or self._overwrite:
-            write_atomically(self.layout.job_record, json.dumps({"version": _FORMAT_VERSION, **self.identity}, indent=2))
+        if self._stored is None or overwriting:
+            text = json.dumps({"version": _FORMAT_VERSION, **self.identity}, indent=2)
+            if not overwriting and not claim_file(self.layout.job_record, text):
+                stored = self._stored_identity() or {}
+                if said := _differences(stored, self.identity):
+                    raise JobConflict(f"another job began writing to these output prefixes meanwhile "
+                                      f"({'; '.join(said)}); choose other output prefixes")
+            elif overwriting:
+                write_atomically(self.layout.job_record, text)
             self._stored, self._overwrite = self.identity, False
 
     def joined(self) -> None:
