@@ -282,3 +282,15 @@ def test_each_unit_end_reaches_the_sink_after_exactly_its_own_outcomes(model):
         (unit, sorted(f"u{unit}-{i}" for i in range(unit + 2))) for unit in range(5)
     ]
     assert model.batch_sizes == [4, 4, 4, 4, 3]  # only the last unit ends in a partial batch
+
+
+def test_a_budget_smaller_than_a_batch_still_predicts_every_record_in_order_of_room(tmp_path):
+    """Each image takes the whole budget: batches leave as they are, one image at a time, and
+    nothing waits forever (records are admitted in stream order, and the batches being filled
+    leave when a decode waits)."""
+    images = [Record(f"k{i}", "src", i, encoded=encode(gradient(40 + i % 3, 30))) for i in range(12)]
+    outputs = one_unit_output(tmp_path, labels={1: "image"})
+    read = run_pipeline(images, MeanColourModel(same_size_batches=False), outputs, batch_size=8, max_image_pixels=1 << 20,
+                        num_decode_workers=4, queue_depth=2, max_decoded_bytes=40 * 30 * 3)
+    counts = outputs.commit(read)
+    assert (counts.records_read, counts.predicted, counts.failed) == (12, 12, 0)

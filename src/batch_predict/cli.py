@@ -19,7 +19,7 @@ from .runners import RUNNERS
 from .observe.observers import Observers
 from .tools.pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, find_images, pack
 from .spec import (
-    COMPILE_MODES, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_RECORD_BYTES, INPUT_FORMATS, OUTPUT_FORMATS, PRECISIONS, JobSpec,
+    COMPILE_MODES, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_RECORD_BYTES, INPUT_FORMATS, OUTPUT_FORMATS, PRECISIONS, JobSpec,
     SpecError, split_patterns,
 )
 
@@ -113,6 +113,8 @@ def cli() -> None:
        help="Refuse images declaring more pixels than this, before decoding them (decompression bombs).")
 @_flag("max_record_bytes", type=int, default=DEFAULT_MAX_RECORD_BYTES, show_default=True,
        help="Records longer than this (a TFRecord's data, a JSON line, decompressed) are error lines, never read.")
+@_flag("max_decoded_bytes", type=int, default=DEFAULT_MAX_DECODED_BYTES, show_default=True,
+       help="Decoded pixels held in memory at once; decoding waits for room (an image larger than this decodes alone).")
 @_flag("num_decode_workers", type=int, default=0, show_default=True, help="Decode threads; 0 means one per CPU core, or 2 for models that decode on the GPU "
             "(they need only each image's size from its header).")
 @_flag("precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,

@@ -25,7 +25,6 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
 from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 
 from . import decode
@@ -39,6 +38,8 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 _DONE = object()
+#: In the decoded stream: pixels are short, so the batches being filled leave now.
+_FLUSH = object()
 _DECODE_CHUNK = 16
 #: Decode threads by default for a model that decodes for itself: reading an image's size from
 #: its header takes microseconds, and more threads only take the GIL from the thread that
@@ -124,8 +125,58 @@ class _Failure:
         self.exc = exc
 
 
-def background(items: Iterable[T], depth: int) -> Iterator[T]:
-    """Iterate `items` in a thread, at most `depth` ahead of the consumer."""
+class PixelBudget:
+    """At most `limit` bytes of decoded pixels held at once, however large the images and the
+    batches: a decode waits for room, except into an empty budget (an image larger than the whole
+    budget is decoded alone). Bytes are given back once the record's batch has its outcomes.
+    Without it, memory follows the record count: twelve 8000x8000 PNGs of 2.4 MB decode to 2.3 GB.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held = 0
+        self._waiting = 0
+        self._closed = False
+        self._room = threading.Condition()
+
+    def acquire(self, size: int) -> None:
+        with self._room:
+            self._waiting += 1
+            try:
+                while self._held and self._held + size > self.limit and not self._closed:
+                    self._room.wait()
+            finally:
+                self._waiting -= 1
+            self._held += size
+
+    def try_acquire(self, size: int) -> bool:
+        """Take `size` bytes if there is room now; never waits."""
+        with self._room:
+            if self._held and self._held + size > self.limit:
+                return False
+            self._held += size
+            return True
+
+    def release(self, size: int) -> None:
+        if size:
+            with self._room:
+                self._held -= size
+                self._room.notify_all()
+
+    def starved(self) -> bool:
+        """Whether a decode is waiting for room: the batches being filled must leave to make it."""
+        return self._waiting > 0
+
+    def close(self) -> None:
+        """The pipeline is ending: no decode waits any longer."""
+        with self._room:
+            self._closed = True
+            self._room.notify_all()
+
+
+def background(items: Iterable[T], depth: int, idle: Callable[[], bool] | None = None) -> Iterator[T]:
+    """Iterate `items` in a thread, at most `depth` ahead of the consumer. With `idle`, while
+    nothing new has come, `_FLUSH` is yielded each time `idle()` is true."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -154,7 +205,15 @@ def background(items: Iterable[T], depth: int) -> Iterator[T]:
     thread = threading.Thread(target=produce, name="batch-predict-producer", daemon=True)
     thread.start()
     try:
-        while (item := buffer.get()) is not _DONE:
+        while True:
+            try:
+                item = buffer.get(timeout=0.05) if idle is not None else buffer.get()
+            except queue.Empty:
+                if idle is not None and idle():
+                    yield _FLUSH  # type: ignore[misc]
+                continue
+            if item is _DONE:
+                break
             if isinstance(item, _Failure):
                 raise item.exc
             yield item
@@ -163,9 +222,13 @@ def background(items: Iterable[T], depth: int) -> Iterator[T]:
 
 
 def ordered_map(
-    fn: Callable[[T], U], chunks: Iterable[list[T]], pool: ThreadPoolExecutor, depth: int
+    fn: Callable[[T], U], chunks: Iterable[list[T]], pool: ThreadPoolExecutor, depth: int,
+    admit: Callable[[list[T], bool], bool] | None = None,
 ) -> Iterator[list[U]]:
     """`fn` over each chunk of items on a pool, chunks in order, at most `depth` in flight.
+
+    With `admit`, each chunk must first be admitted, here, in order: while `admit(chunk, False)`
+    refuses it, the chunks in flight are yielded, and with none left `admit(chunk, True)` waits.
 
     Chunks, not items, cross threads: each hand-over through a queue costs a few
     microseconds of the GIL, which at thousands of records a second is worth sharing.
@@ -173,6 +236,8 @@ def ordered_map(
     pending: list[Future] = []
     try:
         for chunk in chunks:
+            while admit is not None and not admit(chunk, not pending):
+                yield pending.pop(0).result()
             pending.append(pool.submit(lambda c=chunk: [fn(x) for x in c]))
             if len(pending) >= depth:
                 yield pending.pop(0).result()
@@ -195,11 +260,13 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def prepare_for(model: Model, max_pixels: int) -> Callable[[Record | Mark], Record | Mark]:
+def prepare_for(model: Model, max_pixels: int, budget: PixelBudget | None = None) -> Callable[[Record | Mark], Record | Mark]:
     """The decode step this model needs: sizes only for what it decodes itself, pixels otherwise.
 
     A model that decodes JPEGs on its GPU leaves the share its `decode_split` says to these
-    workers, which decode it on the CPU, so that neither side waits for the other.
+    workers, which decode it on the CPU, so that neither side waits for the other. Pixels are
+    decoded within `budget`: for a model fed pixels, records come charged (`admit_pixels`); one
+    that decodes on its device takes a CPU share only where there is room.
     """
     if model.input_kind == "encoded":
         def step(record: Record) -> Record:
@@ -211,9 +278,24 @@ def prepare_for(model: Model, max_pixels: int) -> Callable[[Record | Mark], Reco
             on_gpu = record.array is None and decode.is_jpeg(record.encoded or b"")
             if on_gpu and (split is None or not split.to_cpu()):
                 return decode.probe(record, max_pixels)
-            return decode.decode(record, max_pixels)
+            if budget is not None and record.array is None:
+                decode.probe(record, max_pixels)
+                if not budget.try_acquire(record.width * record.height * 3):
+                    return record  # no room: the device decodes it (`TensorModel` takes encoded images)
+                record.charged = record.width * record.height * 3
+            return charged_decode(record)
     else:
-        step = partial(decode.decode, max_pixels=max_pixels)
+        def step(record: Record) -> Record:
+            return charged_decode(record)
+
+    def charged_decode(record: Record) -> Record:
+        try:
+            return decode.decode(record, max_pixels)
+        except BaseException:
+            if budget is not None:
+                budget.release(record.charged)
+            record.charged = 0
+            raise
 
     def prepare(item: Record | Mark) -> Record | Mark:
         if not isinstance(item, Record):
@@ -226,8 +308,38 @@ def prepare_for(model: Model, max_pixels: int) -> Callable[[Record | Mark], Reco
     return prepare
 
 
+def admit_pixels(budget: PixelBudget, max_pixels: int) -> Callable[[list[Record | Mark], bool], bool]:
+    """Take the pixel bytes of a chunk's undecoded records from `budget`, in stream order, all or
+    none; with `wait`, waiting for room. In order, so that records further on never take the room
+    the next record in line needs: the records ahead of a wait can always reach the model and
+    give theirs back."""
+
+    def admit(chunk: list[Record | Mark], wait: bool) -> bool:
+        taken: list[Record] = []
+        for item in chunk:
+            if not isinstance(item, Record) or item.array is not None or item.charged:
+                continue
+            try:
+                decode.probe(item, max_pixels)
+            except (ValueError, OSError):
+                continue  # not charged: its decode fails with its error line
+            size = item.width * item.height * 3
+            if wait:
+                budget.acquire(size)
+            elif not budget.try_acquire(size):
+                for record in taken:
+                    budget.release(record.charged)
+                    record.charged = 0
+                return False
+            item.charged = size
+            taken.append(item)
+        return True
+
+    return admit
+
+
 def form_batches(
-    items: Iterable[Record | Mark], batch_size: int, same_size: bool, stop: threading.Event | None = None
+    items: Iterable[Record | Mark | object], batch_size: int, same_size: bool, stop: threading.Event | None = None
 ) -> Iterator[Batch | Mark]:
     """Batches of up to `batch_size` records; errors and unit ends pass straight through,
     or ride in the batch being filled when a unit ended while it was open.
@@ -239,11 +351,16 @@ def form_batches(
     four batches' worth are waiting the largest group leaves early, bounding memory, and a
     unit's end sends every group on its way first. Once `stop` is set, the stream ends at the
     next unit's end: the units whose records have reached the model finish, however far
-    ahead the readers have gone.
+    ahead the readers have gone. A `_FLUSH` in the stream sends every group on its way.
     """
     groups: dict[tuple[int, int], Batch] = {}
     waiting = 0
     for item in items:
+        if item is _FLUSH:
+            yield from groups.values()
+            groups.clear()
+            waiting = 0
+            continue
         if isinstance(item, Record):
             size = (item.height, item.width) if same_size else (0, 0)
             group = groups.get(size)
@@ -392,8 +509,9 @@ class _Writer:
     """Collects and writes outcomes in a thread, so that neither waiting for the device nor
     formatting lines delays launching the next batch."""
 
-    def __init__(self, sink: OutcomeSink, depth: int) -> None:
+    def __init__(self, sink: OutcomeSink, depth: int, budget: PixelBudget | None = None) -> None:
         self._sink = sink
+        self._budget = budget
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._aborted = False
@@ -401,12 +519,15 @@ class _Writer:
         self._thread.start()
 
     def _drain(self) -> None:
-        while (work := self._queue.get()) is not _DONE:
+        while (queued := self._queue.get()) is not _DONE:
+            work, charged = queued
             if self._error is None and not self._aborted:
                 try:
                     self._deliver(work() if callable(work) else work)
                 except BaseException as exc:  # re-raised in the job's thread
                     self._error = exc
+            if self._budget is not None:
+                self._budget.release(charged)
 
     def _deliver(self, segments: list[list[Outcome] | UnitEnd]) -> None:
         for segment in segments:
@@ -415,12 +536,13 @@ class _Writer:
             elif segment:
                 self._sink.write(segment)
 
-    def put(self, work: list[list[Outcome] | UnitEnd] | Callable[[], list[list[Outcome] | UnitEnd]]) -> None:
+    def put(self, work: list[list[Outcome] | UnitEnd] | Callable[[], list[list[Outcome] | UnitEnd]],
+            charged: int = 0) -> None:
         """Segments to write (`Batch.segments`), or what produces them once the device has (run in
-        the writer's thread)."""
+        the writer's thread); then `charged` bytes go back to the pixel budget."""
         if self._error is not None:
             raise self._error
-        self._queue.put(work)
+        self._queue.put((work, charged))
 
     def finish(self) -> None:
         self._queue.put(_DONE)
@@ -454,8 +576,11 @@ def run_pipeline(
     limit: BatchLimit | None = None,
     stop: threading.Event | None = None,
     abandon: threading.Event | None = None,
+    max_decoded_bytes: int | None = None,
 ) -> int:
     """Push every record through decode, predict and write. Returns how many were read.
+
+    With `max_decoded_bytes`, decoded pixels held at once stay within it (`PixelBudget`).
 
     `records` may carry `UnitEnd` marks, each handed to `sink.end` once every record before
     it has been written. Once `stop` is set, the records after the next unit's end reaching
@@ -476,12 +601,18 @@ def run_pipeline(
     staged = isinstance(model, StagedModel)
     # A staged model's batches wait in the writer's queue while the device runs them: two keep
     # it busy; more would only hold device memory.
-    writer = _Writer(sink, min(queue_depth, _LAUNCHED_AHEAD) if staged else queue_depth)
+    budget = PixelBudget(max_decoded_bytes) if max_decoded_bytes else None
+    # Where records wait for room, a chunk's records must not wait for one another: one a task.
+    chunk = 1 if budget is not None and model.input_kind == "image" else _DECODE_CHUNK
+    writer = _Writer(sink, min(queue_depth, _LAUNCHED_AHEAD) if staged else queue_depth, budget)
     with ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-decode") as pool:
-        chunks_deep = max(2, queue_depth * batch_size // _DECODE_CHUNK)
-        source = background(_chunks(counted(records), _DECODE_CHUNK), chunks_deep)
-        prepared = background(ordered_map(prepare_for(model, max_image_pixels), source, pool, depth=2 * workers), chunks_deep)
-        batches = form_batches(itertools.chain.from_iterable(prepared), batch_size, model.same_size_batches, stop)
+        chunks_deep = max(2, queue_depth * batch_size // chunk)
+        source = background(_chunks(counted(records), chunk), chunks_deep)
+        admit = admit_pixels(budget, max_image_pixels) if budget is not None and model.input_kind == "image" else None
+        decoded = ordered_map(prepare_for(model, max_image_pixels, budget), source, pool, 2 * workers, admit)
+        prepared = background(decoded, chunks_deep, idle=budget.starved if budget is not None else None)
+        flat = itertools.chain.from_iterable([chunk] if chunk is _FLUSH else chunk for chunk in prepared)
+        batches = form_batches(flat, batch_size, model.same_size_batches, stop)
         if staged:
             items = background(prepare_ahead(model, batches), _PREPARED_AHEAD)
         else:
@@ -496,15 +627,17 @@ def run_pipeline(
                     writer.put([[item]])
                 elif ready is not None:
                     collect = launch_prepared(model, item, ready, limit)
-                    writer.put(lambda c=collect, b=item: b.segments(c()))
+                    writer.put(lambda c=collect, b=item: b.segments(c()), sum(r.charged for r in item))
                 else:
-                    writer.put(item.segments(predict_isolating(model, item, limit)))
+                    writer.put(item.segments(predict_isolating(model, item, limit)), sum(r.charged for r in item))
                 del ready  # frees the batch's device memory now, not when the next one arrives
         except BaseException:
             writer.abort()
             raise
         finally:
             # Stops the reading and decoding threads now, not when the exception is collected.
+            if budget is not None:
+                budget.close()  # a decode waiting for room would hold the pool's shutdown
             items.close()
             batches.close()
             prepared.close()

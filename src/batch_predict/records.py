@@ -19,6 +19,7 @@ class Record:
     array: np.ndarray | None = None
     width: int = 0
     height: int = 0
+    charged: int = 0  # bytes of decoded pixels it holds of the pipeline's `PixelBudget`
 
 
 def safe_text(text: str) -> str:

@@ -27,6 +27,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 #: Records (a TFRecord's data, a JSON line) longer than this are error lines, never read into
 #: memory: a damaged length field or a decompression bomb cannot take the process down.
 DEFAULT_MAX_RECORD_BYTES = 64 << 20
+#: Decoded pixels held at once across the pipeline: room for a dozen batches of 256 photos of
+#: 640x480, well inside a pod of 8 GiB; a job of huge images waits for room instead of growing.
+DEFAULT_MAX_DECODED_BYTES = 4 << 30
 
 
 class SpecError(SetupError, ValueError):
@@ -87,6 +90,7 @@ class JobSpec:
     output_raw: bool = False
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     num_decode_workers: int = 0
     queue_depth: int = 4
     ground_truth: str | None = None
@@ -116,6 +120,7 @@ class JobSpec:
         _check_range("max_error_rate", self.max_error_rate, 0.0, 1.0)
         _check_range("max_image_pixels", self.max_image_pixels, 1, 1 << 40)
         _check_range("max_record_bytes", self.max_record_bytes, 1, 1 << 40)
+        _check_range("max_decoded_bytes", self.max_decoded_bytes, 1, 1 << 44)
         _check_range("num_decode_workers", self.num_decode_workers, 0, 1024)
         _check_range("queue_depth", self.queue_depth, 1, 1024)
         if self.output_format not in OUTPUT_FORMATS:

@@ -153,6 +153,7 @@ def run_units(
             limit=limit,
             stop=stop,
             abandon=abandon,
+            max_decoded_bytes=spec.max_decoded_bytes,
         )
     except BaseException:
         sinks.discard_open()
