@@ -23,7 +23,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol, TypeVar, Union, runtime_checkable
@@ -65,7 +65,7 @@ class OutcomeSink(Protocol):
 
 
 @runtime_checkable
-class StagedModel(Protocol):
+class StagedModel(Model, Protocol):
     """A model whose `predict(records)` is `collect(launch(prepare(records)))`.
 
     `prepare` (decode, preprocess) runs on a thread of its own; `launch` starts the model on a
@@ -79,8 +79,6 @@ class StagedModel(Protocol):
     def launch(self, prepared: Any) -> Any: ...
 
     def collect(self, launched: Any) -> list[Detections]: ...
-
-    def predict(self, records: Sequence[Record]) -> list[Detections]: ...
 
 
 Mark = Union[FailedRecord, UnitEnd]
@@ -124,7 +122,7 @@ class _Failure:
         self.exc = exc
 
 
-def background(items: Iterable[T], depth: int) -> Iterator[T]:
+def background(items: Iterable[T], depth: int) -> Generator[T, None, None]:
     """Iterate `items` in a thread, at most `depth` ahead of the consumer."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -164,16 +162,16 @@ def background(items: Iterable[T], depth: int) -> Iterator[T]:
 
 def ordered_map(
     fn: Callable[[T], U], chunks: Iterable[list[T]], pool: ThreadPoolExecutor, depth: int
-) -> Iterator[list[U]]:
+) -> Generator[list[U], None, None]:
     """`fn` over each chunk of items on a pool, chunks in order, at most `depth` in flight.
 
     Chunks, not items, cross threads: each hand-over through a queue costs a few
     microseconds of the GIL, which at thousands of records a second is worth sharing.
     """
-    pending: list[Future] = []
+    pending: list[Future[list[U]]] = []
     try:
         for chunk in chunks:
-            pending.append(pool.submit(lambda c=chunk: [fn(x) for x in c]))
+            pending.append(pool.submit(lambda c: [fn(x) for x in c], chunk))
             if len(pending) >= depth:
                 yield pending.pop(0).result()
         for future in pending:
@@ -228,7 +226,7 @@ def prepare_for(model: Model, max_pixels: int) -> Callable[[Record | Mark], Reco
 
 def form_batches(
     items: Iterable[Record | Mark], batch_size: int, same_size: bool, stop: threading.Event | None = None
-) -> Iterator[Batch | Mark]:
+) -> Generator[Batch | Mark, None, None]:
     """Batches of up to `batch_size` records; errors and unit ends pass straight through,
     or ride in the batch being filled when a unit ended while it was open.
 
@@ -346,7 +344,9 @@ def _bisect(model: Model, batch: Sequence[Record], limit: BatchLimit) -> list[Ou
     return [Prediction(record, detections) for record, detections in zip(batch, found, strict=True)]
 
 
-def prepare_ahead(model: StagedModel, batches: Iterable[Batch | Mark]) -> Iterator[tuple[Batch | Mark, Any]]:
+def prepare_ahead(
+    model: StagedModel, batches: Iterable[Batch | Mark]
+) -> Generator[tuple[Batch | Mark, Any], None, None]:
     """Each batch with its prepared form (None for a mark, or a batch that failed to prepare:
     it is then predicted through `predict_isolating`, which finds the bad records)."""
     for batch in batches:
@@ -386,6 +386,11 @@ def launch_prepared(
         return [Prediction(record, detections) for record, detections in zip(batch, found, strict=True)]
 
     return collect
+
+
+def _segments_once_collected(batch: Batch, collect: Callable[[], list[Outcome]]) -> list[list[Outcome] | UnitEnd]:
+    """`batch.segments` of what `collect` returns: the writer's work for a launched batch."""
+    return batch.segments(collect())
 
 
 class _Writer:
@@ -473,17 +478,17 @@ def run_pipeline(
 
     limit = limit or BatchLimit()
     workers = num_decode_workers or decode_workers(model)
-    staged = isinstance(model, StagedModel)
+    staged = model if isinstance(model, StagedModel) else None
     # A staged model's batches wait in the writer's queue while the device runs them: two keep
     # it busy; more would only hold device memory.
-    writer = _Writer(sink, min(queue_depth, _LAUNCHED_AHEAD) if staged else queue_depth)
+    writer = _Writer(sink, min(queue_depth, _LAUNCHED_AHEAD) if staged is not None else queue_depth)
     with ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-decode") as pool:
         chunks_deep = max(2, queue_depth * batch_size // _DECODE_CHUNK)
         source = background(_chunks(counted(records), _DECODE_CHUNK), chunks_deep)
         prepared = background(ordered_map(prepare_for(model, max_image_pixels), source, pool, depth=2 * workers), chunks_deep)
         batches = form_batches(itertools.chain.from_iterable(prepared), batch_size, model.same_size_batches, stop)
-        if staged:
-            items = background(prepare_ahead(model, batches), _PREPARED_AHEAD)
+        if staged is not None:
+            items = background(prepare_ahead(staged, batches), _PREPARED_AHEAD)
         else:
             items = ((batch, None) for batch in batches)
         try:
@@ -494,9 +499,9 @@ def run_pipeline(
                     writer.put([item])
                 elif isinstance(item, FailedRecord):
                     writer.put([[item]])
-                elif ready is not None:
-                    collect = launch_prepared(model, item, ready, limit)
-                    writer.put(lambda c=collect, b=item: b.segments(c()))
+                elif staged is not None and ready is not None:
+                    collect = launch_prepared(staged, item, ready, limit)
+                    writer.put(partial(_segments_once_collected, item, collect))
                 else:
                     writer.put(item.segments(predict_isolating(model, item, limit)))
                 del ready  # frees the batch's device memory now, not when the next one arrives
