@@ -34,7 +34,7 @@ class Prepared:
     geometry: Geometry
     input_size: tuple[int, int] | None  # (height, width) of the batch tensor; None for lists
     image_sizes: np.ndarray  # (N, 2) width, height of each original image
-    ready: object | None = None  # a CUDA event: the batch is ready once it has happened
+    ready: torch.cuda.Event | None = None  # the batch is ready once it has happened
 
 
 def placements(sizes: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
