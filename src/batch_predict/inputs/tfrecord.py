@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import crc32c
 
@@ -31,6 +31,12 @@ class TFRecordCorruption(RecordFailure, ValueError):
 
 class TFRecordDataCorruption(RecordFailure, ValueError):
     """One record's data fails its CRC; the framing around it is intact."""
+
+
+class BytesWriter(Protocol):
+    """Where records are written: a binary file, or a `gzip.GzipFile` around one (not a `BinaryIO`)."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 def masked_crc(data: bytes) -> int:
@@ -86,6 +92,6 @@ def read_record_range(
         index += 1
 
 
-def write_record(stream: BinaryIO, data: bytes) -> None:
+def write_record(stream: BytesWriter, data: bytes) -> None:
     length = struct.pack("<Q", len(data))
     stream.write(length + struct.pack("<I", masked_crc(length)) + data + struct.pack("<I", masked_crc(data)))
