@@ -136,7 +136,7 @@ def _draw(sample: Sample, record: Record, width: int) -> None:
         sample.problem = f"the source holds {record.key!r} there now, not {sample.result['key']!r}"
         return
     try:
-        image = Image.fromarray(record.array) if record.array is not None else Image.open(io.BytesIO(record.encoded))
+        image = Image.fromarray(record.array) if record.array is not None else Image.open(io.BytesIO(record.encoded or b""))
         sample.jpeg = to_jpeg(draw_detections(image, sample.result.get("detections", []), width))
     except (OSError, ValueError) as exc:
         sample.problem = f"cannot decode the image: {exc}"

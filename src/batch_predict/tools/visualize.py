@@ -60,7 +60,7 @@ class Visualizer(JobObserver):
             record = prediction.record
             path = f"{self.folder}/{picture_name(record.key)}"
             try:
-                image = Image.fromarray(record.array) if record.array is not None else Image.open(io.BytesIO(record.encoded))
+                image = Image.fromarray(record.array) if record.array is not None else Image.open(io.BytesIO(record.encoded or b""))
                 # The result line's own detections, so the picture shows exactly what the shard says.
                 detections = next(result_records([prediction], self.labels))["detections"]
                 picture = to_jpeg(draw_detections(image, detections, self.width))
