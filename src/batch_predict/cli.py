@@ -17,10 +17,10 @@ from .errors import EXIT_BAD_SETUP, EXIT_JOB_FAILED, BatchPredictError, SetupErr
 from .observe.logformat import configure_logging
 from .runners import RUNNERS
 from .observe.observers import Observers
-from .tools.pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, find_images, pack
+from .tools.pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, RecordKind, find_images, pack
 from .spec import (
-    COMPILE_MODES, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_RECORD_BYTES, INPUT_FORMATS, OUTPUT_FORMATS, PRECISIONS, JobSpec,
-    SpecError, split_patterns,
+    COMPILE_MODES, DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_RECORD_BYTES,
+    INPUT_FORMATS, OUTPUT_FORMATS, PRECISIONS, InputFormat, JobSpec, SpecError, split_patterns,
 )
 
 #: Kubernetes stops a pod with SIGTERM; 30 s later it sends SIGKILL. The unit in progress
@@ -250,8 +250,8 @@ def run_watchers(metrics_port: int | None, metrics_address: str, progress_interv
 @_flag("num_shards", type=int, default=0, show_default=True,
        help=f"Number of output files; 0 means about {IMAGES_PER_SHARD} images per shard.")
 @_flag("num_workers", type=int, default=16, show_default=True, help="Threads reading images.")
-def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_prefix: str, output_format: str,
-                 record: str, num_shards: int, num_workers: int) -> None:
+def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_prefix: str, output_format: InputFormat,
+                 record: RecordKind, num_shards: int, num_workers: int) -> None:
     """Pack image files into sharded TFRecords or JSON lines for the job.
 
     INPUTS are folders (their .jpg .jpeg .png .gif .bmp .webp files, keyed by their path

@@ -23,9 +23,10 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar, Union, runtime_checkable
+from functools import partial
+from typing import Any, Protocol, TypeVar, Union, cast, runtime_checkable
 
 from . import decode
 from .errors import BatchPredictError
@@ -38,8 +39,11 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 _DONE = object()
-#: In the decoded stream: pixels are short, so the batches being filled leave now.
-_FLUSH = object()
+class _Flush:
+    """In the decoded stream: pixel memory is short, so the batches being filled leave now."""
+
+
+_FLUSH = _Flush()
 _DECODE_CHUNK = 16
 #: Decode threads by default for a model that decodes for itself: reading an image's size from
 #: its header takes microseconds, and more threads only take the GIL from the thread that
@@ -66,7 +70,7 @@ class OutcomeSink(Protocol):
 
 
 @runtime_checkable
-class StagedModel(Protocol):
+class StagedModel(Model, Protocol):
     """A model whose `predict(records)` is `collect(launch(prepare(records)))`.
 
     `prepare` (decode, preprocess) runs on a thread of its own; `launch` starts the model on a
@@ -80,8 +84,6 @@ class StagedModel(Protocol):
     def launch(self, prepared: Any) -> Any: ...
 
     def collect(self, launched: Any) -> list[Detections]: ...
-
-    def predict(self, records: Sequence[Record]) -> list[Detections]: ...
 
 
 Mark = Union[FailedRecord, UnitEnd]
@@ -174,7 +176,7 @@ class PixelBudget:
             self._room.notify_all()
 
 
-def background(items: Iterable[T], depth: int, idle: Callable[[], bool] | None = None) -> Iterator[T]:
+def background(items: Iterable[T], depth: int, idle: Callable[[], bool] | None = None) -> Generator[T, None, None]:
     """Iterate `items` in a thread, at most `depth` ahead of the consumer. With `idle`, while
     nothing new has come, `_FLUSH` is yielded each time `idle()` is true."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
@@ -210,7 +212,7 @@ def background(items: Iterable[T], depth: int, idle: Callable[[], bool] | None =
                 item = buffer.get(timeout=0.05) if idle is not None else buffer.get()
             except queue.Empty:
                 if idle is not None and idle():
-                    yield _FLUSH  # type: ignore[misc]
+                    yield cast(T, _FLUSH)  # a consumer that passes `idle` takes flushes among its items
                 continue
             if item is _DONE:
                 break
@@ -224,7 +226,7 @@ def background(items: Iterable[T], depth: int, idle: Callable[[], bool] | None =
 def ordered_map(
     fn: Callable[[T], U], chunks: Iterable[list[T]], pool: ThreadPoolExecutor, depth: int,
     admit: Callable[[list[T], bool], bool] | None = None,
-) -> Iterator[list[U]]:
+) -> Generator[list[U], None, None]:
     """`fn` over each chunk of items on a pool, chunks in order, at most `depth` in flight.
 
     With `admit`, each chunk must first be admitted, here, in order: while `admit(chunk, False)`
@@ -233,18 +235,27 @@ def ordered_map(
     Chunks, not items, cross threads: each hand-over through a queue costs a few
     microseconds of the GIL, which at thousands of records a second is worth sharing.
     """
-    pending: list[Future] = []
+    pending: list[Future[list[U]]] = []
     try:
         for chunk in chunks:
             while admit is not None and not admit(chunk, not pending):
                 yield pending.pop(0).result()
-            pending.append(pool.submit(lambda c=chunk: [fn(x) for x in c]))
+            pending.append(pool.submit(lambda c: [fn(x) for x in c], chunk))
             if len(pending) >= depth:
                 yield pending.pop(0).result()
         for future in pending:
             yield future.result()
     finally:
         _close(chunks)
+
+
+def _flattened(chunks: Iterable[list[Record | Mark] | _Flush]) -> Iterator[Record | Mark | _Flush]:
+    """The items of the chunks, in order, flushes among them."""
+    for chunk in chunks:
+        if isinstance(chunk, _Flush):
+            yield chunk
+        else:
+            yield from chunk
 
 
 def _close(items: Iterable) -> None:
@@ -339,8 +350,8 @@ def admit_pixels(budget: PixelBudget, max_pixels: int) -> Callable[[list[Record 
 
 
 def form_batches(
-    items: Iterable[Record | Mark | object], batch_size: int, same_size: bool, stop: threading.Event | None = None
-) -> Iterator[Batch | Mark]:
+    items: Iterable[Record | Mark | _Flush], batch_size: int, same_size: bool, stop: threading.Event | None = None
+) -> Generator[Batch | Mark, None, None]:
     """Batches of up to `batch_size` records; errors and unit ends pass straight through,
     or ride in the batch being filled when a unit ended while it was open.
 
@@ -356,7 +367,7 @@ def form_batches(
     groups: dict[tuple[int, int], Batch] = {}
     waiting = 0
     for item in items:
-        if item is _FLUSH:
+        if isinstance(item, _Flush):
             yield from groups.values()
             groups.clear()
             waiting = 0
@@ -463,7 +474,9 @@ def _bisect(model: Model, batch: Sequence[Record], limit: BatchLimit) -> list[Ou
     return [Prediction(record, detections) for record, detections in zip(batch, found, strict=True)]
 
 
-def prepare_ahead(model: StagedModel, batches: Iterable[Batch | Mark]) -> Iterator[tuple[Batch | Mark, Any]]:
+def prepare_ahead(
+    model: StagedModel, batches: Iterable[Batch | Mark]
+) -> Generator[tuple[Batch | Mark, Any], None, None]:
     """Each batch with its prepared form (None for a mark, or a batch that failed to prepare:
     it is then predicted through `predict_isolating`, which finds the bad records)."""
     for batch in batches:
@@ -503,6 +516,11 @@ def launch_prepared(
         return [Prediction(record, detections) for record, detections in zip(batch, found, strict=True)]
 
     return collect
+
+
+def _segments_once_collected(batch: Batch, collect: Callable[[], list[Outcome]]) -> list[list[Outcome] | UnitEnd]:
+    """`batch.segments` of what `collect` returns: the writer's work for a launched batch."""
+    return batch.segments(collect())
 
 
 class _Writer:
@@ -598,23 +616,22 @@ def run_pipeline(
 
     limit = limit or BatchLimit()
     workers = num_decode_workers or decode_workers(model)
-    staged = isinstance(model, StagedModel)
+    staged = model if isinstance(model, StagedModel) else None
     # A staged model's batches wait in the writer's queue while the device runs them: two keep
     # it busy; more would only hold device memory.
     budget = PixelBudget(max_decoded_bytes) if max_decoded_bytes else None
     # Where records wait for room, a chunk's records must not wait for one another: one a task.
     chunk = 1 if budget is not None and model.input_kind == "image" else _DECODE_CHUNK
-    writer = _Writer(sink, min(queue_depth, _LAUNCHED_AHEAD) if staged else queue_depth, budget)
+    writer = _Writer(sink, min(queue_depth, _LAUNCHED_AHEAD) if staged is not None else queue_depth, budget)
     with ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-decode") as pool:
         chunks_deep = max(2, queue_depth * batch_size // chunk)
         source = background(_chunks(counted(records), chunk), chunks_deep)
         admit = admit_pixels(budget, max_image_pixels) if budget is not None and model.input_kind == "image" else None
         decoded = ordered_map(prepare_for(model, max_image_pixels, budget), source, pool, 2 * workers, admit)
         prepared = background(decoded, chunks_deep, idle=budget.starved if budget is not None else None)
-        flat = itertools.chain.from_iterable([chunk] if chunk is _FLUSH else chunk for chunk in prepared)
-        batches = form_batches(flat, batch_size, model.same_size_batches, stop)
-        if staged:
-            items = background(prepare_ahead(model, batches), _PREPARED_AHEAD)
+        batches = form_batches(_flattened(prepared), batch_size, model.same_size_batches, stop)
+        if staged is not None:
+            items = background(prepare_ahead(staged, batches), _PREPARED_AHEAD)
         else:
             items = ((batch, None) for batch in batches)
         try:
@@ -625,9 +642,9 @@ def run_pipeline(
                     writer.put([item])
                 elif isinstance(item, FailedRecord):
                     writer.put([[item]])
-                elif ready is not None:
-                    collect = launch_prepared(model, item, ready, limit)
-                    writer.put(lambda c=collect, b=item: b.segments(c()), sum(r.charged for r in item))
+                elif staged is not None and ready is not None:
+                    collect = launch_prepared(staged, item, ready, limit)
+                    writer.put(partial(_segments_once_collected, item, collect), sum(r.charged for r in item))
                 else:
                     writer.put(item.segments(predict_isolating(model, item, limit)), sum(r.charged for r in item))
                 del ready  # frees the batch's device memory now, not when the next one arrives

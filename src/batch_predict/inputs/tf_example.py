@@ -36,6 +36,7 @@ def _fields(buf: bytes) -> list[tuple[int, bytes | int]]:
     """(field number, value) pairs of one message; nested messages stay as bytes."""
     out: list[tuple[int, bytes | int]] = []
     pos = 0
+    value: bytes | int
     while pos < len(buf):
         tag, pos = _varint(buf, pos)
         number, wire = tag >> 3, tag & 7

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import crc32c
 
@@ -35,6 +35,12 @@ class TFRecordDataCorruption(RecordFailure, ValueError):
 
 class RecordTooLarge(RecordFailure, ValueError):
     """A record longer than the job reads into memory (`--max_record_bytes`); skipped unread."""
+
+
+class BytesWriter(Protocol):
+    """Where records are written: a binary file, or a `gzip.GzipFile` around one (not a `BinaryIO`)."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 def masked_crc(data: bytes) -> int:
@@ -105,6 +111,6 @@ def _skip(stream: BinaryIO, length: int, max_bytes: int, index: int, offset: int
     return RecordTooLarge(f"record of {length} bytes is larger than --max_record_bytes ({max_bytes})")
 
 
-def write_record(stream: BinaryIO, data: bytes) -> None:
+def write_record(stream: BytesWriter, data: bytes) -> None:
     length = struct.pack("<Q", len(data))
     stream.write(length + struct.pack("<I", masked_crc(length)) + data + struct.pack("<I", masked_crc(data)))

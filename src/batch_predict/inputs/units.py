@@ -114,7 +114,7 @@ def _split_files(files: Sequence[InputFile], count: int, splittable: bool) -> li
     """
     parts = [1] * len(files)
     if splittable:
-        heap = [(-f.size, i) for i, f in enumerate(files) if f.size > 0]
+        heap: list[tuple[float, int]] = [(-f.size, i) for i, f in enumerate(files) if f.size > 0]
         heapq.heapify(heap)
         for _ in range(count - len(files) if heap else 0):
             _, i = heapq.heappop(heap)
@@ -122,6 +122,7 @@ def _split_files(files: Sequence[InputFile], count: int, splittable: bool) -> li
             heapq.heappush(heap, (-files[i].size / parts[i], i))
     units: list[tuple[Slice, ...]] = []
     for file, k in zip(files, parts):
-        bounds = [file.size * j // k for j in range(k)] + [None]
-        units.extend((Slice(file, bounds[j], bounds[j + 1]),) for j in range(k))
+        starts = [file.size * j // k for j in range(k)]
+        ends: list[int | None] = [*starts[1:], None]
+        units.extend((Slice(file, start, end),) for start, end in zip(starts, ends))
     return units + [()] * (count - len(units))

@@ -35,10 +35,18 @@ class Model(Protocol):
     instead (None: none).
     """
 
-    input_kind: InputKind
-    same_size_batches: bool
-    labels: Mapping[int, str]
-    decode_split: DecodeSplit | None
+    # Read-only: wrappers such as `observe.TimedModel` expose the model's own as properties.
+    @property
+    def input_kind(self) -> InputKind: ...
+
+    @property
+    def same_size_batches(self) -> bool: ...
+
+    @property
+    def labels(self) -> Mapping[int, str]: ...
+
+    @property
+    def decode_split(self) -> DecodeSplit | None: ...
 
     def predict(self, records: Sequence[Record]) -> list[Detections]: ...
 

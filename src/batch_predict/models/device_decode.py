@@ -23,7 +23,8 @@ from .vision_ops import decode_image, decode_jpegs_on
 log = logging.getLogger("batch_predict")
 
 #: Decodes JPEG bytes into 3xHxW uint8 RGB tensors on the device; None where it could not.
-JpegDecoder = Callable[[Sequence[bytes]], list["torch.Tensor | None"]]
+#: A Sequence, not a list: callers only read it, and a decoder that reads every image returns a list of tensors.
+JpegDecoder = Callable[[Sequence[bytes]], Sequence["torch.Tensor | None"]]
 
 
 #: Sets of output images the hardware decoder keeps in use: the one being decoded into, and the
@@ -44,7 +45,7 @@ def as_tensor(data: bytes) -> torch.Tensor:
 def nvjpeg_decoder(device: torch.device) -> JpegDecoder:
     """torchvision's batched `decode_jpeg` (nvjpeg's CUDA decoder on the SMs)."""
 
-    def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
+    def decode(jpegs: Sequence[bytes]) -> Sequence[torch.Tensor | None]:
         try:
             return decode_jpegs_on(device, [as_tensor(j) for j in jpegs])
         except RuntimeError:  # one bad image fails the call: decode one by one to find it

@@ -114,10 +114,11 @@ class ModelSpec:
         spec = self.input
         if spec.resize in ("letterbox", "stretch") and spec.size is None:
             raise self.error("input.size", f"required for resize {spec.resize} (the model does not declare its input size)")
-        if spec.resize == "keep_ratio" and spec.max_side is None:
-            raise self.error("input.max_side", "required for resize keep_ratio")
-        if spec.resize == "keep_ratio" and spec.size is not None and spec.max_side > min(spec.size):
-            raise self.error("input.max_side", f"{spec.max_side} does not fit in input.size {list(spec.size)}")
+        if spec.resize == "keep_ratio":
+            if spec.max_side is None:
+                raise self.error("input.max_side", "required for resize keep_ratio")
+            if spec.size is not None and spec.max_side > min(spec.size):
+                raise self.error("input.max_side", f"{spec.max_side} does not fit in input.size {list(spec.size)}")
         if spec.resize == "none" and spec.layout != "NCHW":
             raise self.error("input.layout", "resize none hands the model a list of CHW images; it needs NCHW")
         if spec.dtype == "uint8" and (any(spec.mean) or spec.std != (1.0, 1.0, 1.0)):

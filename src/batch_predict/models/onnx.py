@@ -66,7 +66,7 @@ def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings:
         raise ModelLoadError(f"--model_dir: cannot load ONNX model {located.path!r}: {exc}") from None
     inputs = {i.name: i for i in session.get_inputs()}
     name = spec.input.name or (next(iter(inputs)) if len(inputs) == 1 else None)
-    if name not in inputs:
+    if name is None or name not in inputs:
         raise spec.error("input.name", f"the ONNX model's inputs are {sorted(inputs)}; name the image input")
     declared = inputs[name]
     if declared.type not in _ONNX_DTYPES:

@@ -34,7 +34,7 @@ class Prepared:
     geometry: Geometry
     input_size: tuple[int, int] | None  # (height, width) of the batch tensor; None for lists
     image_sizes: np.ndarray  # (N, 2) width, height of each original image
-    ready: object | None = None  # a CUDA event: the batch is ready once it has happened
+    ready: torch.cuda.Event | None = None  # the batch is ready once it has happened
 
 
 def placements(sizes: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,28 +152,30 @@ def device_images(
     batched call of `jpeg_decoder` (the device's best: `device_decoder`); other
     encoded formats decode on the CPU here. Raises `DeviceDecodeError` if an image cannot be
     decoded at all."""
-    jpegs = [i for i, image in enumerate(images) if isinstance(image, bytes) and is_jpeg(image)]
+    jpegs = {i: image for i, image in enumerate(images) if isinstance(image, bytes) and is_jpeg(image)}
     found: list[torch.Tensor | None] = [None] * len(images)
     if jpegs:
-        decoded = jpeg_decoder([images[i] for i in jpegs])
-        for i, image in zip(jpegs, decoded):
-            found[i] = image
-    arrays = [i for i, image in enumerate(images) if isinstance(image, np.ndarray)]
-    for i, image in zip(arrays, arrays_to_device([images[i] for i in arrays], device)):
-        found[i] = image
+        for i, decoded in zip(jpegs, jpeg_decoder(list(jpegs.values()))):
+            found[i] = decoded
+    arrays = {i: image for i, image in enumerate(images) if isinstance(image, np.ndarray)}
+    for i, copied in zip(arrays, arrays_to_device(list(arrays.values()), device)):
+        found[i] = copied
+    tensors: list[torch.Tensor] = []
     for i, image in enumerate(images):
-        if found[i] is None:
-            found[i] = on_cpu(image, device)
-        if found[i] is None:
+        tensor = found[i]
+        if tensor is None and isinstance(image, bytes):  # every array was copied
+            tensor = on_cpu(image, device)
+        if tensor is None:
             raise DeviceDecodeError(f"image {i} of the batch: no decoder can read it")
-    return found
+        tensors.append(tensor)
+    return tensors
 
 
 def arrays_to_device(arrays: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
     """HxWx3 uint8 arrays as 3xHxW tensors on `device`. On CUDA, arrays of one size are stacked into
     one pinned host buffer and copied in one transfer that does not wait: one copy per image from
     pageable memory would each wait for the copy engine, and hold the preparing thread."""
-    found: list[torch.Tensor | None] = [None] * len(arrays)
+    found: dict[int, torch.Tensor] = {}
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, array in enumerate(arrays):
         groups.setdefault(array.shape, []).append(i)
@@ -183,4 +185,4 @@ def arrays_to_device(arrays: Sequence[np.ndarray], device: torch.device) -> list
         stacked = host.to(device, non_blocking=True).permute(0, 3, 1, 2)
         for i, image in zip(members, stacked):
             found[i] = image
-    return found
+    return [found[i] for i in range(len(arrays))]

@@ -219,7 +219,7 @@ class DeviceStreams:
     def receive(self, prepared: Prepared) -> None:
         """Make the current stream wait for the batch, and keep its memory from being reused by
         the prepare stream until the current stream is done with it."""
-        if prepared.ready is None:
+        if prepared.ready is None or self._prepare is None:  # both None on the CPU
             return
         current = torch.cuda.current_stream(self._prepare.device)
         current.wait_event(prepared.ready)

@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -163,7 +163,8 @@ class TFODModel:
         if self.input_kind == "encoded":
             batch = tf.constant([r.encoded for r in records], dtype=tf.string)
         else:
-            batch = tf.constant(np.stack([r.array for r in records]))
+            # An "image" model's records reach it decoded (pipeline.prepare_for).
+            batch = tf.constant(np.stack([cast(np.ndarray, r.array) for r in records]))
         outputs = self._signature(batch)
         sizes = np.array([[r.width, r.height] for r in records], dtype=np.float32)
         extras = {k: v for k, v in outputs.items() if k not in _STANDARD_OUTPUTS} if self.output_raw else {}

@@ -53,7 +53,7 @@ def _declared_input(program: torch.export.ExportedProgram) -> tuple[list[int | N
         if node.op == "placeholder" and node.name in user_inputs:
             value = node.meta.get("val")
             if isinstance(value, torch.Tensor):
-                shape = [d if isinstance(d, int) else None for d in value.shape]
+                shape: list[int | None] = [d if isinstance(d, int) else None for d in value.shape]
                 return shape, str(value.dtype).removeprefix("torch.")
             return None, None
     return None, None
