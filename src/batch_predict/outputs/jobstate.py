@@ -38,7 +38,8 @@ _FORMAT_VERSION = 1
 #: of memory, another GPU).
 _OUTPUT_SETTINGS = (
     "input_file_format", "model_dir", "signature_name", "label_map",
-    "score_threshold", "output_raw", "max_image_pixels", "output_error_prefix", "model_spec", "model_options",
+    "score_threshold", "output_raw", "max_image_pixels", "max_record_bytes", "output_error_prefix", "model_spec",
+    "model_options",
     "output_format", "precision",
 )
 
