@@ -27,9 +27,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 #: Records (a TFRecord's data, a JSON line) longer than this are error lines, never read into
 #: memory: a damaged length field or a decompression bomb cannot take the process down.
 DEFAULT_MAX_RECORD_BYTES = 64 << 20
-#: Decoded pixels held at once across the pipeline: room for a dozen batches of 256 photos of
-#: 640x480, well inside a pod of 8 GiB; a job of huge images waits for room instead of growing.
-DEFAULT_MAX_DECODED_BYTES = 4 << 30
+#: Decoded pixels held at once across the pipeline: room for eight batches of 256 photos of
+#: 640x480, and a quarter of a pod of 8 GiB; a job of huge images waits for room instead of growing.
+DEFAULT_MAX_DECODED_BYTES = 2 << 30
 
 
 class SpecError(SetupError, ValueError):
