@@ -11,7 +11,8 @@ import pytest
 from batch_predict.inputs.tf_example import parse_bytes_features
 from batch_predict.tools.pack import PackError, find_images, image_format, pack, shard_paths
 from batch_predict.records import Record
-from batch_predict.inputs.sources import expand_patterns, read_file
+from batch_predict.inputs.formats import read_file
+from batch_predict.inputs.sources import expand_patterns
 from batch_predict.inputs.tfrecord import read_records
 
 from conftest import shared_file

@@ -20,7 +20,7 @@ from .observe.observers import Observers
 from .tools.pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, RecordKind, find_images, pack
 from .spec import (
     COMPILE_MODES, DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_RECORD_BYTES,
-    INPUT_FORMATS, OUTPUT_FORMATS, PRECISIONS, InputFormat, JobSpec, SpecError, split_patterns,
+    INPUT_FORMATS, OUTPUT_FORMATS, PACK_FORMATS, PRECISIONS, JobSpec, PackFormat, SpecError, split_patterns,
 )
 
 #: Kubernetes stops a pod with SIGTERM; 30 s later it sends SIGKILL. The unit in progress
@@ -80,7 +80,8 @@ def cli() -> None:
             "Comma-separated, or repeat the flag.")
 @_flag("input_file_format", type=click.Choice(INPUT_FORMATS), required=True,
        help="tfrecord / tfrecord_gzip: records of encoded JPEG/PNG bytes or tf.train.Examples with image/encoded. "
-            "json: JSON lines of Cloud ML instances ({\"b64\": ...}, {\"inputs\": {\"b64\": ...}}, nested uint8 arrays).")
+            "json: JSON lines of Cloud ML instances ({\"b64\": ...}, {\"inputs\": {\"b64\": ...}}, nested uint8 arrays). "
+            "image_files: the patterns match image files, each one record keyed by its path or URL.")
 @_flag("model_dir", required=True,
        help="The model, recognised by content: a TensorFlow SavedModel directory, a TorchScript file, a torch.export "
             ".pt2 file, an ONNX file, or a state-dict file of a torchvision architecture named in the model spec.")
@@ -243,14 +244,14 @@ def run_watchers(metrics_port: int | None, metrics_address: str, progress_interv
 @_flag("input_list", multiple=True,
        help="A text file of image paths or URLs, one a line ('#' starts a comment); each line is also its key. Repeatable.")
 @_flag("output_prefix", required=True, help="Shards go to <prefix>-NNNNN-of-NNNNN.<tfrecord|tfrecord.gz|jsonl>.")
-@_flag("output_format", type=click.Choice(INPUT_FORMATS), default="tfrecord", show_default=True,
+@_flag("output_format", type=click.Choice(PACK_FORMATS), default="tfrecord", show_default=True,
        help="The --input_file_format the job will read the shards with.")
 @_flag("record", type=click.Choice(RECORD_KINDS), default="example", show_default=True,
        help="TFRecords only: a tf.train.Example keyed by image/source_id, or the image bytes alone (keyed by position).")
 @_flag("num_shards", type=int, default=0, show_default=True,
        help=f"Number of output files; 0 means about {IMAGES_PER_SHARD} images per shard.")
 @_flag("num_workers", type=int, default=16, show_default=True, help="Threads reading images.")
-def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_prefix: str, output_format: InputFormat,
+def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_prefix: str, output_format: PackFormat,
                  record: RecordKind, num_shards: int, num_workers: int) -> None:
     """Pack image files into sharded TFRecords or JSON lines for the job.
 

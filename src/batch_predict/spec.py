@@ -10,8 +10,11 @@ from typing import Literal
 
 from .errors import SetupError
 
-InputFormat = Literal["json", "tfrecord", "tfrecord_gzip"]
-INPUT_FORMATS: tuple[str, ...] = ("json", "tfrecord", "tfrecord_gzip")
+InputFormat = Literal["json", "tfrecord", "tfrecord_gzip", "image_files"]
+INPUT_FORMATS: tuple[str, ...] = ("json", "tfrecord", "tfrecord_gzip", "image_files")
+#: The input formats `batch-predict pack` writes images into.
+PackFormat = Literal["tfrecord", "tfrecord_gzip", "json"]
+PACK_FORMATS: tuple[str, ...] = ("tfrecord", "tfrecord_gzip", "json")
 OUTPUT_FORMATS: tuple[str, ...] = ("jsonl", "parquet", "coco", "sqlite")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 COMPILE_MODES: tuple[str, ...] = ("none", "torch_compile", "cuda_graphs")

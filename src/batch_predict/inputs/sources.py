@@ -1,16 +1,11 @@
-"""Find the input files and read them into records, a file or a byte range of one at a time.
-
-A file that cannot be read to its end yields an error record for what was lost and the
-job goes on with the next file.
-"""
+"""Find the input files, and read records out of them: one reader per kind of file, listed
+with what each can do in `formats`."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import json
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,14 +18,11 @@ from . import tf_example
 from ..decode import to_uint8_rgb
 from ..errors import SetupError
 from ..records import FailedRecord, Record, default_key, safe_text
-from ..spec import DEFAULT_MAX_RECORD_BYTES
-from .tfrecord import TFRecordCorruption, read_record_range
+from .tfrecord import read_record_range
 
 _GLOB_CHARS = frozenset("*?[")
 _IMAGE_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
 _KEY_FEATURES = ("image/key/sha256", "image/source_id", "image/filename")
-#: Damaged data, as opposed to a failing file system: gzip.BadGzipFile is an OSError, so it is named.
-_DATA_ERRORS = (TFRecordCorruption, EOFError, gzip.BadGzipFile, zlib.error)
 
 
 class NoInputError(SetupError, FileNotFoundError):
@@ -75,39 +67,7 @@ def expand_patterns(patterns: Iterable[str]) -> list[InputFile]:
     return sorted(files.values(), key=lambda f: f.url)
 
 
-def read_file(
-    file: InputFile, input_format: str, start: int = 0, end: int | None = None,
-    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-) -> Iterator[Record | FailedRecord]:
-    """The records of one file that begin in bytes [start, end), in order, errors included.
-
-    Records keep their index in the whole file, so keys do not depend on how a file is split.
-    Damaged data (a broken framing, a truncated or invalid gzip stream) ends the range with
-    one error line for what could not be read; a framing break before the range is the
-    earlier range's error line, so nothing is reported twice. An I/O failure (permission,
-    network) is not a property of the records and is raised: the unit is not committed,
-    and a rerun retries it rather than recording good records as failed.
-    """
-    compression = "gzip" if input_format == "tfrecord_gzip" else None
-    if compression and (start or end is not None):
-        raise ValueError("a compressed file cannot be read from a byte range")
-    reader = _read_json_lines if input_format == "json" else _read_tfrecords
-    next_index = 0
-    try:
-        with file.fs.open(file.path, "rb", compression=compression) as stream:
-            for item in reader(file.url, stream, start, end, max_record_bytes):
-                next_index = item.index + 1
-                yield item
-    except _DATA_ERRORS as exc:
-        index = exc.index if isinstance(exc, TFRecordCorruption) else next_index
-        # What follows a framing error cannot be located, so it is one error line.
-        yield FailedRecord(
-            default_key(file.url, index), file.url, index, type(exc).__name__,
-            f"file unreadable from this record on: {exc}", "read",
-        )
-
-
-def _read_tfrecords(source: str, stream: Any, start: int, end: int | None, max_bytes: int) -> Iterator[Record | FailedRecord]:
+def read_tfrecords(source: str, stream: Any, start: int, end: int | None, max_bytes: int) -> Iterator[Record | FailedRecord]:
     for index, data in read_record_range(stream, start, end, max_bytes):
         if isinstance(data, Exception):
             yield FailedRecord(default_key(source, index), source, index, type(data).__name__, str(data), "read")
@@ -131,7 +91,7 @@ def image_from_tfrecord(data: bytes) -> tuple[bytes, str | None]:
     return encoded[0], key
 
 
-def _read_json_lines(source: str, stream: Any, start: int, end: int | None, max_bytes: int) -> Iterator[Record | FailedRecord]:
+def read_json_lines(source: str, stream: Any, start: int, end: int | None, max_bytes: int) -> Iterator[Record | FailedRecord]:
     offset = 0
     for index, (line, size) in enumerate(_lines(stream, max_bytes)):
         line_start, offset = offset, offset + size
@@ -174,6 +134,16 @@ def _lines(stream: Any, max_bytes: int) -> Iterator[tuple[bytes | None, int]]:
             if rest.endswith(b"\n"):
                 break
         yield None, size
+
+
+def read_image_file(source: str, stream: Any, start: int, end: int | None, max_bytes: int) -> Iterator[Record | FailedRecord]:
+    """A file that is one image: one record, keyed by the file's path or URL as matched."""
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        message = f"file of more than {max_bytes} bytes is larger than --max_record_bytes"
+        yield FailedRecord(source, source, 0, "RecordTooLarge", message, "read")
+    else:
+        yield Record(source, source, 0, encoded=data)
 
 
 def parse_instance(instance: Any) -> bytes | np.ndarray:

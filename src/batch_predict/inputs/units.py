@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 from ..records import Record, FailedRecord
 from ..spec import DEFAULT_MAX_RECORD_BYTES
-from .sources import InputFile, read_file
+from .formats import INPUT_FORMATS, read_file
+from .sources import InputFile
 
 #: `--num_output_shards 0` means one unit per input file, up to this many: beyond it,
 #: units group files, since each unit costs a commit record and two output files.
 AUTO_MAX_UNITS = 10_000
 
-_UNSPLITTABLE_FORMATS = frozenset({"tfrecord_gzip"})
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def plan_units(files: Sequence[InputFile], input_format: str, num_output_shards:
     if count <= len(files):
         groups = [tuple(Slice(f) for f in group) for group in _group_files(files, count)]
     else:
-        groups = _split_files(files, count, splittable=input_format not in _UNSPLITTABLE_FORMATS)
+        groups = _split_files(files, count, splittable=INPUT_FORMATS[input_format].splittable)
     return [Unit(index, count, slices) for index, slices in enumerate(groups)]
 
 

@@ -29,9 +29,9 @@ from tqdm import tqdm
 from ..errors import SetupError
 from ..inputs.tf_example import build_example
 from ..inputs.sources import InputFile
-from ..spec import INPUT_FORMATS, InputFormat
 from ..inputs.tfrecord import write_record
 from ..outputs.layout import shard
+from ..spec import PACK_FORMATS, PackFormat
 
 RecordKind = Literal["example", "raw"]
 RECORD_KINDS: tuple[str, ...] = ("example", "raw")
@@ -81,7 +81,7 @@ class PackSummary:
     wall_time_s: float = 0.0
 
 
-def shard_paths(output_prefix: str, num_shards: int, output_format: InputFormat) -> list[str]:
+def shard_paths(output_prefix: str, num_shards: int, output_format: PackFormat) -> list[str]:
     """`<prefix>-00000-of-00004.tfrecord`: the job's own shard naming, with the format's extension."""
     return [shard(output_prefix, i, num_shards, _EXTENSIONS[output_format]) for i in range(num_shards)]
 
@@ -163,7 +163,7 @@ def image_format(data: bytes, name: str) -> str:
     return posixpath.splitext(name)[1].lstrip(".").lower()
 
 
-def serialize(key: str, data: bytes, output_format: InputFormat, record_kind: RecordKind) -> bytes:
+def serialize(key: str, data: bytes, output_format: PackFormat, record_kind: RecordKind) -> bytes:
     """One record's payload: a JSON line, the image bytes, or a tf.train.Example around them."""
     if output_format == "json":
         return json.dumps({"key": key, "b64": base64.b64encode(data).decode("ascii")}).encode("utf-8") + b"\n"
@@ -181,7 +181,7 @@ def serialize(key: str, data: bytes, output_format: InputFormat, record_kind: Re
 def pack(
     items: Sequence[PackItem],
     output_prefix: str,
-    output_format: InputFormat = "tfrecord",
+    output_format: PackFormat = "tfrecord",
     *,
     record_kind: RecordKind = "example",
     num_shards: int = 0,
@@ -195,8 +195,8 @@ def pack(
     one per core, since compressing and encoding are CPU work. An image that cannot be read
     is left out and listed in the summary's `failed`.
     """
-    if output_format not in INPUT_FORMATS:
-        raise PackError(f"unknown output format {output_format!r}; expected one of {', '.join(INPUT_FORMATS)}")
+    if output_format not in PACK_FORMATS:
+        raise PackError(f"unknown output format {output_format!r}; expected one of {', '.join(PACK_FORMATS)}")
     if record_kind not in RECORD_KINDS:
         raise PackError(f"unknown record kind {record_kind!r}; expected one of {', '.join(RECORD_KINDS)}")
     if num_workers < 1 or num_shards < 0:

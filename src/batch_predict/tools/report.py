@@ -26,7 +26,8 @@ from ..decode import open_image
 from ..outputs.layout import OutputLayout
 from ..outputs.reading import error_files, load_summary, read_errors, read_results, read_timeline, result_files
 from ..records import Record
-from ..inputs.sources import InputFile, expand_patterns, read_file
+from ..inputs.formats import read_file
+from ..inputs.sources import InputFile, expand_patterns
 
 SCORE_BINS = 20
 ERROR_EXAMPLES = 3
