@@ -160,3 +160,20 @@ def test_of_two_jobs_starting_at_once_with_other_settings_the_second_is_refused_
         other.begin()
     same.begin()
     assert json.loads(Path(spec.output_result_prefix + "-job/job.json").read_text())["settings"]["score_threshold"] is None
+
+
+def test_the_completed_job_leaves_no_temporary_file_of_a_killed_writer(job):
+    spec, _ = job
+    state = _open(spec)
+    out = Path(spec.output_result_prefix).parent
+    leftovers = [out / "results-summary.json.0a1b2c.partial", out / "results-job" / "job.json.0a1b2c.partial",
+                 out / "results-job" / "committed" / "00000-of-00003.json.0a1b2c.partial",
+                 out / "results-job" / "timeline" / "00001-of-00003.jsonl.0a1b2c.partial"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    for index in range(3):
+        _commit(state, index, read=2)
+    assert state.summarize(files=3, wall_time_s=1.0, predicted_now=3).complete
+    assert [p for p in leftovers if p.exists()] == []
+    assert sorted(p.name for p in out.rglob("*.partial")) == []

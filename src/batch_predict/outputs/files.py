@@ -59,6 +59,20 @@ def remove(path: str) -> None:
         fs.rm_file(found)
 
 
+def remove_partials(folder: str, name: str = "") -> None:
+    """Remove the temporary files (`layout.partial`) of the files named `name...` in `folder` that
+    killed writers left behind."""
+    fs, root = fsspec.core.url_to_fs(folder)
+    try:
+        listing = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        return
+    for path in listing:
+        base = posixpath.basename(path)
+        if base.startswith(name) and base.endswith(".partial"):
+            fs.rm_file(path)
+
+
 def read_files(fs: fsspec.AbstractFileSystem, paths: Iterable[str]) -> dict[str, bytes]:
     """{path: its bytes}, fetched concurrently where the file system can (object stores)."""
     paths = list(paths)

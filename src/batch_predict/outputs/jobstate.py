@@ -24,7 +24,7 @@ from ..errors import SetupError
 from ..inputs.sources import InputFile
 from ..inputs.units import Unit
 from ..spec import JobSpec
-from .files import claim_file, read_files, remove, write_atomically
+from .files import claim_file, read_files, remove, remove_partials, write_atomically
 from .layout import canonical, committed_unit
 from .sinks import JobSummary, Sink, UnitCounts
 from .verify import problems
@@ -225,6 +225,16 @@ class JobState:
             found[wanted[path]] = (path, record)
         return found
 
+    def _tidy(self) -> None:
+        """Remove what writers killed mid-file left of the job's own files: commit records,
+        timelines, job.json and the summary (the sink tidies its outputs)."""
+        layout = self.layout
+        remove_partials(layout.committed_dir)
+        remove_partials(layout.timeline_dir)
+        remove_partials(layout.job_dir, "job.json")
+        folder, name = posixpath.split(layout.summary)
+        remove_partials(folder, name)
+
     def commit(self, unit: Unit, counts: UnitCounts) -> None:
         """Record `unit` as done; its shards must already be in place."""
         result_path, error_path = self.sink.locations(unit)
@@ -259,6 +269,7 @@ class JobState:
             summary.result_files = list(dict.fromkeys(r for r, _ in paths))  # one database serves every unit
             summary.error_files = list(dict.fromkeys(e for _, e in paths))
             self.sink.tidy()
+            self._tidy()
             write_atomically(self.layout.summary, json.dumps(summary.to_json(), indent=2))
         return summary
 
