@@ -14,7 +14,6 @@ import os
 import posixpath
 import shutil
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
@@ -22,10 +21,10 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ..inputs.units import Unit
-from ..records import FailedRecord, Outcome, Prediction
+from ..records import FailedRecord, Prediction
 from .layout import OutputLayout, find_shards, partial
 from .result_formats import ResultWriter, json_line
-from .sinks import OutputError, UnitCounts, write_each
+from .sinks import CountingOutput, OutputError, UnitCounts
 from .verify import files_fingerprint
 
 #: Makes a result writer for an open shard and the model's class names.
@@ -198,10 +197,11 @@ class FileSink:
                 for path in find_shards(prefix, partial_only=partial_only)]
 
 
-class FileUnitOutput:
+class FileUnitOutput(CountingOutput):
     """The result and error shard of one unit, under temporary names until `commit`."""
 
     def __init__(self, paths: tuple[str, str], labels: Mapping[int, str], results: WriterFactory) -> None:
+        super().__init__()
         self.paths = paths
         token = uuid.uuid4().hex[:12]
         self._temps: list[tuple[fsspec.AbstractFileSystem, str, str]] = []
@@ -216,32 +216,17 @@ class FileUnitOutput:
             self.discard()
             raise OutputError(f"cannot write {path!r}: {exc}") from None
         self._results = results(self._files[0], labels)
-        self.predicted = 0
-        self.detections = 0
-        self.error_types: Counter[str] = Counter()
 
-    def write(self, outcomes: list[Outcome]) -> None:
-        write_each(self._write, outcomes)
-
-    def _write(self, outcomes: list[Outcome]) -> None:
-        predictions = [o for o in outcomes if isinstance(o, Prediction)]
-        errors = [o for o in outcomes if isinstance(o, FailedRecord)]
+    def _write(self, predictions: list[Prediction], errors: list[FailedRecord]) -> None:
         error_lines = b"".join(json_line(e.to_json()) for e in errors)  # before writing anything: all or none
         if predictions:
             self._results.write(predictions)
         if errors:
             self._files[1].write(error_lines)
-        self.predicted += len(predictions)
-        self.detections += sum(len(p.detections.scores) for p in predictions)
-        self.error_types.update(e.error_type for e in errors)
 
     def commit(self, records_read: int) -> UnitCounts:
         """Rename both shards into place, once every record read has its line."""
-        try:
-            counts = UnitCounts.checked(records_read, self.predicted, self.detections, self.error_types)
-        except RuntimeError:
-            self.discard()
-            raise
+        counts = self._counts(records_read)
         try:
             self._results.finish()
             for file, (fs, _, _) in zip(self._files, self._temps):

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from ..errors import SetupError
 from ..inputs.units import Unit
-from ..records import FailedRecord, Outcome
+from ..records import FailedRecord, Outcome, Prediction
 from .layout import OutputLayout
 
 
@@ -48,6 +48,42 @@ def write_each(write: Callable[[list[Outcome]], None], outcomes: list[Outcome]) 
             if isinstance(outcome, FailedRecord):
                 raise
             write([FailedRecord.of(outcome.record, exc, "write")])
+
+
+class CountingOutput:
+    """What every sink's `UnitOutput` shares: outcomes split into predictions and failed records
+    and handed to `_write` (which writes them all or none), written record by record where that
+    fails (`write_each`), and counted for the commit."""
+
+    def __init__(self) -> None:
+        self.predicted = 0
+        self.detections = 0
+        self.error_types: Counter[str] = Counter()
+
+    def write(self, outcomes: list[Outcome]) -> None:
+        write_each(self._write_counted, outcomes)
+
+    def _write_counted(self, outcomes: list[Outcome]) -> None:
+        predictions = [o for o in outcomes if isinstance(o, Prediction)]
+        errors = [o for o in outcomes if isinstance(o, FailedRecord)]
+        self._write(predictions, errors)
+        self.predicted += len(predictions)
+        self.detections += sum(len(p.detections.scores) for p in predictions)
+        self.error_types.update(e.error_type for e in errors)
+
+    def _write(self, predictions: list[Prediction], errors: list[FailedRecord]) -> None:
+        raise NotImplementedError
+
+    def _counts(self, records_read: int) -> "UnitCounts":
+        """The unit's counts at commit; when a record has no outcome, what was written is discarded."""
+        try:
+            return UnitCounts.checked(records_read, self.predicted, self.detections, self.error_types)
+        except RuntimeError:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        raise NotImplementedError
 
 
 class UnitOutput(Protocol):

@@ -13,9 +13,9 @@ commits. SQLite needs a local file: other URLs are refused before any input is r
 from __future__ import annotations
 
 import os
+import posixpath
 import sqlite3
 import uuid
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,10 +24,11 @@ import orjson
 from fsspec.implementations.local import LocalFileSystem
 
 from ..inputs.units import Unit
-from ..records import FailedRecord, Outcome, Prediction
+from ..records import FailedRecord, Prediction
 from .layout import OutputLayout, partial
 from .result_formats import result_records
-from .sinks import OutputError, UnitCounts, write_each
+from .files import remove_partials
+from .sinks import CountingOutput, OutputError, UnitCounts
 from .verify import rows_fingerprint
 
 _SCHEMA = """
@@ -95,16 +96,14 @@ class SqliteSink:
         self.tidy()
 
     def tidy(self) -> None:
-        folder, name = os.path.split(self._path)
-        for leftover in os.listdir(folder or "."):
-            if leftover.startswith(name + ".") and ".partial" in leftover:
-                os.remove(os.path.join(folder, leftover))
+        remove_partials(*posixpath.split(self.layout.database))
 
 
-class SqliteUnitOutput:
+class SqliteUnitOutput(CountingOutput):
     """One unit's rows, in a database of their own until `commit` moves them into the job's."""
 
     def __init__(self, database: str, unit: Unit, labels: Mapping[int, str]) -> None:
+        super().__init__()
         self._database, self._unit, self._labels = database, unit, labels
         self._staging = partial(database, uuid.uuid4().hex[:12])
         try:
@@ -113,16 +112,8 @@ class SqliteUnitOutput:
             self._connection.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN")
         except (OSError, sqlite3.Error) as exc:
             raise OutputError(f"cannot write {self._staging!r}: {exc}") from None
-        self.predicted = 0
-        self.detections = 0
-        self.error_types: Counter[str] = Counter()
 
-    def write(self, outcomes: list[Outcome]) -> None:
-        write_each(self._write, outcomes)
-
-    def _write(self, outcomes: list[Outcome]) -> None:
-        predictions = [o for o in outcomes if isinstance(o, Prediction)]
-        errors = [o for o in outcomes if isinstance(o, FailedRecord)]
+    def _write(self, predictions: list[Prediction], errors: list[FailedRecord]) -> None:
         unit = self._unit.index
         results = [
             (unit, r["key"], r["source"], r["record_index"], r["width"], r["height"],
@@ -140,17 +131,10 @@ class SqliteUnitOutput:
             raise
         finally:
             self._connection.execute("RELEASE outcomes")
-        self.predicted += len(predictions)
-        self.detections += sum(len(p.detections.scores) for p in predictions)
-        self.error_types.update(e.error_type for e in errors)
 
     def commit(self, records_read: int) -> UnitCounts:
         """Move the unit's rows into the job's database in one transaction, replacing any it had."""
-        try:
-            counts = UnitCounts.checked(records_read, self.predicted, self.detections, self.error_types)
-        except RuntimeError:
-            self.discard()
-            raise
+        counts = self._counts(records_read)
         try:
             self._connection.execute("COMMIT")
             self._connection.close()
@@ -180,8 +164,7 @@ class SqliteUnitOutput:
         self._remove_staging()
 
     def _remove_staging(self) -> None:
-        for suffix in ("", "-journal"):
-            try:
-                os.remove(self._staging + suffix)
-            except FileNotFoundError:
-                pass
+        try:
+            os.remove(self._staging)  # journal_mode OFF: the staging database has no journal file
+        except FileNotFoundError:
+            pass
