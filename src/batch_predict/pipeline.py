@@ -330,10 +330,11 @@ def admit_pixels(budget: PixelBudget, max_pixels: int) -> Callable[[list[Record 
         for item in chunk:
             if not isinstance(item, Record) or item.array is not None or item.charged:
                 continue
-            try:
-                decode.probe(item, max_pixels)
-            except (ValueError, OSError):
-                continue  # not charged: its decode fails with its error line
+            if not item.width:  # not probed on an earlier try of this chunk
+                try:
+                    decode.probe(item, max_pixels)
+                except (ValueError, OSError):
+                    continue  # not charged: its decode fails with its error line
             size = item.width * item.height * 3
             if wait:
                 budget.acquire(size)

@@ -27,7 +27,7 @@ from ..spec import JobSpec
 from .files import claim_file, read_files, remove, remove_partials, write_atomically
 from .layout import canonical, committed_unit
 from .sinks import JobSummary, Sink, UnitCounts
-from .verify import problems
+from .verify import hash_into, problems
 
 log = logging.getLogger("batch_predict")
 
@@ -80,8 +80,7 @@ def content_digest(url: str) -> str | None:
         for path in paths:
             digest.update(posixpath.relpath(path, root).encode("utf-8", "backslashreplace") + b"\0")
             with fs.open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
+                hash_into(digest, f)
     except (OSError, ValueError):
         return None
     return digest.hexdigest()

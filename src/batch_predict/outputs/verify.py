@@ -58,12 +58,19 @@ def problems(fingerprint: Mapping[str, Any] | None) -> list[str]:
     return found
 
 
+def hash_into(digest: Any, stream: Any) -> int:
+    """Feed a binary stream to `digest` a chunk at a time (files may be large); its size in bytes."""
+    size = 0
+    while chunk := stream.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return size
+
+
 def _file_digest(path: str) -> dict[str, Any]:
-    digest, size = hashlib.sha256(), 0
+    digest = hashlib.sha256()
     with fsspec.open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+        size = hash_into(digest, f)
     return {"size": size, "sha256": digest.hexdigest()}
 
 
