@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import logging
 import os
 import queue
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +34,7 @@ import simplejpeg
 import torch
 
 import ceiling
+from run_all import Results
 from decoders import _cycle, _images
 from batch_predict.models import load_model
 from batch_predict.models.device_decode import JpegDecoder, hardware_decoder, nvjpeg_decoder
@@ -179,18 +179,15 @@ def main() -> None:
     wanted = set(filter(None, args.only.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda")
-    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-                     "device": torch.cuda.get_device_name(0), "cpus": os.cpu_count(), "batch": args.batch}
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    results = Results(args.out / "gpu_side.json", {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0), "cpus": os.cpu_count(), "batch": args.batch,
+    })
 
     def measure(name: str, fn: Callable[[], dict]) -> None:
-        if wanted and name not in wanted:
-            return
-        try:
-            results[name] = fn()
-        except Exception as exc:  # one failure loses only itself
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:400], "trace": traceback.format_exc()[-800:]}
-        print(name, json.dumps(results[name]), flush=True)
-        (args.out / "gpu_side.json").write_text(json.dumps(results, indent=2))
+        if not wanted or name in wanted:
+            results.measure(name, fn)
 
     records = [Record(f"r{i}", "mem", i, encoded=data) for i, data in enumerate(_images(args.photos, args.out, args.images))]
     take = _cycle(records, args.batch)
