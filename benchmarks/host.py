@@ -30,7 +30,8 @@ from torchvision.io import ImageReadMode, decode_image
 from batch_predict import run
 from batch_predict.decode import decode, encode_png
 from batch_predict.records import Detections, Prediction, Record
-from batch_predict.outputs.sinks import JobSummary, result_lines, result_records
+from batch_predict.outputs.result_formats import result_lines, result_records
+from batch_predict.outputs.sinks import JobSummary
 from batch_predict.spec import JobSpec
 from batch_predict.inputs.tfrecord import read_records
 

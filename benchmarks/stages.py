@@ -14,7 +14,7 @@ import time
 from batch_predict import decode
 from batch_predict.models import load_model
 from batch_predict.records import Prediction, Record
-from batch_predict.outputs.sinks import result_lines
+from batch_predict.outputs.result_formats import result_lines
 from batch_predict.spec import ModelSettings
 
 from timing import sync

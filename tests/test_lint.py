@@ -28,3 +28,15 @@ def test_the_package_type_checks():
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_benchmark_script_imports():
+    """Benchmarks run on the GPU machine, never in this suite: a name the package no longer has
+    would otherwise be found only there, with device time spent."""
+    scripts = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py"))
+    result = subprocess.run(
+        [sys.executable, "-c", "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]", *scripts],
+        cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "benchmarks")])},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
