@@ -37,7 +37,7 @@ import ceiling
 from run_all import Results
 from decoders import _cycle, _images
 from batch_predict.models import load_model
-from batch_predict.models.device_decode import JpegDecoder, hardware_decoder, nvjpeg_decoder
+from batch_predict.models.device_decode import JpegDecoder, hardware_decoder, nvimgcodec_decoder, nvjpeg_decoder
 from batch_predict.models.preprocess import Prepared, Preprocessor
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
@@ -148,7 +148,7 @@ def preparer(model, device: torch.device, decoder: JpegDecoder, cpu_share: float
              pool: ThreadPoolExecutor | None = None) -> Prepare:
     """A batch's preparation on a stream of its own: the first `cpu_share` of its JPEGs decoded by
     `pool` into pinned memory and copied over, the rest by `decoder`, at the same time."""
-    preprocessor = Preprocessor(model._preprocessor.spec, device, decoder)
+    preprocessor = Preprocessor(model._preprocessor.spec, device, decoder, dtype=model._preprocessor.dtype)
     stream = torch.cuda.Stream(device)
 
     def prepare(records: Sequence[Record]) -> Prepared:
@@ -163,6 +163,28 @@ def preparer(model, device: torch.device, decoder: JpegDecoder, cpu_share: float
         return dataclasses.replace(batch, ready=ready)
 
     return prepare
+
+
+def shared_with(rest: str, load: float, policy: str) -> Callable[[torch.device], JpegDecoder | None]:
+    """nvImageCodec splitting each batch: `load` of it on the JPEG engines, the rest on backend `rest`
+    (GPU_ONLY: CUDA on the SMs; HYBRID_CPU_GPU: Huffman decoding on CPU threads), the share kept
+    fixed or adapted by nvImageCodec to leave neither side idle (`policy`)."""
+    return lambda device: nvimgcodec_decoder(device, lambda m: [
+        m.Backend(m.BackendKind.HW_GPU_ONLY, load, getattr(m.LoadHintPolicy, policy)), m.Backend(getattr(m.BackendKind, rest)),
+    ])
+
+
+def traced(out: Path, run: Callable[[], dict]) -> dict:
+    """`run` under torch.profiler: its trace (kernels of every stream, nvImageCodec's included) to
+    `out` for a timeline viewer, and the busiest CUDA kernels and calls in the result."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        result = run()
+    prof.export_chrome_trace(str(out))
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    (out.with_suffix(".txt")).write_text(table)
+    return result
 
 
 def main() -> None:
@@ -211,7 +233,8 @@ def main() -> None:
         measure(f"staged_{name}_two_preparers", lambda p=first, m=make: staged(
             model, [p, preparer(model, device, m(device))], take, args.seconds))
     for name, make in decoders.items():
-        decoder, preprocessor, stream = make(device), Preprocessor(model._preprocessor.spec, device), torch.cuda.Stream(device)
+        decoder, stream = make(device), torch.cuda.Stream(device)
+        preprocessor = Preprocessor(model._preprocessor.spec, device, dtype=model._preprocessor.dtype)
 
         def decode_only(records: Sequence[Record], d=decoder) -> Prepared:
             with torch.cuda.stream(stream):
@@ -229,6 +252,11 @@ def main() -> None:
                 done.record(stream)
             return dataclasses.replace(batch, ready=done)
 
+        def same_in_float16(p=preprocessor) -> dict:
+            as_float = Preprocessor(p.spec, device).prepare(decoded).inputs
+            return {"dtype": str(p.dtype), "bit_identical": torch.equal(p.prepare(decoded).inputs, as_float.to(p.dtype))}
+
+        measure(f"{name}_prepared_in_model_dtype_equals_float32_cast", same_in_float16)
         measure(f"staged_{name}_decode_only", lambda f=decode_only: staged(model, [f], take, args.seconds))
         measure(f"staged_{name}_preprocess_only", lambda f=preprocess_only: staged(model, [f], take, args.seconds))
     for name, make in decoders.items():
@@ -239,6 +267,16 @@ def main() -> None:
     for size in (64, 32):
         measure(f"staged_hardware_chunks_of_{size}", lambda n=size: staged(
             model, [preparer(model, device, chunked(hardware_decoder(device), n))], take, args.seconds))
+    for rest in ("GPU_ONLY", "HYBRID_CPU_GPU"):
+        for load in (0.5, 0.75):
+            for policy in ("FIXED", "ADAPTIVE_MINIMIZE_IDLE_TIME"):
+                make = shared_with(rest, load, policy)
+                name = f"staged_shared_{rest.lower()}_{load}_{policy.split('_')[0].lower()}"
+                measure(name, lambda m=make: staged(model, [preparer(model, device, m(device))], take, args.seconds))
+                measure(f"prepare_alone_shared_{rest.lower()}_{load}_{policy.split('_')[0].lower()}",
+                        lambda m=make: alone(preparer(model, device, m(device)), take, args.seconds))
+    measure("trace_staged_hardware", lambda: traced(args.out / "trace_staged_hardware.json", lambda: staged(
+        model, [preparer(model, device, hardware_decoder(device))], take, 1.0)))
     pool = ThreadPoolExecutor(os.cpu_count() or 1)
     for share in (0.25, 0.5):
         measure(f"staged_hardware_cpu_share_{share}", lambda s=share: staged(

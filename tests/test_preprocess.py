@@ -12,7 +12,7 @@ from PIL import Image
 
 from batch_predict.models.model_spec import InputSpec
 from batch_predict.models.device_decode import device_decoder
-from batch_predict.models.preprocess import Preprocessor, device_images, placements
+from batch_predict.models.preprocess import Preprocessor, device_images, placements, working_dtype
 
 CPU = torch.device("cpu")
 
@@ -72,6 +72,23 @@ def test_nhwc_and_uint8_inputs_keep_the_pixels():
     image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     out = Preprocessor(_spec(size=(8, 8), layout="NHWC", dtype="uint8"), CPU).from_images([image]).inputs
     assert out.dtype == torch.uint8 and torch.equal(out[0], torch.from_numpy(image))
+
+
+def test_a_runner_dtype_makes_the_batch_in_it_with_the_float32_batch_values(photos_dir):
+    images = [np.asarray(Image.open(photos_dir / n).convert("RGB")) for n in ("bus.jpg", "zidane.jpg")]
+    as_float = Preprocessor(_spec(pad_value=114, channels="BGR"), CPU).from_images(images).inputs
+    made_in = Preprocessor(_spec(pad_value=114, channels="BGR"), CPU, dtype=torch.bfloat16).from_images(images).inputs
+    assert made_in.dtype == torch.bfloat16 and torch.equal(made_in, as_float.to(torch.bfloat16))
+    uint8 = Preprocessor(_spec(dtype="uint8"), CPU, dtype=torch.bfloat16).from_images(images).inputs
+    assert uint8.dtype == torch.uint8  # a model that declares its input type gets it
+
+
+def test_images_are_resized_in_float16_only_where_that_rounds_once():
+    cuda = torch.device("cuda")
+    assert working_dtype(torch.float16, False, cuda) == torch.float16
+    assert working_dtype(torch.float16, True, cuda) == torch.float32  # normalizing after would round twice
+    assert working_dtype(torch.bfloat16, False, cuda) == torch.float32  # 8 bits: the resize itself would round
+    assert working_dtype(torch.float16, False, CPU) == torch.float32
 
 
 def test_a_batch_of_mixed_sizes_equals_each_image_prepared_alone(photos_dir):

@@ -4,6 +4,7 @@ name the flag. (fp16 and CUDA graphs need a GPU: docs/benchmarks.md has their ch
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from batch_predict.decode import decode
@@ -47,7 +48,9 @@ def _iou(box, boxes):
 
 
 def test_bf16_finds_what_fp32_finds_within_tolerance(torchscript, photos, reference):
-    found = load_model(_job(torchscript, model_spec=SPEC, precision="bf16")).predict(photos)
+    model = load_model(_job(torchscript, model_spec=SPEC, precision="bf16"))
+    assert model.prepare(photos[:1]).inputs.dtype == torch.bfloat16  # made in the dtype the scripted model takes
+    found = model.predict(photos)
     compared = 0
     for ref, got in zip(reference, found, strict=True):
         for box, score, cls in zip(ref.boxes, ref.scores, ref.classes):

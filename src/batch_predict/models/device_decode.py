@@ -14,6 +14,7 @@ import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from ..errors import RecordFailure
@@ -64,6 +65,13 @@ def _one(jpeg: bytes, device: torch.device) -> torch.Tensor | None:
 def hardware_decoder(device: torch.device) -> JpegDecoder | None:
     """nvImageCodec's decoder on the GPU's JPEG engines, or None where nvImageCodec is not
     installed or the GPU has no engines."""
+    return nvimgcodec_decoder(device, lambda nvimgcodec: [nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)])
+
+
+def nvimgcodec_decoder(device: torch.device, backends: Callable[[Any], list], **params: Any) -> JpegDecoder | None:
+    """nvImageCodec's decoder with the `backends` (made from the nvimgcodec module) and the
+    `DecodeParams` fields given (planar RGB by default), or None where nvImageCodec is not installed
+    or cannot make that decoder on this device."""
     if device.type != "cuda":
         return None
     try:
@@ -71,16 +79,15 @@ def hardware_decoder(device: torch.device) -> JpegDecoder | None:
     except (ImportError, OSError):  # not installed, or its CUDA libraries are missing
         return None
     try:
-        decoder = nvimgcodec.Decoder(
-            device_id=device.index or 0, backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)]
-        )
+        decoder = nvimgcodec.Decoder(device_id=device.index or 0, backends=backends(nvimgcodec))
     except RuntimeError as exc:
         log.info("nvImageCodec: no hardware JPEG decoder on %s (%s); decoding with nvjpeg", device, exc)
         return None
     # Planar RGB is the model's layout already; EXIF orientation is ignored, as by every other decoder here.
-    params = nvimgcodec.DecodeParams(
-        apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB, sample_format=nvimgcodec.SampleFormat.P_RGB
-    )
+    decode_params = nvimgcodec.DecodeParams(**{
+        "apply_exif_orientation": False, "color_spec": nvimgcodec.ColorSpec.SRGB,
+        "sample_format": nvimgcodec.SampleFormat.P_RGB, **params,
+    })
 
     # Output images are reused, as nvImageCodec advises: allocating device memory for every image
     # of every batch would hold the whole GPU up. A set of images is reused two calls after it was
@@ -108,7 +115,7 @@ def hardware_decoder(device: torch.device) -> JpegDecoder | None:
                 reuse = images[: len(jpegs)]
         try:
             last = decoder.decode(
-                [nvimgcodec.CodeStream(j) for j in jpegs], images=reuse, params=params, cuda_stream=stream.cuda_stream
+                [nvimgcodec.CodeStream(j) for j in jpegs], images=reuse, params=decode_params, cuda_stream=stream.cuda_stream
             )
         except (RuntimeError, ValueError) as exc:  # a stream it cannot even parse: the next decoder tries each image
             log.debug("nvImageCodec refused a batch of %d: %s", len(jpegs), exc)

@@ -23,6 +23,12 @@ def is_default(settings: ModelSettings) -> bool:
     return settings.precision == "fp32" and not settings.channels_last and settings.compile == "none"
 
 
+def input_dtype(settings: ModelSettings, module: Any) -> torch.dtype | None:
+    """The dtype a `SpeedRunner` casts a batch to before calling `module`: a scripted module's
+    reduced precision (eager modules take float32 under autocast); None where it casts nothing."""
+    return _DTYPES.get(settings.precision) if isinstance(module, torch.jit.ScriptModule) else None
+
+
 class SpeedRunner:
     """Calls a runner's `module` in reduced precision and/or channels-last memory layout.
 

@@ -89,7 +89,8 @@ class TensorModel:
     On CUDA the model takes JPEGs encoded (`input_kind` "jpeg") and decodes them on the GPU
     in batches, while the pipeline's CPU workers decode every other image and the share of
     JPEGs its `decode_split` gives them; on the CPU the workers decode all and it takes
-    pixels ("image").
+    pixels ("image"). `input_dtype` is the dtype its runner casts batches to, if any
+    (`speed.input_dtype`): batches are prepared in it.
     """
 
     same_size_batches = False
@@ -103,6 +104,7 @@ class TensorModel:
         *,
         backend: str,
         decode_on_device: bool | None = None,
+        input_dtype: torch.dtype | None = None,
     ) -> None:
         self.labels = dict(labels)
         self.spec = spec
@@ -114,7 +116,7 @@ class TensorModel:
         on_device = device.type == "cuda" if decode_on_device is None else decode_on_device
         self.input_kind: InputKind = "jpeg" if on_device else "image"
         self.decode_split = DecodeSplit() if on_device else None
-        self._preprocessor = Preprocessor(spec.input, device)
+        self._preprocessor = Preprocessor(spec.input, device, dtype=input_dtype)
         self._streams = DeviceStreams(device)
         self._class_ids = np.array(list(self.labels), np.int64) if spec.class_ids == "label_order" else None
         self._check_fit()

@@ -17,7 +17,7 @@ from ..spec import ModelSettings
 from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
-from .speed import accelerate
+from .speed import accelerate, input_dtype
 from .tensor_model import ModuleRunner, TensorModel, torch_device
 
 log = logging.getLogger("batch_predict")
@@ -58,4 +58,7 @@ def load(located: Located, spec: ModelSpec, labels: Mapping[int, str], settings:
     runner = accelerate(loaded, settings, device)
     loaded.module = freeze(loaded.module)  # after `accelerate` cast the weights: constants do not cast
     # A TorchScript module does not declare its input shape: the spec gives it.
-    return TensorModel(runner, spec.resolve_input(None, None), labels, device, backend="torchscript")
+    return TensorModel(
+        runner, spec.resolve_input(None, None), labels, device, backend="torchscript",
+        input_dtype=input_dtype(settings, loaded.module),
+    )
