@@ -46,7 +46,7 @@ Prepare = Callable[[Sequence[Record]], Prepared]
 
 
 def staged(model, prepares: Sequence[Prepare], take: Callable[[], list[Record]], seconds: float,
-           collect: bool = True) -> dict:
+           collect: bool = True, launch: Callable | None = None) -> dict:
     """Images/s through prepare (one thread per function in `prepares`) -> launch (this thread)
     -> collect (a thread), as the job runs them; without `collect`, only waiting for each batch."""
     prepared: queue.Queue = queue.Queue(2)
@@ -81,7 +81,7 @@ def staged(model, prepares: Sequence[Prepare], take: Callable[[], list[Record]],
         if batch is None:
             ended += 1
             continue
-        launched.put(model.launch(batch))
+        launched.put((launch or model.launch)(batch))
         if started is None and collected[0] >= 4 * len(batch.image_sizes):
             started, baseline = time.perf_counter(), collected[0]
         if started is not None and time.perf_counter() - started > seconds:
@@ -184,7 +184,51 @@ def traced(out: Path, run: Callable[[], dict]) -> dict:
     prof.export_chrome_trace(str(out))
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
     (out.with_suffix(".txt")).write_text(table)
-    return result
+    calls = sorted(((e.key, e.count, round(e.self_cpu_time_total / 1e3, 1)) for e in prof.key_averages()
+                    if e.key.startswith("cu")), key=lambda c: -c[2])
+    return {**result, "cuda_calls_count_ms": calls[:14], "streams": kernels_by_stream(out)}
+
+
+def kernels_by_stream(trace: Path) -> dict:
+    """Per CUDA stream of a chrome trace: its kernels' count, busy time, span, and most frequent
+    names; so a trace too large to keep still says where each library's kernels ran."""
+    import collections
+    import json
+
+    events = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "kernel"]
+    found: dict = {}
+    for stream in sorted({e["args"].get("stream") for e in events}):
+        mine = [e for e in events if e["args"].get("stream") == stream]
+        start, end = min(e["ts"] for e in mine), max(e["ts"] + e["dur"] for e in mine)
+        names = collections.Counter(e["name"][:60] for e in mine).most_common(4)
+        found[str(stream)] = {"kernels": len(mine), "busy_ms": round(sum(e["dur"] for e in mine) / 1e3, 1),
+                              "span_ms": round((end - start) / 1e3, 1), "names": names}
+    trace.unlink()
+    return found
+
+
+def green_launch(model, device: torch.device, sms: int):
+    """`model.launch` on a stream of a green context holding `sms` of the GPU's SMs: the model's
+    kernels never take the rest, so the decoder's small kernels always find SMs free."""
+    from torch.cuda.green_contexts import GreenContext
+
+    try:
+        context = GreenContext(num_sms=sms)
+    except TypeError:  # PyTorch before 2.12
+        context = GreenContext.create(sms, device.index or 0)
+    if hasattr(context, "Stream"):
+        stream = context.Stream()
+    else:
+        context.set_context()
+        stream = torch.cuda.Stream(device)
+        context.pop_context()
+
+    def launch(prepared):
+        with torch.cuda.stream(stream):
+            return model.launch(prepared)
+
+    launch.context = context  # the context lives as long as its stream is used
+    return launch
 
 
 def main() -> None:
@@ -275,6 +319,53 @@ def main() -> None:
                 measure(name, lambda m=make: staged(model, [preparer(model, device, m(device))], take, args.seconds))
                 measure(f"prepare_alone_shared_{rest.lower()}_{load}_{policy.split('_')[0].lower()}",
                         lambda m=make: alone(preparer(model, device, m(device)), take, args.seconds))
+    def on_side_stream(stream=torch.cuda.Stream(device)):
+        def launch(prepared):
+            with torch.cuda.stream(stream):
+                return model.launch(prepared)
+        return launch
+
+    measure("staged_hardware_side_stream", lambda: staged(
+        model, [preparer(model, device, hardware_decoder(device))], take, args.seconds, launch=on_side_stream()))
+    measure("staged_nvjpeg_side_stream", lambda: staged(
+        model, [preparer(model, device, nvjpeg_decoder(device))], take, args.seconds, launch=on_side_stream()))
+    sm_count = torch.cuda.get_device_properties(device).multi_processor_count
+    for spare in (4, 8, 16):
+        measure(f"staged_hardware_model_leaves_{spare}_sms", lambda n=spare: staged(
+            model, [preparer(model, device, hardware_decoder(device))], take, args.seconds,
+            launch=green_launch(model, device, sm_count - n)))
+        measure(f"staged_nvjpeg_model_leaves_{spare}_sms", lambda n=spare: staged(
+            model, [preparer(model, device, nvjpeg_decoder(device))], take, args.seconds,
+            launch=green_launch(model, device, sm_count - n)))
+    measure("staged_without_decoding_model_leaves_8_sms", lambda: staged(
+        model, [lambda r: ready], take, args.seconds, launch=green_launch(model, device, sm_count - 8)))
+    yuv = nvimgcodec_decoder(device, lambda m: [m.Backend(m.BackendKind.HW_GPU_ONLY)],
+                             color_spec=__import__("nvidia.nvimgcodec").nvimgcodec.ColorSpec.SYCC,
+                             sample_format=__import__("nvidia.nvimgcodec").nvimgcodec.SampleFormat.P_YUV) if "yuv" in args.only else None
+
+    def yuv_only(records: Sequence[Record]) -> Prepared:
+        images = yuv([r.encoded for r in records])
+        torch.cuda.current_stream(device).synchronize()
+        return ready
+
+    graphed = load_model(ModelSettings(model_dir=args.yolox, model_spec=args.spec, device="cuda", precision="fp16",
+                                       batch_size=args.batch, compile="cuda_graphs")) if "graph" in args.only else None
+    if graphed is not None:
+        graphed.decode_split = None
+        graphed.collect(graphed.launch(graphed.prepare(take())))
+    measure("staged_without_decoding_cuda_graph", lambda: staged(graphed, [lambda r: ready], take, args.seconds))
+    measure("staged_hardware_cuda_graph", lambda: staged(
+        graphed, [preparer(graphed, device, hardware_decoder(device))], take, args.seconds))
+    measure("staged_nvjpeg_cuda_graph", lambda: staged(
+        graphed, [preparer(graphed, device, nvjpeg_decoder(device))], take, args.seconds))
+    for threads in (2, 6):
+        measure(f"staged_hardware_{threads}_cpu_threads", lambda n=threads: staged(model, [preparer(
+            model, device, nvimgcodec_decoder(device, lambda m: [m.Backend(m.BackendKind.HW_GPU_ONLY)], threads=n))],
+            take, args.seconds))
+    measure("hardware_yuv_shape", lambda: {"shape": list(yuv([take()[0].encoded])[0].shape)})
+    measure("staged_hardware_yuv_decode_only", lambda: staged(model, [yuv_only], take, args.seconds))
+    measure("trace_prepare_alone_hardware", lambda: traced(args.out / "trace_prepare_alone_hardware.json", lambda: alone(
+        preparer(model, device, hardware_decoder(device)), take, 1.0)))
     measure("trace_staged_hardware", lambda: traced(args.out / "trace_staged_hardware.json", lambda: staged(
         model, [preparer(model, device, hardware_decoder(device))], take, 1.0)))
     pool = ThreadPoolExecutor(os.cpu_count() or 1)

@@ -68,10 +68,12 @@ def hardware_decoder(device: torch.device) -> JpegDecoder | None:
     return nvimgcodec_decoder(device, lambda nvimgcodec: [nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)])
 
 
-def nvimgcodec_decoder(device: torch.device, backends: Callable[[Any], list], **params: Any) -> JpegDecoder | None:
-    """nvImageCodec's decoder with the `backends` (made from the nvimgcodec module) and the
-    `DecodeParams` fields given (planar RGB by default), or None where nvImageCodec is not installed
-    or cannot make that decoder on this device."""
+def nvimgcodec_decoder(
+    device: torch.device, backends: Callable[[Any], list], *, threads: int = 0, **params: Any
+) -> JpegDecoder | None:
+    """nvImageCodec's decoder with the `backends` (made from the nvimgcodec module), `threads` CPU
+    threads (0: one per core) and the `DecodeParams` fields given (planar RGB by default), or None
+    where nvImageCodec is not installed or cannot make that decoder on this device."""
     if device.type != "cuda":
         return None
     try:
@@ -79,7 +81,7 @@ def nvimgcodec_decoder(device: torch.device, backends: Callable[[Any], list], **
     except (ImportError, OSError):  # not installed, or its CUDA libraries are missing
         return None
     try:
-        decoder = nvimgcodec.Decoder(device_id=device.index or 0, backends=backends(nvimgcodec))
+        decoder = nvimgcodec.Decoder(device_id=device.index or 0, max_num_cpu_threads=threads, backends=backends(nvimgcodec))
     except RuntimeError as exc:
         log.info("nvImageCodec: no hardware JPEG decoder on %s (%s); decoding with nvjpeg", device, exc)
         return None
