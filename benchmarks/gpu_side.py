@@ -11,7 +11,14 @@ pipeline), so what it measures is the ceiling the GPU side sets, and what moves 
 - each way of decoding on the GPU (nvImageCodec's hardware engines as the job calls them, nvjpeg),
   alone and in the staged loop, with one and two preparing threads;
 - a share of each batch decoded on CPU threads (simplejpeg, straight into pinned memory)
-  while the GPU decodes the rest.
+  while the GPU decodes the rest;
+- nvImageCodec sharing each batch between the JPEG engines and CUDA (or CPU Huffman) decoding,
+  the model in a green context that leaves SMs to the decoders, on a stream of its own, as a
+  CUDA graph, and the decoder with fewer CPU threads;
+- a profile of the staged loop: CUDA API calls, and the kernels of each stream.
+
+Run it with `CUDA_DEVICE_MAX_CONNECTIONS` set to 1, 8 (the driver's default) and 32 (what the
+job sets) to see how the streams' sharing of hardware queues holds the decoders back.
 
     PYTHONPATH=src:benchmarks python benchmarks/gpu_side.py --photos ../shared/data/photos \\
         --yolox ../shared/models/yolox_nano/yolox_nano_torchscript.pt --spec examples/specs/yolox_nano.yaml --out /tmp/s
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -319,6 +327,7 @@ def main() -> None:
                 measure(name, lambda m=make: staged(model, [preparer(model, device, m(device))], take, args.seconds))
                 measure(f"prepare_alone_shared_{rest.lower()}_{load}_{policy.split('_')[0].lower()}",
                         lambda m=make: alone(preparer(model, device, m(device)), take, args.seconds))
+
     def on_side_stream(stream=torch.cuda.Stream(device)):
         def launch(prepared):
             with torch.cuda.stream(stream):
@@ -339,31 +348,24 @@ def main() -> None:
             launch=green_launch(model, device, sm_count - n)))
     measure("staged_without_decoding_model_leaves_8_sms", lambda: staged(
         model, [lambda r: ready], take, args.seconds, launch=green_launch(model, device, sm_count - 8)))
-    yuv = nvimgcodec_decoder(device, lambda m: [m.Backend(m.BackendKind.HW_GPU_ONLY)],
-                             color_spec=__import__("nvidia.nvimgcodec").nvimgcodec.ColorSpec.SYCC,
-                             sample_format=__import__("nvidia.nvimgcodec").nvimgcodec.SampleFormat.P_YUV) if "yuv" in args.only else None
+    @functools.cache
+    def graphed():
+        """The model as `--compile cuda_graphs` runs it, its first batch captured."""
+        loaded = load_model(ModelSettings(model_dir=args.yolox, model_spec=args.spec, device="cuda", precision="fp16",
+                                          batch_size=args.batch, compile="cuda_graphs"))
+        loaded.decode_split = None
+        loaded.collect(loaded.launch(loaded.prepare(take())))
+        return loaded
 
-    def yuv_only(records: Sequence[Record]) -> Prepared:
-        images = yuv([r.encoded for r in records])
-        torch.cuda.current_stream(device).synchronize()
-        return ready
-
-    graphed = load_model(ModelSettings(model_dir=args.yolox, model_spec=args.spec, device="cuda", precision="fp16",
-                                       batch_size=args.batch, compile="cuda_graphs")) if "graph" in args.only else None
-    if graphed is not None:
-        graphed.decode_split = None
-        graphed.collect(graphed.launch(graphed.prepare(take())))
-    measure("staged_without_decoding_cuda_graph", lambda: staged(graphed, [lambda r: ready], take, args.seconds))
+    measure("staged_without_decoding_cuda_graph", lambda: staged(graphed(), [lambda r: ready], take, args.seconds))
     measure("staged_hardware_cuda_graph", lambda: staged(
-        graphed, [preparer(graphed, device, hardware_decoder(device))], take, args.seconds))
+        graphed(), [preparer(graphed(), device, hardware_decoder(device))], take, args.seconds))
     measure("staged_nvjpeg_cuda_graph", lambda: staged(
-        graphed, [preparer(graphed, device, nvjpeg_decoder(device))], take, args.seconds))
+        graphed(), [preparer(graphed(), device, nvjpeg_decoder(device))], take, args.seconds))
     for threads in (2, 6):
         measure(f"staged_hardware_{threads}_cpu_threads", lambda n=threads: staged(model, [preparer(
             model, device, nvimgcodec_decoder(device, lambda m: [m.Backend(m.BackendKind.HW_GPU_ONLY)], threads=n))],
             take, args.seconds))
-    measure("hardware_yuv_shape", lambda: {"shape": list(yuv([take()[0].encoded])[0].shape)})
-    measure("staged_hardware_yuv_decode_only", lambda: staged(model, [yuv_only], take, args.seconds))
     measure("trace_prepare_alone_hardware", lambda: traced(args.out / "trace_prepare_alone_hardware.json", lambda: alone(
         preparer(model, device, hardware_decoder(device)), take, 1.0)))
     measure("trace_staged_hardware", lambda: traced(args.out / "trace_staged_hardware.json", lambda: staged(
