@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import shutil
+import tarfile
 
-from batch_predict.inputs.formats import INPUT_FORMATS, read_file
+from batch_predict.cli import cli
+from batch_predict.inputs.fetch import fetch_all, fetch_one
+from batch_predict.inputs.formats import ReadOptions, input_formats, read_file
 from batch_predict.inputs.sources import expand_patterns
-from batch_predict.inputs.units import plan_units
+from batch_predict.inputs.units import num_units, plan_units, read_unit
+from batch_predict.records import Record
 from batch_predict.runners.local import run
-from batch_predict.spec import INPUT_FORMATS as FLAG_CHOICES
 
 from conftest import photo_job
+from input_writers import write_file_list, write_folder, write_parquet, write_webdataset
 from toymodels import MeanColourModel
 
 
-def test_the_flag_offers_exactly_the_formats_of_the_table():
-    assert set(FLAG_CHOICES) == set(INPUT_FORMATS)
+def test_the_flag_offers_exactly_the_formats_of_the_registry():
+    (flag,) = [p for p in cli.commands["predict"].params if p.name == "input_file_format"]
+    assert list(flag.type.choices) == list(input_formats())
+    assert {"json", "tfrecord", "tfrecord_gzip", "image_files", "file_list", "webdataset", "parquet"} <= set(input_formats())
 
 
 def _results(prefix) -> dict[str, dict]:
@@ -45,7 +52,8 @@ def test_image_files_give_what_the_same_images_packed_as_json_lines_give(tmp_pat
 
 def test_an_image_file_over_the_record_limit_is_an_error_line_unread(tmp_path, photos_dir):
     (file,) = expand_patterns([str(photos_dir / "bus.jpg")])
-    (failed,) = read_file(file, "image_files", max_record_bytes=1000)
+    (fetch,) = read_file(file, "image_files")
+    failed = fetch_one(fetch, max_bytes=1000)
     assert (failed.key, failed.error_type) == (str(photos_dir / "bus.jpg"), "RecordTooLarge")
 
 
@@ -55,3 +63,94 @@ def test_image_files_are_cut_into_units_of_whole_files(photos_dir):
     assert len(units) == 4
     assert sorted(piece.file.url for unit in units for piece in unit.slices) == [f.url for f in files]
     assert all(piece.start == 0 and piece.end is None for unit in units for piece in unit.slices)
+
+
+def _detections_by_stem(out) -> dict[str, list]:
+    lines = (json.loads(line) for p in sorted(out.glob("results-*-of-*.jsonl")) for line in p.open())
+    return {line["key"].rsplit("/", 1)[-1].split(".")[0]: line["detections"] for line in lines}
+
+
+def test_the_same_photos_give_the_same_results_whichever_format_carries_them(tmp_path, photos_dir):
+    images = {p.name: p.read_bytes() for p in sorted(photos_dir.iterdir())}
+    folder = write_folder(images, tmp_path / "folder")
+    carriers = {
+        "image_files": str(tmp_path / "folder" / "*"),
+        "file_list": str(write_file_list([str(p) for p in folder], tmp_path / "list.txt")),
+        "webdataset": str(write_webdataset(images, tmp_path / "shard-0.tar")),
+        "parquet": str(write_parquet(images, tmp_path / "table.parquet", as_struct=True)),
+    }
+    base = photo_job(tmp_path / "json")
+    found = {"json": run(base, model=MeanColourModel())}
+    expected = _detections_by_stem(tmp_path / "json" / "out")
+    for fmt, pattern in carriers.items():
+        spec = dataclasses.replace(base, input_file_patterns=(pattern,), input_file_format=fmt, num_output_shards=2,
+                                   output_result_prefix=str(tmp_path / fmt / "results"),
+                                   output_error_prefix=str(tmp_path / fmt / "errors"))
+        found[fmt] = run(spec, model=MeanColourModel())
+        assert found[fmt].predicted == len(images) and found[fmt].failed == 0, fmt
+        got = _detections_by_stem(tmp_path / fmt)
+        assert got == {stem: expected[stem] for stem in got} and len(got) == len(images), fmt
+
+
+def _read(path, fmt: str, **options) -> list:
+    (file,) = expand_patterns([str(path)])
+    items = read_file(file, fmt, options=ReadOptions(**options))
+    return list(fetch_all(items, workers=4, max_bytes=ReadOptions(**options).max_record_bytes, retry_wait=0.01))
+
+
+def test_a_file_list_reads_paths_relative_to_itself_and_keys_from_its_csv_column(tmp_path, photos_dir):
+    write_folder({"bus.jpg": (photos_dir / "bus.jpg").read_bytes()}, tmp_path / "imgs")
+    text = _read(write_file_list(["imgs/bus.jpg", "imgs/missing.jpg", "nosuch://x/y.jpg"], tmp_path / "a.txt"), "file_list")
+    by_key = {item.key: item for item in text}
+    assert isinstance(by_key["imgs/bus.jpg"], Record) and by_key["imgs/bus.jpg"].index == 0
+    assert (by_key["imgs/missing.jpg"].error_type, by_key["imgs/missing.jpg"].index) == ("FileNotFoundError", 1)
+    assert by_key["nosuch://x/y.jpg"].error_type == "ValueError" and "not a path or URL" in by_key["nosuch://x/y.jpg"].message
+    rows = _read(write_file_list([str(tmp_path / "imgs" / "bus.jpg"), ""], tmp_path / "b.csv", keys=["first", "second"]), "file_list")
+    assert sorted((item.key, type(item).__name__) for item in rows) == [("first", "Record"), ("second", "FailedRecord")]
+
+
+def test_webdataset_samples_without_an_image_and_a_truncated_shard_are_error_lines(tmp_path, photos_dir):
+    images = {"a.jpg": (photos_dir / "bus.jpg").read_bytes(), "b.jpg": (photos_dir / "zidane.jpg").read_bytes()}
+    shard = write_webdataset(images, tmp_path / "s.tar")
+    with tarfile.open(shard, "a") as tar:
+        info = tarfile.TarInfo("c.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    items = _read(shard, "webdataset")
+    assert [(item.key, type(item).__name__) for item in items] == [("a", "Record"), ("b", "Record"), ("c", "FailedRecord")]
+    assert items[2].error_type == "NoImageMember" and items[0].encoded == images["a.jpg"]
+    gzipped = write_webdataset(images, tmp_path / "g.tar.gz", gzip=True)
+    assert [item.key for item in _read(gzipped, "webdataset")] == ["a", "b"]
+    with tarfile.open(shard) as tar:
+        second = tar.getmember("b.jpg")
+    (tmp_path / "t.tar").write_bytes(shard.read_bytes()[: second.offset_data + second.size // 2])
+    cut = _read(tmp_path / "t.tar", "webdataset")
+    assert [type(item).__name__ for item in cut] == ["Record", "FailedRecord"]
+    assert cut[1].index == 1 and "unreadable from this record on" in cut[1].message
+
+
+def test_parquet_rows_null_and_non_image_cells_and_a_missing_column(tmp_path, photos_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bus = (photos_dir / "bus.jpg").read_bytes()
+    pq.write_table(pa.table({"name": ["x", "y", "z"], "image": [bus, None, b"abc"]}), tmp_path / "t.parquet", row_group_size=2)
+    items = _read(tmp_path / "t.parquet", "parquet", key_column="name")
+    assert [(item.key, item.index, type(item).__name__) for item in items] == [
+        ("x", 0, "Record"), ("y", 1, "FailedRecord"), ("z", 2, "Record")]
+    assert items[1].error_type == "NotAnImage"
+    missing = _read(tmp_path / "t.parquet", "parquet", image_column="pixels")
+    assert [(item.key, item.error_type) for item in missing] == [(f"{tmp_path / 't.parquet'}:{i}", "KeyError") for i in range(3)]
+
+
+def test_a_parquet_file_is_cut_into_units_of_whole_row_groups(tmp_path, photos_dir):
+    images = {p.name: p.read_bytes() for p in sorted(photos_dir.iterdir())}
+    path = write_parquet(images, tmp_path / "t.parquet", row_group_size=2)
+    units = plan_units(expand_patterns([str(path)]), "parquet", 3)
+    pieces = [[item.key for item in read_unit(unit, "parquet")] for unit in units]
+    assert all(pieces) and sorted(k for piece in pieces for k in piece) == sorted(images)
+    assert all(len(piece) % 2 == 0 for piece in pieces[:-1])  # whole row groups of two
+
+
+def test_a_folder_of_image_files_makes_units_of_a_thousand_files_by_default():
+    assert (num_units(0, 2_500, one_record_per_file=True), num_units(0, 2_500)) == (3, 2_500)

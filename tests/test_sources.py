@@ -9,8 +9,10 @@ import pytest
 
 from batch_predict.inputs.tf_example import build_example
 from batch_predict.records import Record, FailedRecord
-from batch_predict.inputs.formats import read_file
-from batch_predict.inputs.sources import NoInputError, expand_patterns, image_from_tfrecord, parse_instance
+from batch_predict.inputs.formats import ReadOptions, read_file
+from batch_predict.inputs.formats.json_lines import parse_instance
+from batch_predict.inputs.formats.tfrecord import image_from_tfrecord
+from batch_predict.inputs.sources import NoInputError, expand_patterns
 from batch_predict.inputs.tfrecord import write_record
 
 from images import encode, gradient
@@ -243,7 +245,7 @@ def test_a_record_that_breaks_the_parser_fails_alone(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join(lines) + "\n")
     (file,) = expand_patterns([str(path)])
-    found = list(read_file(file, "json", max_record_bytes=3000))
+    found = list(read_file(file, "json", options=ReadOptions(max_record_bytes=3000)))
     assert [type(item).__name__ for item in found] == ["Record", "FailedRecord", "FailedRecord", "FailedRecord", "Record"]
     assert found[1].key == "\\ud800" and "lone surrogate" in found[1].message
     assert found[2].error_type == "RecursionError"
@@ -276,7 +278,7 @@ def test_a_record_over_the_limit_is_skipped_unread_and_the_file_goes_on(compress
     path = tmp_path / ("in.tfrecord.gz" if compressed else "in.tfrecord")
     path.write_bytes(gzip.compress(stream.getvalue()) if compressed else stream.getvalue())
     (file,) = expand_patterns([str(path)])
-    found = list(read_file(file, "tfrecord_gzip" if compressed else "tfrecord", max_record_bytes=1 << 20))
+    found = list(read_file(file, "tfrecord_gzip" if compressed else "tfrecord", options=ReadOptions(max_record_bytes=1 << 20)))
     assert [type(item).__name__ for item in found] == ["Record", "FailedRecord", "Record"]
     assert found[1].error_type == "RecordTooLarge" and "4194304 bytes" in found[1].message
 

@@ -17,10 +17,11 @@ from .errors import EXIT_BAD_SETUP, EXIT_JOB_FAILED, BatchPredictError, SetupErr
 from .observe.logformat import configure_logging
 from .runners import RUNNERS
 from .observe.observers import Observers
+from .inputs.formats import input_formats
 from .tools.pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, RecordKind, find_images, pack
 from .spec import (
     COMPILE_MODES, DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_RECORD_BYTES,
-    INPUT_FORMATS, OUTPUT_FORMATS, PACK_FORMATS, PRECISIONS, JobSpec, PackFormat, SpecError, split_patterns,
+    DEFAULT_READ_WORKERS, OUTPUT_FORMATS, PACK_FORMATS, PRECISIONS, JobSpec, PackFormat, SpecError, split_patterns,
 )
 
 #: Kubernetes stops a pod with SIGTERM; 30 s later it sends SIGKILL. The unit in progress
@@ -78,10 +79,8 @@ def cli() -> None:
 @_flag("input_file_patterns", multiple=True, required=True,
        help="Input files: local paths or fsspec URLs (gs://, s3://, memory://) with * ? [] wildcards. "
             "Comma-separated, or repeat the flag.")
-@_flag("input_file_format", type=click.Choice(INPUT_FORMATS), required=True,
-       help="tfrecord / tfrecord_gzip: records of encoded JPEG/PNG bytes or tf.train.Examples with image/encoded. "
-            "json: JSON lines of Cloud ML instances ({\"b64\": ...}, {\"inputs\": {\"b64\": ...}}, nested uint8 arrays). "
-            "image_files: the patterns match image files, each one record keyed by its path or URL.")
+@_flag("input_file_format", type=click.Choice(list(input_formats())), required=True,
+       help=" ".join(f"{f.name}: {f.help}" for f in input_formats().values()))
 @_flag("model_dir", required=True,
        help="The model, recognised by content: a TensorFlow SavedModel directory, a TorchScript file, a torch.export "
             ".pt2 file, an ONNX file, or a state-dict file of a torchvision architecture named in the model spec.")
@@ -130,6 +129,12 @@ def cli() -> None:
 @_flag("num_workers", type=int, default=1, show_default=True,
        help="Worker processes on this machine, each on its own GPU (cuda:i), dividing the units; 0: one per "
             "visible GPU. With JOB_COMPLETION_INDEX set, each pod runs this many.")
+@_flag("num_read_workers", type=int, default=DEFAULT_READ_WORKERS, show_default=True,
+       help="Image files and file-list entries read at once (each is a request to an object store or web server).")
+@_flag("image_column", default="image", show_default=True,
+       help="parquet: the column holding encoded images (bytes, or {bytes, path} structs).")
+@_flag("key_column", default=None,
+       help="parquet: the column holding each row's key; default: 'key' where the file has it, else <file>:<row>.")
 @_flag("ground_truth", default=None,
        help="A COCO instances.json: after the job, score the results (mAP, mAP@0.5, AP per class) into the summary. "
             "Results match its images by key: the image's file_name, its last path part, or its id.")
@@ -341,7 +346,7 @@ def verify_command(output_result_prefix: str) -> None:
 @_flag("output_error_prefix", default=None, help="Where the job wrote errors; default: as its summary says.")
 @click.option("--output", "-o", default=None, help="The HTML file to write; default <OUTPUT_RESULT_PREFIX>-report.html.")
 @_flag("samples", type=int, default=12, show_default=True, help="Images to show with their detections drawn.")
-@_flag("input_file_format", type=click.Choice(INPUT_FORMATS), default=None,
+@_flag("input_file_format", type=click.Choice(list(input_formats())), default=None,
        help="How to read the sample images back from their source files; default: guessed from their first bytes.")
 def report_command(output_result_prefix: str, output_error_prefix: str | None, output: str | None, samples: int,
                    input_file_format: str | None) -> None:

@@ -6,12 +6,13 @@ Nothing below the CLI reads flags or environment variables; it reads a `JobSpec`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import SetupError
 
-InputFormat = Literal["json", "tfrecord", "tfrecord_gzip", "image_files"]
-INPUT_FORMATS: tuple[str, ...] = ("json", "tfrecord", "tfrecord_gzip", "image_files")
+if TYPE_CHECKING:
+    from .inputs.formats import ReadOptions
+
 #: The input formats `batch-predict pack` writes images into.
 PackFormat = Literal["tfrecord", "tfrecord_gzip", "json"]
 PACK_FORMATS: tuple[str, ...] = ("tfrecord", "tfrecord_gzip", "json")
@@ -33,6 +34,9 @@ DEFAULT_MAX_RECORD_BYTES = 64 << 20
 #: Decoded pixels held at once across the pipeline: room for eight batches of 256 photos of
 #: 640x480, and a quarter of a pod of 8 GiB; a job of huge images waits for room instead of growing.
 DEFAULT_MAX_DECODED_BYTES = 2 << 30
+#: Files or URLs read at once where each is one record (image files, file lists): an object
+#: store answers each request in tens of milliseconds, so many are kept in flight.
+DEFAULT_READ_WORKERS = 64
 
 
 class SpecError(SetupError, ValueError):
@@ -79,7 +83,7 @@ class JobSpec:
     """
 
     input_file_patterns: tuple[str, ...]
-    input_file_format: InputFormat
+    input_file_format: str  # a name of `inputs.formats.input_formats()`
     model_dir: str
     output_result_prefix: str
     output_error_prefix: str
@@ -106,14 +110,19 @@ class JobSpec:
     channels_last: bool = False
     compile: str = "none"
     num_workers: int = 1  # processes, one per GPU; 0: one per visible GPU
+    num_read_workers: int = DEFAULT_READ_WORKERS
+    image_column: str = "image"  # parquet
+    key_column: str | None = None  # parquet; None: `key` where the file has it
 
     def __post_init__(self) -> None:
         if not self.input_file_patterns or not all(p.strip() for p in self.input_file_patterns):
             raise SpecError("--input_file_patterns: give at least one non-empty pattern")
-        if self.input_file_format not in INPUT_FORMATS:
+        from .inputs.formats import input_formats  # the registry imports this module
+
+        if self.input_file_format not in input_formats():
             raise SpecError(
                 f"--input_file_format: unknown format {self.input_file_format!r}; "
-                f"expected one of {', '.join(INPUT_FORMATS)}"
+                f"expected one of {', '.join(input_formats())}"
             )
         for name in ("output_result_prefix", "output_error_prefix"):
             if not getattr(self, name):
@@ -130,6 +139,15 @@ class JobSpec:
             raise SpecError(f"--output_format: expected one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
         _check_range("visualize", self.visualize, 0, 1_000_000)
         _check_range("num_workers", self.num_workers, 0, 1024)
+        _check_range("num_read_workers", self.num_read_workers, 1, 4096)
+        if not self.image_column:
+            raise SpecError("--image_column: give a column name")
+
+    def read_options(self) -> "ReadOptions":
+        """The settings the input readers take."""
+        from .inputs.formats import ReadOptions
+
+        return ReadOptions(self.max_record_bytes, self.image_column, self.key_column)
 
     def model_settings(self) -> ModelSettings:
         """The settings `load_model` reads."""

@@ -8,7 +8,8 @@ pod of a Kubernetes Indexed Job, a Ray task) computes the same ones without talk
 the others.
 
 With N shards and F input files:
-- N <= F: each unit reads a contiguous run of whole files, runs balanced by bytes;
+- N <= F: each unit reads a contiguous run of whole files, runs balanced by bytes (by count
+  where each file is one record: image files);
 - N > F: each unit reads one byte range of one file; files are cut so that the largest
   range is as small as can be (a gzip file cannot be split; shards left over stay empty).
 A record belongs to the range its first byte lies in and keeps its index in the whole file,
@@ -22,13 +23,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..records import Record, FailedRecord
-from ..spec import DEFAULT_MAX_RECORD_BYTES
-from .formats import INPUT_FORMATS, read_file
+from ..spec import DEFAULT_READ_WORKERS
+from .fetch import fetch_all
+from .formats import ReadOptions, input_formats, read_file
 from .sources import InputFile
 
 #: `--num_output_shards 0` means one unit per input file, up to this many: beyond it,
 #: units group files, since each unit costs a commit record and two output files.
 AUTO_MAX_UNITS = 10_000
+#: ... and, where each file is one record (image files), one unit per this many files.
+AUTO_FILES_PER_UNIT = 1_000
 
 
 
@@ -53,18 +57,24 @@ class Unit:
     slices: tuple[Slice, ...]
 
 
-def num_units(num_output_shards: int, num_files: int) -> int:
-    """The shard count a job runs with: as asked, or one per input file (0, the default)."""
-    return num_output_shards or max(1, min(num_files, AUTO_MAX_UNITS))
+def num_units(num_output_shards: int, num_files: int, one_record_per_file: bool = False) -> int:
+    """The shard count a job runs with: as asked, or (0, the default) one per input file, or one
+    per `AUTO_FILES_PER_UNIT` files where each file is one record."""
+    if num_output_shards:
+        return num_output_shards
+    wanted = -(-num_files // AUTO_FILES_PER_UNIT) if one_record_per_file else num_files
+    return max(1, min(wanted, AUTO_MAX_UNITS))
 
 
 def plan_units(files: Sequence[InputFile], input_format: str, num_output_shards: int) -> list[Unit]:
     """The job's units, in shard order; the same for the same files, sizes and shard count."""
-    count = num_units(num_output_shards, len(files))
+    chosen = input_formats()[input_format]
+    count = num_units(num_output_shards, len(files), chosen.one_record_per_file)
     if count <= len(files):
-        groups = [tuple(Slice(f) for f in group) for group in _group_files(files, count)]
+        weights = [1] * len(files) if chosen.one_record_per_file else [f.size for f in files]
+        groups = [tuple(Slice(f) for f in group) for group in _group_files(files, weights, count)]
     else:
-        groups = _split_files(files, count, splittable=INPUT_FORMATS[input_format].splittable)
+        groups = _split_files(files, count, splittable=chosen.splittable)
     return [Unit(index, count, slices) for index, slices in enumerate(groups)]
 
 
@@ -79,15 +89,18 @@ def units_for_worker(units: Sequence[Unit], worker_index: int, worker_count: int
     return [unit for unit in units if unit.index % worker_count == worker_index]
 
 
-def read_unit(unit: Unit, input_format: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[Record | FailedRecord]:
-    """Every record of the unit, in order, errors included."""
-    for piece in unit.slices:
-        yield from read_file(piece.file, input_format, piece.start, piece.end, max_record_bytes)
+def read_unit(
+    unit: Unit, input_format: str, options: ReadOptions = ReadOptions(), read_workers: int = DEFAULT_READ_WORKERS,
+) -> Iterator[Record | FailedRecord]:
+    """Every record of the unit, errors included: in file order, but for records that are files or
+    URLs of their own, which are read `read_workers` at a time and come as they arrive."""
+    items = (item for piece in unit.slices for item in read_file(piece.file, input_format, piece.start, piece.end, options))
+    yield from fetch_all(items, read_workers, options.max_record_bytes)
 
 
-def _group_files(files: Sequence[InputFile], count: int) -> list[list[InputFile]]:
-    """`count` non-empty contiguous runs of files, cut where the bytes reach each 1/count."""
-    total = sum(f.size for f in files)
+def _group_files(files: Sequence[InputFile], weights: Sequence[int], count: int) -> list[list[InputFile]]:
+    """`count` non-empty contiguous runs of files, cut where their weights reach each 1/count."""
+    total = sum(weights)
     groups: list[list[InputFile]] = []
     taken = done = 0
     for group in range(count):
@@ -96,10 +109,10 @@ def _group_files(files: Sequence[InputFile], count: int) -> list[list[InputFile]
             break
         target = total * (group + 1) / count
         end = taken + 1
-        done += files[taken].size
+        done += weights[taken]
         # Take a file while its middle is before the target, leaving one per later group.
-        while len(files) - end > count - group - 1 and done + files[end].size / 2 < target:
-            done += files[end].size
+        while len(files) - end > count - group - 1 and done + weights[end] / 2 < target:
+            done += weights[end]
             end += 1
         groups.append(list(files[taken:end]))
         taken = end

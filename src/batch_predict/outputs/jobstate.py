@@ -39,6 +39,7 @@ _FORMAT_VERSION = 1
 _OUTPUT_SETTINGS = (
     "input_file_format", "model_dir", "signature_name", "label_map",
     "score_threshold", "output_raw", "max_image_pixels", "max_record_bytes", "output_error_prefix", "model_spec",
+    "image_column", "key_column",
     "model_options",
     "output_format", "precision",
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -26,13 +27,14 @@ from ..decode import open_image
 from ..outputs.layout import OutputLayout
 from ..outputs.reading import error_files, load_summary, read_errors, read_results, read_timeline, result_files
 from ..records import Record
-from ..inputs.formats import read_file
+from ..spec import DEFAULT_MAX_RECORD_BYTES
+from ..inputs.fetch import Fetch, fetch_one
+from ..inputs.formats import guess_format, read_file
 from ..inputs.sources import InputFile, expand_patterns
 
 SCORE_BINS = 20
 ERROR_EXAMPLES = 3
 TOP_CLASSES = 25
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass
@@ -119,6 +121,8 @@ def load_samples(results: Iterable[dict[str, Any]], input_format: str | None = N
         try:
             (file,) = expand_patterns([source])
             for item in read_file(file, input_format or sniff_format(file)):
+                if item.index in wanted and isinstance(item, Fetch):
+                    item = fetch_one(item, DEFAULT_MAX_RECORD_BYTES)
                 if item.index in wanted and isinstance(item, Record):
                     _draw(wanted[item.index], item, width)
                 if item.index >= last:
@@ -143,13 +147,23 @@ def _draw(sample: Sample, record: Record, width: int) -> None:
         sample.problem = f"cannot decode the image: {exc}"
 
 
+def _job_input_format(result_prefix: str) -> str | None:
+    """The `--input_file_format` the job recorded in its job.json, if it can be read."""
+    try:
+        with fsspec.open(OutputLayout(result_prefix).job_record, "rt", encoding="utf-8") as f:
+            return json.load(f).get("settings", {}).get("input_file_format")
+    except (OSError, ValueError):
+        return None
+
+
 def sniff_format(file: InputFile) -> str:
-    """The `--input_file_format` of a source file, from its first bytes: gzip, a JSON line, or TFRecord."""
+    """The `--input_file_format` of a source file, from its name and first bytes (`guess_format`)."""
     with file.fs.open(file.path, "rb") as f:
         head = f.read(64)
-    if head.startswith(_GZIP_MAGIC):
-        return "tfrecord_gzip"
-    return "json" if head.lstrip()[:1] in (b"{", b"[") else "tfrecord"
+    found = guess_format(file.path, head)
+    if found is None:
+        raise ValueError(f"cannot tell the input format of {file.url}; give it with --input_file_format")
+    return found
 
 
 def throughput(timeline: list[dict[str, Any]], buckets: int = 0) -> tuple[list[float], list[float]]:
@@ -287,7 +301,7 @@ def write_report(result_prefix: str, output: str | None = None, *, error_prefix:
                  num_samples: int = 12, input_format: str | None = None) -> str:
     """Build the page for the job under `result_prefix` and write it (default `<prefix>-report.html`)."""
     data = collect(result_prefix, error_prefix, num_samples)
-    page = render(data, load_samples(data.samples, input_format))
+    page = render(data, load_samples(data.samples, input_format or _job_input_format(result_prefix)))
     output = output or OutputLayout(result_prefix).report
     with fsspec.open(output, "wt", encoding="utf-8") as f:
         f.write(page)
