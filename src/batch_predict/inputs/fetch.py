@@ -61,11 +61,12 @@ def fetch_one(item: Fetch, max_bytes: int, retry_wait: float = 0.5) -> Record | 
             with item.fs.open(item.path, "rb") as stream:
                 data = stream.read(max_bytes + 1)
             break
-        except _FINAL as exc:
-            return _failed(item, exc, "")
         except Exception as exc:  # network libraries raise their own types; to the job all are data
+            error = _server_error(exc) or exc
+            if isinstance(error, _FINAL):
+                return _failed(item, error, "")
             if attempt == ATTEMPTS:
-                return _failed(item, exc, f" (after {ATTEMPTS} tries)")
+                return _failed(item, error, f" (after {ATTEMPTS} tries)")
             time.sleep(retry_wait * attempt)
             attempt += 1
     if len(data) > max_bytes:
@@ -74,6 +75,14 @@ def fetch_one(item: Fetch, max_bytes: int, retry_wait: float = 0.5) -> Record | 
     return Record(item.key, item.source, item.index, encoded=data)
 
 
-def _failed(item: Fetch, exc: Exception, note: str) -> FailedRecord:
+def _server_error(exc: Exception) -> BaseException | None:
+    """The server's own error behind `exc`, where it may pass: fsspec's HTTP file system reports
+    any failed request as FileNotFoundError, a 503 as much as a 404, with the response as its cause."""
+    cause = exc.__cause__
+    status = getattr(cause, "status", None)
+    return cause if isinstance(status, int) and (status >= 500 or status == 429) else None
+
+
+def _failed(item: Fetch, exc: BaseException, note: str) -> FailedRecord:
     message = f"cannot read {item.fs.unstrip_protocol(item.path)}{note}: {exc}"
     return FailedRecord(item.key, item.source, item.index, type(exc).__name__, message, "read")
