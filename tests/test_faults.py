@@ -26,6 +26,7 @@ from batch_predict.inputs.tf_example import build_example
 from batch_predict.inputs.tfrecord import write_record
 
 from conftest import REPO, shared_file
+from input_writers import write_file_list, write_folder, write_parquet, write_webdataset
 
 UNITS = 8
 
@@ -183,6 +184,49 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_output_as_sqlite_rows(datase
     for name in ("records_read", "predicted", "failed", "error_types", "units", "units_committed"):
         assert summary[name] == reference["summary"][name], name
     assert list(tmp_path.glob("*.partial*")) == []
+
+
+def _carried(input_format: str, folder: Path) -> str:
+    """The dataset's photos and one non-image written in `input_format`; the job's input pattern."""
+    images = {p.name: p.read_bytes() for p in sorted(shared_file("data/photos").glob("*.jpg"))}
+    images |= {f"coco-{p.name}": p.read_bytes() for p in sorted(shared_file("data/coco8/images").glob("*/*.jpg"))}
+    images["junk.jpg"] = b"this is not an image"
+    folder.mkdir()
+    if input_format == "webdataset":
+        names = list(images)
+        for i in range(5):
+            write_webdataset({n: images[n] for n in names[i::5]}, folder / f"shard-{i}.tar")
+        return str(folder / "shard-*.tar")
+    if input_format == "parquet":
+        return str(write_parquet(images, folder / "table.parquet", row_group_size=2))
+    paths = write_folder(images, folder / "images")
+    if input_format == "file_list":
+        return str(write_file_list([str(p) for p in paths], folder / "list.txt"))
+    return str(folder / "images" / "*.jpg")
+
+
+@pytest.mark.parametrize("input_format", ["image_files", "file_list", "webdataset", "parquet"])
+def test_sigkill_then_rerun_gives_the_uninterrupted_output_in_each_input_format(input_format, model_dir, tmp_path):
+    pattern = _carried(input_format, tmp_path / "in")
+
+    def args(out: Path) -> list[str]:
+        return ["--input_file_patterns", pattern, "--input_file_format", input_format, "--model_dir", model_dir,
+                "--batch_size", "2", "--num_output_shards", str(UNITS), "--output_result_prefix", str(out / "results"),
+                "--output_error_prefix", str(out / "errors"), "--max_error_rate", "0.5"]
+
+    (tmp_path / "reference").mkdir()
+    done = run_cli(*args(tmp_path / "reference"))
+    assert done.returncode == 0, done.stderr
+    results, errors = read_outputs(tmp_path / "reference")
+    assert len(results) == 16 and [t for _, t in errors] == ["ImageDecodeError"]
+    reference = {"out": tmp_path / "reference", "results": results, "errors": errors,
+                 "summary": json.loads((tmp_path / "reference" / "results-summary.json").read_text())}
+    out = tmp_path / "out"
+    out.mkdir()
+    kill_while_units_are_written(args(out), out, random.Random(55))
+    final = run_cli(*args(out))
+    assert final.returncode == 0, final.stderr
+    assert_same_as_reference(out, reference)
 
 
 @pytest.mark.parametrize("grace", ["0", "60"])
