@@ -9,7 +9,8 @@ import fsspec
 import pytest
 
 from batch_predict.inputs.tf_example import parse_bytes_features
-from batch_predict.tools.pack import PackError, find_images, image_format, pack, shard_paths
+from batch_predict.inputs.formats.tfrecord import image_format
+from batch_predict.tools.pack import PackError, find_images, pack, shard_paths
 from batch_predict.records import Record
 from batch_predict.inputs.formats import read_file
 from batch_predict.inputs.sources import expand_patterns
@@ -49,6 +50,13 @@ def test_a_packed_folder_reads_back_with_the_same_bytes_and_keys(tmp_path, image
     assert summary.images == 4 and not summary.failed
     assert summary.bytes_read == sum(len(d) for d in image_folder.values())
     assert {r.key: r.encoded for r in read_back(tmp_path / "out" / "imgs", fmt)} == image_folder
+
+
+def test_a_packed_folder_reads_back_as_webdataset_samples_keyed_without_their_extension(tmp_path, image_folder):
+    summary = pack(find_images([str(tmp_path / "imgs")]), str(tmp_path / "out" / "imgs"), "webdataset", num_shards=2)
+    assert summary.shards[0].endswith("-00000-of-00002.tar") and summary.images == 4
+    found = {r.key: r.encoded for r in read_back(tmp_path / "out" / "imgs", "webdataset")}
+    assert found == {key.rsplit(".", 1)[0]: data for key, data in image_folder.items()}
 
 
 def test_raw_records_hold_the_bytes_alone_and_are_keyed_by_position(tmp_path, image_folder):

@@ -17,11 +17,11 @@ from .errors import EXIT_BAD_SETUP, EXIT_JOB_FAILED, BatchPredictError, SetupErr
 from .observe.logformat import configure_logging
 from .runners import RUNNERS
 from .observe.observers import Observers
-from .inputs.formats import input_formats
+from .inputs.formats import input_formats, pack_formats
 from .tools.pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, RecordKind, find_images, pack
 from .spec import (
     COMPILE_MODES, DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_RECORD_BYTES,
-    DEFAULT_READ_WORKERS, OUTPUT_FORMATS, PACK_FORMATS, PRECISIONS, JobSpec, PackFormat, SpecError, split_patterns,
+    DEFAULT_READ_WORKERS, OUTPUT_FORMATS, PRECISIONS, JobSpec, SpecError, split_patterns,
 )
 
 #: Kubernetes stops a pod with SIGTERM; 30 s later it sends SIGKILL. The unit in progress
@@ -249,14 +249,14 @@ def run_watchers(metrics_port: int | None, metrics_address: str, progress_interv
 @_flag("input_list", multiple=True,
        help="A text file of image paths or URLs, one a line ('#' starts a comment); each line is also its key. Repeatable.")
 @_flag("output_prefix", required=True, help="Shards go to <prefix>-NNNNN-of-NNNNN.<tfrecord|tfrecord.gz|jsonl>.")
-@_flag("output_format", type=click.Choice(PACK_FORMATS), default="tfrecord", show_default=True,
+@_flag("output_format", type=click.Choice(list(pack_formats())), default="tfrecord", show_default=True,
        help="The --input_file_format the job will read the shards with.")
 @_flag("record", type=click.Choice(RECORD_KINDS), default="example", show_default=True,
        help="TFRecords only: a tf.train.Example keyed by image/source_id, or the image bytes alone (keyed by position).")
 @_flag("num_shards", type=int, default=0, show_default=True,
        help=f"Number of output files; 0 means about {IMAGES_PER_SHARD} images per shard.")
 @_flag("num_workers", type=int, default=16, show_default=True, help="Threads reading images.")
-def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_prefix: str, output_format: PackFormat,
+def pack_command(inputs: tuple[str, ...], input_list: tuple[str, ...], output_prefix: str, output_format: str,
                  record: RecordKind, num_shards: int, num_workers: int) -> None:
     """Pack image files into sharded TFRecords or JSON lines for the job.
 

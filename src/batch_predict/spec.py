@@ -6,16 +6,13 @@ Nothing below the CLI reads flags or environment variables; it reads a `JobSpec`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from .errors import SetupError
 
 if TYPE_CHECKING:
     from .inputs.formats import ReadOptions
 
-#: The input formats `batch-predict pack` writes images into.
-PackFormat = Literal["tfrecord", "tfrecord_gzip", "json"]
-PACK_FORMATS: tuple[str, ...] = ("tfrecord", "tfrecord_gzip", "json")
 OUTPUT_FORMATS: tuple[str, ...] = ("jsonl", "parquet", "coco", "sqlite")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 COMPILE_MODES: tuple[str, ...] = ("none", "torch_compile", "cuda_graphs")

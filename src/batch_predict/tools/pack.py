@@ -10,9 +10,6 @@ file that is not an image becomes an error line there, with its key.
 
 from __future__ import annotations
 
-import base64
-import gzip
-import json
 import os
 import posixpath
 import time
@@ -27,11 +24,9 @@ from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 
 from ..errors import SetupError
-from ..inputs.tf_example import build_example
+from ..inputs.formats import pack_formats
 from ..inputs.sources import InputFile
-from ..inputs.tfrecord import write_record
 from ..outputs.layout import shard
-from ..spec import PACK_FORMATS, PackFormat
 
 RecordKind = Literal["example", "raw"]
 RECORD_KINDS: tuple[str, ...] = ("example", "raw")
@@ -43,9 +38,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"})
 #: typical photos, the shard size TensorFlow's input guide recommends.
 IMAGES_PER_SHARD = 1000
 
-_EXTENSIONS = {"tfrecord": "tfrecord", "tfrecord_gzip": "tfrecord.gz", "json": "jsonl"}
 _GLOB_CHARS = frozenset("*?[")
-_MAGIC_FORMATS = ((b"\xff\xd8", "jpeg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
 
 
 class PackError(SetupError, ValueError):
@@ -81,9 +74,11 @@ class PackSummary:
     wall_time_s: float = 0.0
 
 
-def shard_paths(output_prefix: str, num_shards: int, output_format: PackFormat) -> list[str]:
+def shard_paths(output_prefix: str, num_shards: int, output_format: str) -> list[str]:
     """`<prefix>-00000-of-00004.tfrecord`: the job's own shard naming, with the format's extension."""
-    return [shard(output_prefix, i, num_shards, _EXTENSIONS[output_format]) for i in range(num_shards)]
+    packing = pack_formats()[output_format].packing
+    assert packing is not None
+    return [shard(output_prefix, i, num_shards, packing.suffix) for i in range(num_shards)]
 
 
 def find_images(inputs: Sequence[str] = (), list_files: Sequence[str] = ()) -> list[PackItem]:
@@ -153,35 +148,10 @@ def _read_list(list_file: str) -> list[PackItem]:
     return items
 
 
-def image_format(data: bytes, name: str) -> str:
-    """`image/format` as the TF OD API writes it: from the bytes, else from the file name."""
-    for magic, fmt in _MAGIC_FORMATS:
-        if data.startswith(magic):
-            return fmt
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return posixpath.splitext(name)[1].lstrip(".").lower()
-
-
-def serialize(key: str, data: bytes, output_format: PackFormat, record_kind: RecordKind) -> bytes:
-    """One record's payload: a JSON line, the image bytes, or a tf.train.Example around them."""
-    if output_format == "json":
-        return json.dumps({"key": key, "b64": base64.b64encode(data).decode("ascii")}).encode("utf-8") + b"\n"
-    if record_kind == "raw":
-        return data
-    filename = posixpath.basename(key)
-    return build_example({
-        "image/encoded": data,
-        "image/source_id": key.encode("utf-8"),
-        "image/filename": filename.encode("utf-8"),
-        "image/format": image_format(data, filename).encode("utf-8"),
-    })
-
-
 def pack(
     items: Sequence[PackItem],
     output_prefix: str,
-    output_format: PackFormat = "tfrecord",
+    output_format: str = "tfrecord",
     *,
     record_kind: RecordKind = "example",
     num_shards: int = 0,
@@ -195,8 +165,10 @@ def pack(
     one per core, since compressing and encoding are CPU work. An image that cannot be read
     is left out and listed in the summary's `failed`.
     """
-    if output_format not in PACK_FORMATS:
-        raise PackError(f"unknown output format {output_format!r}; expected one of {', '.join(PACK_FORMATS)}")
+    if output_format not in pack_formats():
+        raise PackError(f"unknown output format {output_format!r}; expected one of {', '.join(pack_formats())}")
+    packing = pack_formats()[output_format].packing
+    assert packing is not None  # pack_formats() holds only formats that can be packed
     if record_kind not in RECORD_KINDS:
         raise PackError(f"unknown record kind {record_kind!r}; expected one of {', '.join(RECORD_KINDS)}")
     if num_workers < 1 or num_shards < 0:
@@ -212,26 +184,20 @@ def pack(
                 data = f.read()
         except OSError as exc:
             return _Loaded(item, None, error=f"{type(exc).__name__}: {exc}")
-        return _Loaded(item, serialize(item.key, data, output_format, record_kind), len(data))
+        return _Loaded(item, packing.encode(item.key, data, record_kind), len(data))
 
-    gzipped = output_format == "tfrecord_gzip"
     bounds = [shard * len(items) // num_shards for shard in range(num_shards + 1)]
 
     def write_shard(shard: int) -> PackSummary:
         done = PackSummary(shards=[summary.shards[shard]])
         try:
-            # Level 6 is what TensorFlow's GZIP TFRecordWriter uses; 9 is half as fast on photos for no gain.
-            with fsspec.open(done.shards[0], "wb") as raw, \
-                    (gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) if gzipped else raw) as out:
+            with fsspec.open(done.shards[0], "wb") as raw, packing.shard(raw) as write:
                 for loaded in _bounded_ordered_map(load, items[bounds[shard]:bounds[shard + 1]], readers, 2 * num_workers):
                     bar.update()
                     if loaded.payload is None:
                         done.failed[loaded.item.file.url] = loaded.error
                         continue
-                    if output_format == "json":
-                        out.write(loaded.payload)
-                    else:
-                        write_record(out, loaded.payload)
+                    write(loaded.item.key, loaded.payload)
                     done.images += 1
                     done.bytes_read += loaded.size
         except OSError as exc:  # reading errors were caught by `load`: this is the output

@@ -16,6 +16,7 @@ import pkgutil
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,19 @@ class ReadOptions:
     key_column: str | None = None  # parquet; None: `key` where the file has it
 
 
+#: Opens a shard for `batch-predict pack` on its output stream: a context giving write(key, payload).
+ShardWriter = Callable[[Any], "AbstractContextManager[Callable[[str, bytes], None]]"]
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How `batch-predict pack` writes images into shards of a format that reads them back."""
+
+    suffix: str  # the shards' file extension
+    encode: Callable[[str, bytes, str], bytes]  # (key, image bytes, record kind) -> payload, on the reading threads
+    shard: ShardWriter
+
+
 @dataclass(frozen=True)
 class InputFormat:
     name: str
@@ -50,6 +64,7 @@ class InputFormat:
     splittable: bool = False  # a file can be cut into byte ranges, each read on its own
     compression: str | None = None  # as fsspec's `open(compression=...)` takes it ("gzip", "infer")
     looks_like: Callable[[str, bytes], bool] | None = None  # (name, first bytes): the report's guess
+    packing: Packing | None = None  # where `batch-predict pack` can write it
 
     @property
     def one_record_per_file(self) -> bool:
@@ -67,6 +82,11 @@ def input_formats() -> dict[str, InputFormat]:
         chosen: InputFormat = importlib.import_module(f"{__name__}.{module.name}").FORMAT
         found[chosen.name] = chosen
     return dict(sorted(found.items()))
+
+
+def pack_formats() -> dict[str, InputFormat]:
+    """The formats `batch-predict pack` writes."""
+    return {name: f for name, f in input_formats().items() if f.packing is not None}
 
 
 def guess_format(name: str, head: bytes) -> str | None:

@@ -4,6 +4,7 @@ or nested uint8 arrays, with an optional `key`."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import json
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import numpy as np
 from ...decode import to_uint8_rgb
 from ...records import FailedRecord, Record, default_key, safe_text
 from ..sources import InputFile
-from . import InputFormat, ReadOptions
+from . import InputFormat, Packing, ReadOptions
 from ._lines import lines
 
 
@@ -87,7 +88,12 @@ def _uint8_array(values: list) -> np.ndarray:
     return to_uint8_rgb(array.astype(np.uint8))
 
 
+def _encode(key: str, data: bytes, record_kind: str) -> bytes:
+    return json.dumps({"key": key, "b64": base64.b64encode(data).decode("ascii")}).encode("utf-8") + b"\n"
+
+
 FORMAT = InputFormat(
     "json", read_json_lines, 'JSON lines of {"b64": ...}, {"inputs": {"b64": ...}} or nested uint8 arrays.',
     splittable=True, looks_like=lambda name, head: head.lstrip()[:1] in (b"{", b"[") and not name.lower().endswith(".csv"),
+    packing=Packing("jsonl", _encode, lambda raw: contextlib.nullcontext(lambda key, payload: raw.write(payload))),
 )

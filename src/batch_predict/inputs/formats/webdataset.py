@@ -6,14 +6,17 @@ rest (`json`, `txt`...) ignored. Shards are read whole, as a stream, one member 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import posixpath
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ...records import FailedRecord, Record
 from ..sources import InputFile
-from . import InputFormat, ReadOptions
+from . import InputFormat, Packing, ReadOptions
+from .tfrecord import image_format
 
 #: Image members, in the order one is chosen where a sample holds several.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
@@ -58,8 +61,29 @@ def _sample(file: InputFile, key: str, index: int, found: dict[str, bytes | int]
     return Record(key, file.url, index, encoded=image)
 
 
+@contextlib.contextmanager
+def sample_shard(raw: Any) -> Iterator[Callable[[str, bytes], None]]:
+    """A WebDataset shard on `raw`: each image one sample of one member, `<key>.<image type>`, with
+    the dots of the key's last part made dashes, since WebDataset's key ends at the first dot."""
+    with tarfile.open(fileobj=raw, mode="w|") as tar:
+        def write(key: str, payload: bytes) -> None:
+            folder, base = posixpath.split(key)
+            stem = posixpath.splitext(base)[0].replace(".", "-")
+            info = tarfile.TarInfo(posixpath.join(folder, f"{stem}.{_image_type(payload, base)}"))
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+        yield write
+
+
+def _image_type(data: bytes, name: str) -> str:
+    kind = image_format(data, name)
+    return "jpg" if kind == "jpeg" else kind if kind in IMAGE_EXTENSIONS else "jpg"
+
+
 FORMAT = InputFormat(
     "webdataset", read_webdataset,
     "WebDataset tar shards (.tar, .tar.gz): one record per sample, its image member predicted, keyed by __key__.",
     compression="infer", looks_like=lambda name, head: name.lower().endswith((".tar", ".tar.gz", ".tgz")),
+    packing=Packing("tar", lambda key, data, record_kind: data, sample_shard),
 )
