@@ -36,7 +36,7 @@ RUN --mount=type=bind,source=.,target=/tmp/src,rw \
       cpu) tf_extra=tf ;; \
       *) echo "VARIANT must be gpu or cpu, not '$VARIANT'" >&2; exit 1 ;; \
     esac; \
-    extras=torch,onnx,cloud; \
+    extras=torch,onnx,cloud,parquet; \
     if [ "$VARIANT" = gpu ]; then extras="$extras,nvimgcodec"; fi; \
     if [ "$WITH_TF" = true ]; then extras="$extras,$tf_extra"; fi; \
     if [ "$WITH_RAY" = true ]; then extras="$extras,ray"; fi; \

@@ -6,11 +6,14 @@ import dataclasses
 import io
 import json
 import shutil
+import sys
 import tarfile
+
+import pytest
 
 from batch_predict.cli import cli
 from batch_predict.inputs.fetch import fetch_all, fetch_one
-from batch_predict.inputs.formats import ReadOptions, input_formats, read_file
+from batch_predict.inputs.formats import MissingReaderError, ReadOptions, input_formats, read_file
 from batch_predict.inputs.sources import expand_patterns
 from batch_predict.inputs.units import num_units, plan_units, read_unit
 from batch_predict.records import Record
@@ -154,3 +157,12 @@ def test_a_parquet_file_is_cut_into_units_of_whole_row_groups(tmp_path, photos_d
 
 def test_a_folder_of_image_files_makes_units_of_a_thousand_files_by_default():
     assert (num_units(0, 2_500, one_record_per_file=True), num_units(0, 2_500)) == (3, 2_500)
+
+
+def test_a_format_whose_library_is_missing_fails_before_any_work_with_the_pip_command(tmp_path, photos_dir, monkeypatch):
+    path = write_parquet({"bus.jpg": (photos_dir / "bus.jpg").read_bytes()}, tmp_path / "t.parquet")
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as where pyarrow is not installed
+    spec = dataclasses.replace(photo_job(tmp_path), input_file_patterns=(str(path),), input_file_format="parquet")
+    with pytest.raises(MissingReaderError, match=r"pip install 'batch-predict\[parquet\]'"):
+        run(spec, model=MeanColourModel())
+    assert not (tmp_path / "out").exists()

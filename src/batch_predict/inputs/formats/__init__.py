@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import SetupError
 from ...records import FailedRecord, Record, default_key
 from ...spec import DEFAULT_MAX_RECORD_BYTES
 from ..fetch import Fetch
@@ -65,6 +66,7 @@ class InputFormat:
     compression: str | None = None  # as fsspec's `open(compression=...)` takes it ("gzip", "infer")
     looks_like: Callable[[str, bytes], bool] | None = None  # (name, first bytes): the report's guess
     packing: Packing | None = None  # where `batch-predict pack` can write it
+    requires: tuple[str, str] | None = None  # (module, extra) the reader imports, checked before any work
 
     @property
     def one_record_per_file(self) -> bool:
@@ -82,6 +84,24 @@ def input_formats() -> dict[str, InputFormat]:
         chosen: InputFormat = importlib.import_module(f"{__name__}.{module.name}").FORMAT
         found[chosen.name] = chosen
     return dict(sorted(found.items()))
+
+
+class MissingReaderError(SetupError, ImportError):
+    """An input format's reader needs a library that is not installed."""
+
+
+def check_installed(name: str) -> None:
+    """Fail before any work, with the pip command, where format `name` needs a library that is missing."""
+    requires = input_formats()[name].requires
+    if requires is None:
+        return
+    module, extra = requires
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise MissingReaderError(
+            f"--input_file_format {name} needs {module}, which is not installed: pip install 'batch-predict[{extra}]'"
+        ) from None
 
 
 def pack_formats() -> dict[str, InputFormat]:

@@ -65,5 +65,5 @@ def _record(file: InputFile, index: int, cell: Any, key: Any, options: ReadOptio
 FORMAT = InputFormat(
     "parquet", read_parquet,
     "Parquet files: one record per row, its --image_column of encoded bytes (or {bytes, path} structs).",
-    splittable=True, looks_like=lambda name, head: head.startswith(_MAGIC),
+    splittable=True, looks_like=lambda name, head: head.startswith(_MAGIC), requires=("pyarrow.parquet", "parquet"),
 )
