@@ -20,6 +20,7 @@ from batch_predict.tools.report import collect, load_samples, render, sniff_form
 from batch_predict.inputs.sources import expand_patterns
 from batch_predict.inputs.tfrecord import write_record
 
+from input_writers import write_file_list, write_folder, write_parquet, write_webdataset
 from conftest import shared_file
 from images import encode, gradient
 from test_cli import batch_predict
@@ -111,6 +112,22 @@ def test_sample_images_are_read_back_from_tfrecord_json_and_gzip_sources(tmp_pat
     assert [p.size for p in pictures] == [(80, 60), (80, 60), (64, 48)]
     assert [sniff_format(f) for f in expand_patterns([str(tmp_path / n) for n in ("a.tfrecord", "b.json", "c.tfrecord.gz")])
             ] == ["tfrecord", "json", "tfrecord_gzip"]
+
+
+def test_sample_images_are_read_back_from_image_files_file_lists_webdataset_and_parquet(tmp_path):
+    png = encode(gradient(80, 60), "PNG")
+    write_folder({"a.png": png}, tmp_path)
+    write_file_list(["a.png"], tmp_path / "list.txt")
+    write_webdataset({"w.png": png}, tmp_path / "s.tar")
+    write_parquet({"p": png}, tmp_path / "t.parquet")
+    found = [detection(0.8, "dog", (10, 10, 50, 40))]
+    results = [{"key": key, "source": str(tmp_path / source), "record_index": 0, "detections": found}
+               for key, source in ((str(tmp_path / "a.png"), "a.png"), ("a.png", "list.txt"), ("w", "s.tar"), ("p", "t.parquet"))]
+    samples = load_samples(results)
+    assert [s.problem for s in samples] == ["", "", "", ""]
+    assert [Image.open(io.BytesIO(s.jpeg)).size for s in samples] == [(80, 60)] * 4
+    assert [sniff_format(f) for f in expand_patterns([str(tmp_path / n) for n in ("a.png", "list.txt", "s.tar", "t.parquet")])
+            ] == ["image_files", "file_list", "webdataset", "parquet"]
 
 
 def test_a_sample_whose_source_moved_or_changed_says_why_instead_of_failing(tmp_path):
