@@ -3,7 +3,6 @@ recompilation, and on the GPU path JPEGs encoded, everything else decoded by the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -13,11 +12,8 @@ from PIL import Image
 
 from batch_predict.models import load_model
 from batch_predict.models.model_spec import load_spec
-from batch_predict.models.model_spec import InputSpec
-from batch_predict.models.speed import CudaGraphRunner, accelerate
-from batch_predict.models.tensor_model import (
-    ModuleRunner, PaddingRunner, ShapeWarmer, TensorModel, at_few_batch_sizes, halvings,
-)
+from batch_predict.models.speed import accelerate
+from batch_predict.models.tensor_model import ModuleRunner, PaddingRunner, TensorModel, at_few_batch_sizes, halvings
 from batch_predict.models.torchscript import load_script
 from batch_predict.pipeline import prepare_for, run_pipeline
 from batch_predict.records import Record
@@ -183,41 +179,3 @@ def test_padded_calls_of_a_model_giving_one_dict_per_image_keep_each_image_whole
     assert model.batch_sizes == [4, 4] and len(found) == 6
     assert [len(d["boxes"]) for d in found] == [1, 2, 3, 1, 1, 2]
     assert [float(d["boxes"][0, 0]) for d in found] == [12.0 * k for k in range(1, 7)]
-
-
-class _Recording:
-    def __init__(self) -> None:
-        self.sizes: list[int] = []
-
-    def __call__(self, inputs):
-        self.sizes.append(len(inputs))
-        return inputs
-
-    def describe(self):
-        return {}
-
-
-def test_the_warmer_calls_the_runner_once_at_each_padded_size_largest_first():
-    inner = _Recording()
-    warmer = ShapeWarmer(inner, [1, 2, 4, 8], lambda n: torch.zeros((n, 3, 4, 4)), torch.device("cpu"))
-    warmer.join()
-    assert inner.sizes == [8, 4, 2, 1] and warmer.largest_ready.is_set()
-
-
-def test_shapes_are_warmed_only_on_a_gpu_with_fixed_size_batches_and_no_graph_capture():
-    spec = InputSpec(size=(32, 32), layout="NCHW", dtype="float32")
-    padded = PaddingRunner(_Recording(), [1, 2])
-    assert ShapeWarmer.start(padded, spec, torch.float32, torch.device("cpu")) is None
-    assert ShapeWarmer.start(PaddingRunner(CudaGraphRunner(_Recording()), [1, 2]), spec, torch.float32, torch.device("cuda")) is None
-    assert ShapeWarmer.start(padded, dataclasses.replace(spec, resize="none", size=None), torch.float32, torch.device("cuda")) is None
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="fails its warm-up only where there is no GPU")
-def test_a_warmer_that_fails_lets_the_first_batch_go_and_pay_as_before():
-    failing = PaddingRunner(_Recording(), [1, 2])
-    spec = InputSpec(size=(32, 32), layout="NCHW", dtype="float32")
-    # Here "cuda" has no GPU behind it: the first blank batch cannot be made, as when memory runs out.
-    warmer = ShapeWarmer.start(failing, spec, torch.float32, torch.device("cuda"))
-    assert warmer is not None
-    warmer.join()
-    assert warmer.largest_ready.is_set() and failing.inner.sizes == []

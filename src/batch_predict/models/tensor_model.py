@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,9 +23,6 @@ from .decoders import DECODERS, DecodeContext
 from .detections import PaddedDetections, to_detections
 from .model_spec import ModelSpec
 from .preprocess import Prepared, Preprocessor
-
-
-log = logging.getLogger("batch_predict")
 
 
 class Runner(Protocol):
@@ -125,7 +120,6 @@ class TensorModel:
         self._streams = DeviceStreams(device)
         self._class_ids = np.array(list(self.labels), np.int64) if spec.class_ids == "label_order" else None
         self._check_fit()
-        self._warmer = ShapeWarmer.start(runner, spec.input, self._preprocessor.dtype, device)
 
     def _check_fit(self) -> None:
         """Run one small blank image through every stage, so a spec that does not fit the model
@@ -150,8 +144,6 @@ class TensorModel:
 
     def launch(self, prepared: Prepared) -> Launched:
         """Start the model on a prepared batch, on the current stream, without waiting for it."""
-        if self._warmer is not None:
-            self._warmer.largest_ready.wait()
         try:
             with torch.inference_mode():
                 self._streams.receive(prepared)
@@ -205,57 +197,6 @@ class TensorModel:
             "labels": len(self.labels),
             "spec": spec.source,
         }
-
-
-class ShapeWarmer:
-    """Calls a runner once on a blank batch of each size it pads batches to, largest first, on a
-    thread and CUDA stream of its own, while the pipeline reads and decodes the first records.
-
-    On a GPU a new input shape makes its first call slow (cuDNN chooses and builds a plan for
-    every convolution; docs/benchmarks.md): the job paid it at its first full batch, and again
-    for the partial batch it ends with. Here both are paid before they are needed. The first
-    launch waits for the largest size only (`largest_ready`); the smaller ones warm meanwhile, and
-    a batch that needs one sooner simply pays for it, as before.
-    """
-
-    def __init__(self, runner: Runner, sizes: Sequence[int], make_batch: Callable[[int], torch.Tensor], device: torch.device) -> None:
-        self.largest_ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(runner, sizes, make_batch, device),
-                                        name="batch-predict-warm", daemon=True)
-        self._thread.start()
-
-    @classmethod
-    def start(cls, runner: Runner, spec: Any, dtype: torch.dtype, device: torch.device) -> "ShapeWarmer | None":
-        """A warmer for `runner`, or None where shapes cost nothing to change (the CPU), where batches
-        have no one size (resize `none`), or where a first call captures a CUDA graph, which no other
-        thread may use the GPU during."""
-        from .speed import CudaGraphRunner
-
-        if device.type != "cuda" or not isinstance(runner, PaddingRunner) or isinstance(runner.inner, CudaGraphRunner):
-            return None
-        if spec.resize == "none" or (spec.size is None and spec.max_side is None):
-            return None
-        height, width = spec.size or (spec.max_side, spec.max_side)
-        shape = (3, height, width) if spec.layout == "NCHW" else (height, width, 3)
-        return cls(runner, runner.batch_sizes, lambda n: torch.zeros((n, *shape), dtype=dtype, device=device), device)
-
-    def _run(self, runner: Runner, sizes: Sequence[int], make_batch: Callable[[int], torch.Tensor], device: torch.device) -> None:
-        try:
-            stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-            with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
-                for size in sorted(sizes, reverse=True):
-                    runner(make_batch(size))
-                    if stream is not None:
-                        stream.synchronize()
-                    self.largest_ready.set()
-        except Exception as exc:  # out of memory, say: the job's own batches find out, and split
-            log.debug("batch-predict: warming the model's batch shapes stopped: %s: %s", type(exc).__name__, exc)
-            torch.cuda.empty_cache()
-        finally:
-            self.largest_ready.set()
-
-    def join(self) -> None:
-        self._thread.join()
 
 
 class DeviceStreams:
@@ -332,15 +273,6 @@ class PaddingRunner:
     def __init__(self, runner: Runner, sizes: Sequence[int]) -> None:
         self._runner = runner
         self._sizes = sorted(set(sizes))
-
-    @property
-    def inner(self) -> Runner:
-        return self._runner
-
-    @property
-    def batch_sizes(self) -> list[int]:
-        """The batch sizes it calls the inner runner at."""
-        return list(self._sizes)
 
     def __call__(self, inputs: Any) -> Any:
         if not isinstance(inputs, torch.Tensor):
