@@ -48,8 +48,8 @@ def test_halvings_are_the_sizes_bisection_and_out_of_memory_splits_cut_a_batch_t
     assert halvings(1) == (1,)
 
 
-@pytest.mark.parametrize("count, calls", [(5, [8]), (3, [4]), (8, [8]), (20, [8, 8, 4]), (1, [1])])
-def test_batches_are_padded_to_the_smallest_allowed_size_and_trimmed_back(count, calls):
+@pytest.mark.parametrize("count, calls", [(5, [8]), (3, [4]), (8, [8]), (20, [8, 8, 8]), (1, [1])])
+def test_batches_are_padded_to_an_allowed_size_and_trimmed_back(count, calls):
     recorder = ShapeRecorder()
     runner = PaddingRunner(recorder, halvings(8))
     images = torch.rand((count, 3, 12, 12))
@@ -59,6 +59,42 @@ def test_batches_are_padded_to_the_smallest_allowed_size_and_trimmed_back(count,
     assert recorder.batch_sizes == calls
     assert outputs["features"].shape == (count, 4) and outputs["pair"][0].shape == outputs["pair"][1].shape == (count,)
     torch.testing.assert_close(outputs["features"], torch.cat(alone), atol=1e-5, rtol=1e-5)
+
+
+class _RunsOutOfMemory:
+    """Records the batch sizes it is called at, and runs out of memory at `limit` and above."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit, self.sizes = limit, []
+
+    def __call__(self, inputs):
+        self.sizes.append(len(inputs))
+        if self.limit is not None and len(inputs) >= self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return inputs
+
+    def describe(self):
+        return {}
+
+
+def test_a_short_batch_is_padded_to_a_size_already_run_rather_than_a_new_shape():
+    inner = _RunsOutOfMemory()
+    runner = PaddingRunner(inner, halvings(8))
+    for count in (8, 3, 1):
+        assert runner(torch.zeros((count, 2))).shape[0] == count
+    assert inner.sizes == [8, 8, 8]
+
+
+def test_a_size_that_ran_out_of_memory_is_not_padded_to_again():
+    inner = _RunsOutOfMemory()
+    runner = PaddingRunner(inner, halvings(8))
+    runner(torch.zeros((8, 2)))
+    inner.limit = 8  # memory got tighter: the pipeline splits the batch and retries the halves
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        runner(torch.zeros((8, 2)))
+    runner(torch.zeros((4, 2)))
+    runner(torch.zeros((3, 2)))
+    assert inner.sizes == [8, 8, 4, 4]
 
 
 def test_a_model_exported_with_one_batch_size_is_only_called_at_it():

@@ -260,19 +260,24 @@ def halvings(batch_size: int) -> tuple[int, ...]:
 
 class PaddingRunner:
     """Runs tensor batches only at the given batch sizes: chunks of the largest, the last one
-    padded with zeros up to the smallest size that holds it, outputs joined and trimmed back
-    to the real images.
+    padded with zeros up to a size that holds it, outputs joined and trimmed back to the real
+    images.
 
     A model exported with a fixed batch dimension takes one size. On a GPU each new input
-    shape costs seconds (a TorchScript re-specialization, a torch.compile recompilation, a
-    CUDA graph capture), and a job meets a new one at the end of every unit; padding to
-    `halvings(--batch_size)` bounds those shapes to a handful, at the cost of computing a few
-    blank images in a unit's last batch. Lists of differently sized images pass through.
+    shape costs about a second (cuDNN plans every convolution anew: 1.4 s for YOLOX-Nano's
+    first call at 256 on an H200, 1.2 s at 64, 0.02 s after; docs/benchmarks.md), and a job
+    meets a new one in its last batch and wherever a batch is bisected. So a short chunk is
+    padded to the smallest size already run that holds it, computing blank images instead of
+    paying for a shape, and to the smallest of `sizes` only where none has run. A size that ran
+    out of memory is not padded to again: the smaller halves the pipeline retries with must fit.
+    Lists of differently sized images pass through.
     """
 
     def __init__(self, runner: Runner, sizes: Sequence[int]) -> None:
         self._runner = runner
         self._sizes = sorted(set(sizes))
+        self._ran: set[int] = set()
+        self._too_big: int | None = None  # the smallest size that ran out of memory
 
     def __call__(self, inputs: Any) -> Any:
         if not isinstance(inputs, torch.Tensor):
@@ -281,11 +286,23 @@ class PaddingRunner:
         outputs = []
         for start in range(0, count, largest):
             chunk = inputs[start : start + largest]
-            size = next(size for size in self._sizes if size >= len(chunk))
+            size = self._size_for(len(chunk))
             if size > len(chunk):
                 chunk = torch.cat([chunk, chunk.new_zeros((size - len(chunk), *chunk.shape[1:]))])
-            outputs.append(self._runner(chunk))
+            try:
+                outputs.append(self._runner(chunk))
+            except torch.cuda.OutOfMemoryError:
+                self._too_big = min(size, self._too_big or size)
+                self._ran = {s for s in self._ran if s < size}
+                raise
+            self._ran.add(size)
         return _join(outputs, count)
+
+    def _size_for(self, count: int) -> int:
+        """The smallest size run before that holds `count` and fits, else the smallest of all that holds it."""
+        fits = [s for s in self._sizes if s >= count and (self._too_big is None or s < self._too_big)]
+        ran = [s for s in fits if s in self._ran]
+        return min(ran) if ran else min(fits or [s for s in self._sizes if s >= count])
 
     def describe(self) -> dict[str, object]:
         return {**self._runner.describe(), "batch_sizes": self._sizes}
