@@ -279,6 +279,10 @@ class PaddingRunner:
         self._ran: set[int] = set()
         self._too_big: int | None = None  # the smallest size that ran out of memory
 
+    @property
+    def inner(self) -> Runner:
+        return self._runner
+
     def __call__(self, inputs: Any) -> Any:
         if not isinstance(inputs, torch.Tensor):
             return self._runner(inputs)
