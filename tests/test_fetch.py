@@ -3,10 +3,12 @@ server (moto's server mode) and an HTTP server, every failure one error line."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import socket
 import threading
+import time
 import uuid
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -86,14 +88,18 @@ def test_a_file_list_of_s3_urls_makes_a_missing_object_one_error_line(s3_bucket,
 
 
 class _Photos(SimpleHTTPRequestHandler):
-    """Serves a folder; anything under /broken/ answers 500, and is counted."""
+    """Serves a folder; anything under /broken/ answers 500, anything under /slow/ answers
+    nothing for two seconds; both are counted."""
 
     hits: dict[str, int] = {}
 
     def do_GET(self) -> None:
-        if self.path.startswith("/broken/"):
+        if self.path.startswith(("/broken/", "/slow/")):
             self.hits[self.path] = self.hits.get(self.path, 0) + 1
-            self.send_error(500, "broken on purpose")
+            if self.path.startswith("/slow/"):
+                time.sleep(2)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a client that gave up
+                self.send_error(500, "broken on purpose")
             return
         super().do_GET()
 
@@ -124,18 +130,27 @@ def test_a_file_list_of_urls_fetches_each_and_a_404_or_a_failing_server_is_an_er
     assert set(_lines(tmp_path / "out", "results")) == {"bus", "zidane"}
 
 
+def test_a_url_whose_server_does_not_answer_in_time_is_an_error_line_after_its_tries(http_photos, tmp_path):
+    base, hits = http_photos
+    write_file_list([f"{base}/bus.jpg", f"{base}/slow/x.jpg"], tmp_path / "urls.txt")
+    spec = dataclasses.replace(_job(tmp_path, str(tmp_path / "urls.txt"), "file_list"), read_timeout_seconds=0.3)
+    started = time.monotonic()
+    summary = run(spec, model=MeanColourModel())
+    assert (summary.predicted, summary.failed) == (1, 1) and time.monotonic() - started < 30
+    (error,) = _lines(tmp_path / "out", "errors").values()
+    assert f"after {ATTEMPTS} tries" in error["message"] and hits == {"/slow/x.jpg": ATTEMPTS}
+
+
 class _Slow:
     """A file system whose one path `slow` answers only when released: a stalled request."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
 
-    def open(self, path: str, mode: str):
-        import io
-
+    def cat_file(self, path: str, start: int, end: int) -> bytes:
         if path == "slow":
             self.release.wait(10)
-        return io.BytesIO(path.encode())
+        return path.encode()[start:end]
 
 
 def test_one_slow_object_does_not_hold_up_the_others():
@@ -154,3 +169,14 @@ def test_an_object_over_the_record_limit_is_an_error_line_not_read_whole():
     fs = _Slow()
     (failed,) = fetch_all([Fetch("k", "list", 0, fs, "0123456789")], workers=2, max_bytes=4)
     assert isinstance(failed, FailedRecord) and failed.error_type == "RecordTooLarge"
+
+
+def test_an_s3_listing_gets_a_connection_for_each_read_worker_and_keeps_the_users_settings(s3_bucket, monkeypatch):
+    from batch_predict.inputs.fetch import filesystem_options
+    from batch_predict.inputs.sources import expand_patterns
+
+    monkeypatch.setitem(fsspec.config.conf, "s3", {**fsspec.config.conf["s3"], "config_kwargs": {"retries": {"max_attempts": 7}}})
+    files = expand_patterns([f"{s3_bucket}/photos/*"], lambda url: filesystem_options(url, 32, 60.0))
+    config = files[0].fs.config_kwargs
+    assert config["max_pool_connections"] == 32 and "retries" in config  # s3fs spells the retries its own way
+    assert filesystem_options(str(Path("/data/x.jpg")), 32, 60.0) == {}

@@ -131,6 +131,8 @@ def cli() -> None:
             "visible GPU. With JOB_COMPLETION_INDEX set, each pod runs this many.")
 @_flag("num_read_workers", type=int, default=DEFAULT_READ_WORKERS, show_default=True,
        help="Image files and file-list entries read at once (each is a request to an object store or web server).")
+@_flag("read_timeout_seconds", type=float, default=60.0, show_default=True,
+       help="file_list: how long one HTTP(S) request may wait for the server before it is tried again (three tries).")
 @_flag("image_column", default="image", show_default=True,
        help="parquet: the column holding encoded images (bytes, or {bytes, path} structs).")
 @_flag("key_column", default=None,

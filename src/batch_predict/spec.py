@@ -110,6 +110,7 @@ class JobSpec:
     num_read_workers: int = DEFAULT_READ_WORKERS
     image_column: str = "image"  # parquet
     key_column: str | None = None  # parquet; None: `key` where the file has it
+    read_timeout_seconds: float = 60.0  # file lists' HTTP(S) requests, each try
 
     def __post_init__(self) -> None:
         if not self.input_file_patterns or not all(p.strip() for p in self.input_file_patterns):
@@ -137,6 +138,7 @@ class JobSpec:
         _check_range("visualize", self.visualize, 0, 1_000_000)
         _check_range("num_workers", self.num_workers, 0, 1024)
         _check_range("num_read_workers", self.num_read_workers, 1, 4096)
+        _check_range("read_timeout_seconds", self.read_timeout_seconds, 0.001, 86_400.0)
         if not self.image_column:
             raise SpecError("--image_column: give a column name")
 
@@ -144,7 +146,8 @@ class JobSpec:
         """The settings the input readers take."""
         from .inputs.formats import ReadOptions
 
-        return ReadOptions(self.max_record_bytes, self.image_column, self.key_column)
+        return ReadOptions(self.max_record_bytes, self.image_column, self.key_column, self.read_timeout_seconds,
+                           self.num_read_workers)
 
     def model_settings(self) -> ModelSettings:
         """The settings `load_model` reads."""

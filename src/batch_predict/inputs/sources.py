@@ -3,7 +3,7 @@ What is in them is read by the formats (`formats`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import fsspec
@@ -30,15 +30,16 @@ class InputFile:
     size: int = 0
 
 
-def expand_patterns(patterns: Iterable[str]) -> list[InputFile]:
+def expand_patterns(patterns: Iterable[str], storage: Callable[[str], dict] | None = None) -> list[InputFile]:
     """Every file matched by the patterns, sorted and without repeats.
 
     Raises `NoInputError` naming the first pattern that matches nothing, so that a typo
-    fails the job before any work rather than silently shrinking it.
+    fails the job before any work rather than silently shrinking it. `storage(pattern)` gives the
+    fsspec options of the file system that lists and reads a pattern's files.
     """
     files: dict[str, InputFile] = {}
     for pattern in patterns:
-        fs, path = fsspec.core.url_to_fs(pattern)
+        fs, path = fsspec.core.url_to_fs(pattern, **(storage(pattern) if storage else {}))
         try:
             found = fs.glob(path, detail=True) if _GLOB_CHARS.intersection(path) else {path: fs.info(path)}
         except FileNotFoundError:

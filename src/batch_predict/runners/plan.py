@@ -14,6 +14,7 @@ from typing import Any
 
 from ..tools import evaluate
 from ..inputs import sources
+from ..inputs.fetch import filesystem_options
 from ..inputs.formats import check_installed
 from ..errors import JobFailed
 from ..outputs.jobstate import JobState
@@ -55,7 +56,10 @@ def plan_run(spec: JobSpec, worker_index: int, worker_count: int) -> RunPlan:
     """Everything that can fail before any work: inputs, ground truth, output format, job state."""
     sink = open_sink(spec)  # a missing library fails now, not after the model loaded
     check_installed(spec.input_file_format)
-    files = inputs_apart_from_outputs(sources.expand_patterns(spec.input_file_patterns), sink.layout, spec)
+    def storage(url: str) -> dict:
+        return filesystem_options(url, spec.num_read_workers, spec.read_timeout_seconds)
+
+    files = inputs_apart_from_outputs(sources.expand_patterns(spec.input_file_patterns, storage), sink.layout, spec)
     ground_truth = evaluate.load_ground_truth(spec.ground_truth) if spec.ground_truth else None
     units = plan_units(files, spec.input_file_format, spec.num_output_shards)
     state = JobState.open(spec, files, units, sink)

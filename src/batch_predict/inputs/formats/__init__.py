@@ -22,7 +22,7 @@ from typing import Any
 
 from ...errors import SetupError
 from ...records import FailedRecord, Record, default_key
-from ...spec import DEFAULT_MAX_RECORD_BYTES
+from ...spec import DEFAULT_MAX_RECORD_BYTES, DEFAULT_READ_WORKERS
 from ..fetch import Fetch
 from ..sources import InputFile
 from ..tfrecord import TFRecordCorruption
@@ -42,6 +42,8 @@ class ReadOptions:
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     image_column: str = "image"  # parquet
     key_column: str | None = None  # parquet; None: `key` where the file has it
+    read_timeout: float = 60.0  # seconds an HTTP(S) request of a file list may wait for the server, each try
+    read_workers: int = DEFAULT_READ_WORKERS  # requests in flight at once: file systems get as many connections
 
 
 #: Opens a shard for `batch-predict pack` on its output stream: a context giving write(key, payload).

@@ -18,7 +18,7 @@ from typing import Any
 import fsspec
 
 from ...records import FailedRecord, safe_text
-from ..fetch import Fetch
+from ..fetch import Fetch, filesystem_options
 from ..sources import InputFile
 from . import InputFormat, ReadOptions
 from ._lines import lines
@@ -47,10 +47,10 @@ def read_file_list(file: InputFile, stream: Any, start: int, end: int | None, op
             message = f"line of {size} bytes is larger than --max_record_bytes ({options.max_record_bytes})"
             yield FailedRecord(f"{file.url}:{row}", file.url, row, "RecordTooLarge", message, "read")
             continue
-        yield _entry(file, row, text, columns)
+        yield _entry(file, row, text, columns, options)
 
 
-def _entry(file: InputFile, row: int, text: str, columns: list[str] | None) -> FailedRecord | Fetch:
+def _entry(file: InputFile, row: int, text: str, columns: list[str] | None, options: ReadOptions) -> FailedRecord | Fetch:
     """The fetch one line asks for, or its error line."""
     key = location = text
     if columns is not None:
@@ -61,7 +61,8 @@ def _entry(file: InputFile, row: int, text: str, columns: list[str] | None) -> F
             return FailedRecord(key or f"{file.url}:{row}", file.url, row, "ValueError",
                                 f"no {' / '.join(_URI_COLUMNS)} value in this row", "read")
     try:
-        fs, path = fsspec.core.url_to_fs(_beside(file, location))
+        full = _beside(file, location)
+        fs, path = fsspec.core.url_to_fs(full, **filesystem_options(full, options.read_workers, options.read_timeout))
     except (ValueError, ImportError) as exc:  # an unknown protocol, or one whose library is not installed
         return FailedRecord(key, file.url, row, type(exc).__name__, f"{location!r} is not a path or URL that can be read: {exc}", "read")
     return Fetch(key, file.url, row, fs, path)
