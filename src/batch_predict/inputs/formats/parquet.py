@@ -15,6 +15,8 @@ from ..sources import InputFile
 from . import InputFormat, ReadOptions
 
 _MAGIC = b"PAR1"
+#: Rows decoded at once from a row group.
+_ROWS_AT_ONCE = 64
 
 
 def read_parquet(file: InputFile, stream: Any, start: int, end: int | None, options: ReadOptions) -> Iterator[Record | FailedRecord]:
@@ -37,10 +39,13 @@ def read_parquet(file: InputFile, stream: Any, start: int, end: int | None, opti
                 yield FailedRecord(default_key(file.url, i), file.url, i, "KeyError", message, "read")
             continue
         columns = [options.image_column] + ([key_column] if key_column else [])
-        table = parquet.read_row_group(group, columns=columns)
-        keys = table.column(key_column).to_pylist() if key_column else [None] * rows
-        for offset, (cell, key) in enumerate(zip(table.column(options.image_column).to_pylist(), keys)):
-            yield _record(file, row + offset, cell, key, options)
+        # In batches of rows, not the row group whole: Hugging Face writes row groups of hundreds of MB.
+        for batch in parquet.iter_batches(batch_size=_ROWS_AT_ONCE, row_groups=[group], columns=columns):
+            cells = batch.column(0).to_pylist()
+            keys = batch.column(1).to_pylist() if key_column else [None] * len(cells)
+            for cell, key in zip(cells, keys):
+                yield _record(file, row, cell, key, options)
+                row += 1
 
 
 def _first_byte(meta: Any) -> int:
