@@ -2,9 +2,9 @@
 
 A format module holds `FORMAT`, an `InputFormat`: the format's name and its reader, and the few
 facts the rest of the job asks of a format (can a file be cut into byte ranges, is it
-compressed, is each file one record, how to recognise one). The flag's choices, unit planning,
-reading and the report's guessing all come from this registry, so a new format is one new
-module and its test (docs/input_formats.md says how).
+compressed, is each file one record, how to recognise one, how `pack` writes it, what it must
+import). The flag's choices, unit planning, reading, `pack` and the report all come from this
+registry, so a new format is one new module and its test (docs/input_formats.md says how).
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class Packing:
 
 @dataclass(frozen=True)
 class InputFormat:
+    """One `--input_file_format`: its reader and what the job needs to know of it."""
+
     name: str
     reader: Reader | None  # None: each file is one record, fetched with others at once
     help: str  # one line for the flag's help: what the patterns match and what one record is
