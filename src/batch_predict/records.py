@@ -57,6 +57,11 @@ class FailedRecord:
         }
 
     @classmethod
+    def too_large(cls, key: str, source: str, index: int, what: str, max_bytes: int) -> "FailedRecord":
+        """The error line of a record skipped unread because `what` ("line of 90 bytes") is over `--max_record_bytes`."""
+        return cls(key, source, index, "RecordTooLarge", f"{what} is larger than --max_record_bytes ({max_bytes})", "read")
+
+    @classmethod
     def of(cls, record: Record, exc: BaseException, stage: str) -> "FailedRecord":
         error_type = getattr(exc, "error_type", type(exc).__name__)
         return cls(record.key, record.source, record.index, error_type, str(exc), stage)

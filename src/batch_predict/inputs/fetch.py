@@ -44,7 +44,7 @@ def filesystem_options(url: str, workers: int, timeout: float) -> dict[str, Any]
     where the object stores' clients time out and retry on their own. A user's own fsspec
     configuration for S3 is kept, and only ever given more connections.
     """
-    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
     if protocol in ("s3", "s3a"):
         configured = fsspec.config.conf.get("s3", {}).get("config_kwargs", {})
         connections = max(workers, configured.get("max_pool_connections", 10))
@@ -93,8 +93,7 @@ def fetch_one(item: Fetch, max_bytes: int, retry_wait: float = 0.5) -> Record | 
             time.sleep(retry_wait * attempt)
             attempt += 1
     if len(data) > max_bytes:
-        message = f"file of more than {max_bytes} bytes is larger than --max_record_bytes"
-        return FailedRecord(item.key, item.source, item.index, "RecordTooLarge", message, "read")
+        return FailedRecord.too_large(item.key, item.source, item.index, f"file of more than {max_bytes} bytes", max_bytes)
     return Record(item.key, item.source, item.index, encoded=data)
 
 

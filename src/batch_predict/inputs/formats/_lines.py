@@ -6,16 +6,18 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def lines(stream: Any, max_bytes: int) -> Iterator[tuple[bytes | None, int]]:
-    """Each line of a binary stream and its length in bytes; None in place of a line longer than
-    `max_bytes`, which is skipped without being held in memory."""
-    while line := stream.readline(max_bytes + 1):
-        if len(line) <= max_bytes or line.endswith(b"\n"):
-            yield line, len(line)
-            continue
+def lines(stream: Any, max_bytes: int, end: int | None = None) -> Iterator[tuple[int, bytes | None, int]]:
+    """(offset, line, size in bytes) of each line of a binary stream that begins before byte `end`
+    (None: all); the line is None where it is longer than `max_bytes`, skipped without being held
+    in memory. Line-based formats cut a file into byte ranges by where lines begin."""
+    offset = 0
+    while (end is None or offset < end) and (line := stream.readline(max_bytes + 1)):
         size = len(line)
-        while rest := stream.readline(1 << 20):
-            size += len(rest)
-            if rest.endswith(b"\n"):
-                break
-        yield None, size
+        if size > max_bytes and not line.endswith(b"\n"):
+            while rest := stream.readline(1 << 20):
+                size += len(rest)
+                if rest.endswith(b"\n"):
+                    break
+            line = None
+        yield offset, line, size
+        offset += size

@@ -17,7 +17,7 @@ from typing import Any
 
 import fsspec
 
-from ...records import FailedRecord, safe_text
+from ...records import FailedRecord, default_key, safe_text
 from ..fetch import Fetch, filesystem_options
 from ..sources import InputFile
 from . import InputFormat, ReadOptions
@@ -29,11 +29,8 @@ _URI_COLUMNS = ("uri", "path", "url")
 def read_file_list(file: InputFile, stream: Any, start: int, end: int | None, options: ReadOptions) -> Iterator[FailedRecord | Fetch]:
     is_csv = file.path.lower().endswith(".csv")
     columns: list[str] | None = None
-    offset = index = 0
-    for line, size in lines(stream, options.max_record_bytes):
-        line_start, offset = offset, offset + size
-        if end is not None and line_start >= end:
-            return
+    index = 0
+    for line_start, line, size in lines(stream, options.max_record_bytes, end):
         text = None if line is None else safe_text(line.decode("utf-8", "replace")).strip()
         if text is not None and (not text or (not is_csv and text.startswith("#"))):
             continue
@@ -44,8 +41,7 @@ def read_file_list(file: InputFile, stream: Any, start: int, end: int | None, op
         if line_start < start:
             continue
         if text is None:
-            message = f"line of {size} bytes is larger than --max_record_bytes ({options.max_record_bytes})"
-            yield FailedRecord(f"{file.url}:{row}", file.url, row, "RecordTooLarge", message, "read")
+            yield FailedRecord.too_large(default_key(file.url, row), file.url, row, f"line of {size} bytes", options.max_record_bytes)
             continue
         yield _entry(file, row, text, columns, options)
 
@@ -58,7 +54,7 @@ def _entry(file: InputFile, row: int, text: str, columns: list[str] | None, opti
         location = next((values[c] for c in _URI_COLUMNS if values.get(c)), "")
         key = values.get("key") or location
         if not location:
-            return FailedRecord(key or f"{file.url}:{row}", file.url, row, "ValueError",
+            return FailedRecord(key or default_key(file.url, row), file.url, row, "ValueError",
                                 f"no {' / '.join(_URI_COLUMNS)} value in this row", "read")
     try:
         full = _beside(file, location)

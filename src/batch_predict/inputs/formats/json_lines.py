@@ -21,17 +21,12 @@ from ._lines import lines
 
 def read_json_lines(file: InputFile, stream: Any, start: int, end: int | None, options: ReadOptions) -> Iterator[Record | FailedRecord]:
     source, max_bytes = file.url, options.max_record_bytes
-    offset = 0
-    for index, (line, size) in enumerate(lines(stream, max_bytes)):
-        line_start, offset = offset, offset + size
-        if end is not None and line_start >= end:
-            return
+    for index, (line_start, line, size) in enumerate(lines(stream, max_bytes, end)):
         if line_start < start or (line is not None and not line.strip()):
             continue
         key = default_key(source, index)
         if line is None:
-            message = f"line of {size} bytes is larger than --max_record_bytes ({max_bytes})"
-            yield FailedRecord(key, source, index, "RecordTooLarge", message, "read")
+            yield FailedRecord.too_large(key, source, index, f"line of {size} bytes", max_bytes)
             continue
         try:
             instance = json.loads(line)

@@ -62,8 +62,7 @@ def _record(file: InputFile, index: int, cell: Any, key: Any, options: ReadOptio
         return FailedRecord(name, file.url, index, "NotAnImage",
                             f"column {options.image_column!r} holds {kind}, not encoded image bytes", "read")
     if len(data) > options.max_record_bytes:
-        message = f"image of {len(data)} bytes is larger than --max_record_bytes ({options.max_record_bytes})"
-        return FailedRecord(name, file.url, index, "RecordTooLarge", message, "read")
+        return FailedRecord.too_large(name, file.url, index, f"image of {len(data)} bytes", options.max_record_bytes)
     return Record(name, file.url, index, encoded=data)
 
 

@@ -56,8 +56,7 @@ def _sample(file: InputFile, key: str, index: int, found: dict[str, bytes | int]
         return FailedRecord(key, file.url, index, "NoImageMember",
                             f"the sample has no {' / '.join(IMAGE_EXTENSIONS)} member", "read")
     if isinstance(image, int):
-        message = f"image member of {image} bytes is larger than --max_record_bytes ({max_bytes})"
-        return FailedRecord(key, file.url, index, "RecordTooLarge", message, "read")
+        return FailedRecord.too_large(key, file.url, index, f"image member of {image} bytes", max_bytes)
     return Record(key, file.url, index, encoded=image)
 
 
