@@ -297,7 +297,6 @@ class PaddingRunner:
                 outputs.append(self._runner(chunk))
             except torch.cuda.OutOfMemoryError:
                 self._too_big = min(size, self._too_big or size)
-                self._ran = {s for s in self._ran if s < size}
                 raise
             self._ran.add(size)
         return _join(outputs, count)
