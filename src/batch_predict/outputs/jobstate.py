@@ -26,6 +26,7 @@ from ..inputs.units import Unit
 from ..spec import JobSpec
 from .files import claim_file, read_files, remove, remove_partials, write_atomically
 from .layout import canonical, committed_unit
+from .reading import load_job_record
 from .sinks import JobSummary, Sink, UnitCounts
 from .verify import hash_into, problems
 
@@ -169,10 +170,7 @@ class JobState:
 
     def _stored_identity(self) -> dict[str, Any] | None:
         try:
-            with fsspec.open(self.layout.job_record, "rt", encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return None
+            return load_job_record(self.layout.result_prefix)
         except ValueError as exc:
             raise JobConflict(f"{self.layout.job_record} is unreadable ({exc}); pass --overwrite to start over") from None
 

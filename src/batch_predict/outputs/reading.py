@@ -31,6 +31,16 @@ def load_summary(result_prefix: str) -> dict[str, Any] | None:
         return None
 
 
+def load_job_record(result_prefix: str) -> dict[str, Any] | None:
+    """The job's job.json (what job this is: its settings and inputs), or None where there is none.
+    Raises ValueError where it is not JSON."""
+    try:
+        with fsspec.open(OutputLayout(result_prefix).job_record, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
 def result_files(result_prefix: str, summary: dict[str, Any] | None = None) -> list[str]:
     """The result files: as the summary lists them, else as found (shards of the first ending that
     has any, or the SQLite database). Raises `JobOutputsError` if none."""

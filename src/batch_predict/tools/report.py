@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -25,7 +24,7 @@ from . import svg
 from .annotate import draw_detections, to_jpeg
 from ..decode import open_image
 from ..outputs.layout import OutputLayout
-from ..outputs.reading import error_files, load_summary, read_errors, read_results, read_timeline, result_files
+from ..outputs.reading import error_files, load_job_record, load_summary, read_errors, read_results, read_timeline, result_files
 from ..records import Record
 from ..spec import DEFAULT_MAX_RECORD_BYTES
 from ..inputs.fetch import Fetch, fetch_one
@@ -150,10 +149,10 @@ def _draw(sample: Sample, record: Record, width: int) -> None:
 def _job_input_format(result_prefix: str) -> str | None:
     """The `--input_file_format` the job recorded in its job.json, if it can be read."""
     try:
-        with fsspec.open(OutputLayout(result_prefix).job_record, "rt", encoding="utf-8") as f:
-            return json.load(f).get("settings", {}).get("input_file_format")
+        record = load_job_record(result_prefix)
     except (OSError, ValueError):
         return None
+    return (record or {}).get("settings", {}).get("input_file_format")
 
 
 def sniff_format(file: InputFile) -> str:
