@@ -118,22 +118,32 @@ def reference(dataset, model_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("reference")
     done = run_cli(*job_args(dataset, model_dir, out))
     assert done.returncode == 0, done.stderr
-    results, errors = read_outputs(out)
-    summary = json.loads((out / "results-summary.json").read_text())
-    assert len(results) == len(set(results)) == 16 - 1  # one photo has the bad CRC
-    assert sorted(t for _, t in errors) == ["ImageDecodeError", "InvalidArgumentError", "TFRecordDataCorruption"]
-    assert summary["records_read"] == summary["predicted"] + summary["failed"] == 16 + 2
-    return {"out": out, "results": results, "errors": errors, "summary": summary}
+    found = finished_run(out)
+    assert len(found["results"]) == len(set(found["results"])) == 16 - 1  # one photo has the bad CRC
+    assert sorted(t for _, t in found["errors"]) == ["ImageDecodeError", "InvalidArgumentError", "TFRecordDataCorruption"]
+    assert found["summary"]["records_read"] == found["summary"]["predicted"] + found["summary"]["failed"] == 16 + 2
+    return found
 
 
-def assert_same_as_reference(out: Path, reference: dict) -> None:
+def finished_run(out: Path) -> dict:
+    """What a finished job under `out` wrote: its result keys, (error key, type) pairs and summary."""
     results, errors = read_outputs(out)
+    return {"out": out, "results": results, "errors": errors,
+            "summary": json.loads((out / "results-summary.json").read_text())}
+
+
+def assert_same_records(results: list, errors: list, out: Path, reference: dict) -> None:
+    """Each record once, the same results and errors as the reference, and the same summary counts."""
     assert not [k for k, n in Counter(results).items() if n > 1], "a record was written twice"
     assert sorted(results) == sorted(reference["results"])
     assert sorted(errors) == sorted(reference["errors"])
     summary = json.loads((out / "results-summary.json").read_text())
     for name in ("records_read", "predicted", "failed", "error_types", "units", "units_committed"):
         assert summary[name] == reference["summary"][name], name
+
+
+def assert_same_as_reference(out: Path, reference: dict) -> None:
+    assert_same_records(*read_outputs(out), out, reference)
     assert sorted(p.name for p in out.glob("*.jsonl")) == sorted(p.name for p in reference["out"].glob("*.jsonl"))
     assert list(out.glob("*.partial")) == []
 
@@ -177,12 +187,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_output_as_sqlite_rows(datase
     with sqlite3.connect(tmp_path / "results.sqlite") as connection:
         results = [key for (key,) in connection.execute("SELECT key FROM results")]
         errors = list(connection.execute("SELECT key, error_type FROM errors"))
-    assert not [k for k, n in Counter(results).items() if n > 1], "a record was written twice"
-    assert sorted(results) == sorted(reference["results"])
-    assert sorted(errors) == sorted(reference["errors"])
-    summary = json.loads((tmp_path / "results-summary.json").read_text())
-    for name in ("records_read", "predicted", "failed", "error_types", "units", "units_committed"):
-        assert summary[name] == reference["summary"][name], name
+    assert_same_records(results, errors, tmp_path, reference)
     assert list(tmp_path.glob("*.partial*")) == []
 
 
@@ -217,10 +222,8 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_output_in_each_input_format(
     (tmp_path / "reference").mkdir()
     done = run_cli(*args(tmp_path / "reference"))
     assert done.returncode == 0, done.stderr
-    results, errors = read_outputs(tmp_path / "reference")
-    assert len(results) == 16 and [t for _, t in errors] == ["ImageDecodeError"]
-    reference = {"out": tmp_path / "reference", "results": results, "errors": errors,
-                 "summary": json.loads((tmp_path / "reference" / "results-summary.json").read_text())}
+    reference = finished_run(tmp_path / "reference")
+    assert len(reference["results"]) == 16 and [t for _, t in reference["errors"]] == ["ImageDecodeError"]
     out = tmp_path / "out"
     out.mkdir()
     kill_while_units_are_written(args(out), out, random.Random(55))
