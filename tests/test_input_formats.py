@@ -166,3 +166,19 @@ def test_a_format_whose_library_is_missing_fails_before_any_work_with_the_pip_co
     with pytest.raises(MissingReaderError, match=r"pip install 'batch-predict\[parquet\]'"):
         run(spec, model=MeanColourModel())
     assert not (tmp_path / "out").exists()
+
+
+def test_a_record_over_the_size_limit_is_an_error_line_in_each_new_format(tmp_path, photos_dir):
+    bus = (photos_dir / "bus.jpg").read_bytes()
+    small = 1000  # bytes: the photo is larger
+    listed = write_file_list(["x" * 2 * small, str(photos_dir / "bus.jpg")], tmp_path / "list.txt")
+    shard = write_webdataset({"a.jpg": bus}, tmp_path / "s.tar")
+    table = write_parquet({"p": bus}, tmp_path / "t.parquet")
+    found = {fmt: _read(path, fmt, max_record_bytes=small) for fmt, path in
+             (("file_list", listed), ("webdataset", shard), ("parquet", table))}
+    assert {fmt: [(item.index, getattr(item, "error_type", None)) for item in items] for fmt, items in found.items()} == {
+        "file_list": [(0, "RecordTooLarge"), (1, "RecordTooLarge")],  # a line too long, then the photo itself
+        "webdataset": [(0, "RecordTooLarge")],
+        "parquet": [(0, "RecordTooLarge")],
+    }
+    assert all(f"--max_record_bytes ({small})" in item.message for items in found.values() for item in items)
