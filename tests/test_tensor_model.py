@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from batch_predict.models import load_model
+from batch_predict.models import ModelLoadError, load_model
 from batch_predict.models.model_spec import load_spec
 from batch_predict.models.speed import accelerate
 from batch_predict.models.tensor_model import ModuleRunner, PaddingRunner, TensorModel, at_few_batch_sizes, halvings
@@ -143,6 +143,53 @@ def jpeg_path(yolox_dir, pixels_path) -> TensorModel:
     runner = ModuleRunner(load_script(path.read_bytes(), cpu, str(path)), {"format": "torchscript"})
     return TensorModel(runner, load_spec(SPEC).resolve_input(None, None), pixels_path.labels, cpu,
                        backend="torchscript", decode_on_device=True)
+
+
+class _YoloxCalls:
+    """YOLOX-Nano on the CPU, noting each call's batch size; it runs out of memory at `limit` and above."""
+
+    def __init__(self, path, limit: int | None = None) -> None:
+        self.module = load_script(path.read_bytes(), torch.device("cpu"), str(path))
+        self.limit, self.sizes = limit, []
+
+    def __call__(self, inputs):
+        self.sizes.append(len(inputs))
+        if self.limit is not None and len(inputs) >= self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return self.module(inputs)
+
+    def describe(self):
+        return {}
+
+
+def _padded_model(yolox_dir, labels, limit: int | None = None) -> tuple[TensorModel, _YoloxCalls]:
+    calls = _YoloxCalls(yolox_dir / "yolox_nano_torchscript.pt", limit)
+    model = TensorModel(PaddingRunner(calls, halvings(8)), load_spec(SPEC).resolve_input(None, None), labels,
+                        torch.device("cpu"), backend="torchscript")
+    return model, calls
+
+
+def test_where_batches_are_padded_the_fit_check_is_one_batch_of_the_size_the_job_runs_at(yolox_dir, pixels_path, photos_dir):
+    """On a GPU a new batch shape's first call plans its kernels for about a second: the load
+    pays it for the job's size, so the first batch does not, and a short batch pads to it."""
+    model, calls = _padded_model(yolox_dir, pixels_path.labels)
+    assert calls.sizes == [8]
+    photo = np.asarray(Image.open(sorted(photos_dir.glob("*.jpg"))[0]).convert("RGB"))
+    model.predict([Record("a", "f", 0, array=photo)] * 3)
+    assert calls.sizes == [8, 8]
+
+
+def test_a_fit_check_batch_that_runs_out_of_memory_leaves_the_size_to_the_pipeline(yolox_dir, pixels_path, photos_dir):
+    model, calls = _padded_model(yolox_dir, pixels_path.labels, limit=8)
+    assert calls.sizes == [8, 1]
+    photo = np.asarray(Image.open(sorted(photos_dir.glob("*.jpg"))[0]).convert("RGB"))
+    assert len(model.predict([Record("a", "f", 0, array=photo)] * 3)) == 3
+    assert calls.sizes == [8, 1, 4]
+
+
+def test_a_model_that_does_not_fit_in_memory_with_one_image_fails_at_load(yolox_dir, pixels_path):
+    with pytest.raises(ModelLoadError, match="do not fit: OutOfMemoryError"):
+        _padded_model(yolox_dir, pixels_path.labels, limit=1)
 
 
 def test_on_the_gpu_path_jpegs_reach_the_model_encoded_and_other_images_as_pixels(jpeg_path, pixels_path, photos_dir):

@@ -73,7 +73,7 @@ class Preprocessor:
     ) -> None:
         self.spec = spec
         self.device = device
-        self._jpeg_decoder = jpeg_decoder or device_decoder(device)
+        self._jpeg_decoder = jpeg_decoder
         self._dtype = dtype if dtype is not None and spec.dtype in (None, "float32") else _DTYPES[spec.dtype or "float32"]
         self._order = torch.tensor([2, 1, 0], device=device) if spec.channels == "BGR" else None
         low, high = spec.value_range
@@ -87,13 +87,25 @@ class Preprocessor:
         self._work = working_dtype(self._dtype, self._scales, device)
 
     @property
+    def jpeg_decoder(self) -> JpegDecoder:
+        """The batched JPEG decoder it uses: the one given, else the device's best (`device_decoder`),
+        made on first use."""
+        if self._jpeg_decoder is None:
+            self._jpeg_decoder = device_decoder(self.device)
+        return self._jpeg_decoder
+
+    @jpeg_decoder.setter
+    def jpeg_decoder(self, decoder: JpegDecoder) -> None:
+        self._jpeg_decoder = decoder
+
+    @property
     def dtype(self) -> torch.dtype:
         """The dtype of the batches it makes."""
         return self._dtype
 
     def from_images(self, images: Sequence[bytes | np.ndarray]) -> Prepared:
         """Encoded images and HxWx3 uint8 RGB arrays, mixed as a batch comes (`device_images`)."""
-        return self.prepare(device_images(images, self.device, self._jpeg_decoder))
+        return self.prepare(device_images(images, self.device, self.jpeg_decoder))
 
     def prepare(self, images: Sequence[torch.Tensor]) -> Prepared:
         """3xHxW uint8 RGB images on the device to the model's input."""

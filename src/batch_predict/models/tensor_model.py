@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from ..records import Detections, Record
 from .base import InputKind, ModelLoadError
 from .decoders import DECODERS, DecodeContext
 from .detections import PaddedDetections, to_detections
+from .device_decode import device_decoder
 from .model_spec import ModelSpec
 from .preprocess import Prepared, Preprocessor
 
@@ -119,21 +121,45 @@ class TensorModel:
         self._preprocessor = Preprocessor(spec.input, device, dtype=input_dtype)
         self._streams = DeviceStreams(device)
         self._class_ids = np.array(list(self.labels), np.int64) if spec.class_ids == "label_order" else None
-        self._check_fit()
+        with ThreadPoolExecutor(1, thread_name_prefix="batch-predict-setup") as setup:
+            # Setting the GPU's JPEG decoders up takes about a second (nvjpeg's handle, nvImageCodec's
+            # engines): it runs beside the fit check, which spends as long planning the model's kernels.
+            decoder = setup.submit(device_decoder, device) if on_device else None
+            self._check_fit()
+            if decoder is not None:
+                self._preprocessor.jpeg_decoder = decoder.result()
 
     def _check_fit(self) -> None:
-        """Run one small blank image through every stage, so a spec that does not fit the model
-        fails at load, with one message, rather than as an error line for every record."""
-        blank = torch.zeros((3, 64, 64), dtype=torch.uint8, device=self.device)
+        """Run blank images through every stage, so a spec that does not fit the model fails at
+        load, with one message, rather than as an error line for every record.
+
+        Where the runner pads batches to a few sizes because each new input shape is costly (a
+        GPU, a compiled model: `PaddingRunner`), the blanks are one batch of the largest, the size
+        the job runs at: its first call, about a second of kernel planning on a GPU
+        (docs/benchmarks.md), is paid here, beside the decoders' set-up, instead of by the first
+        batch. If that batch runs out of memory, one image checks the fit, and the pipeline's
+        splitting later finds the size that fits.
+        """
+        largest = self._runner.sizes[-1] if isinstance(self._runner, PaddingRunner) else 1
         try:
-            with torch.inference_mode():
-                prepared = self._preprocessor.prepare([blank])
-                self.decode(self._runner(prepared.inputs), prepared)
+            try:
+                self._run_blanks(largest)
+            except torch.cuda.OutOfMemoryError:
+                if largest == 1:
+                    raise
+                torch.cuda.empty_cache()
+                self._run_blanks(1)
         except Exception as exc:  # any failure here means the spec and the model disagree
             message = " ".join(str(exc).split())[:600]
             raise ModelLoadError(
                 f"{self._backend}: the model and its spec ({self.spec.source}) do not fit: {type(exc).__name__}: {message}"
             ) from None
+
+    def _run_blanks(self, count: int) -> None:
+        blank = torch.zeros((3, 64, 64), dtype=torch.uint8, device=self.device)
+        with torch.inference_mode():
+            prepared = self._preprocessor.prepare([blank] * count)
+            self.decode(self._runner(prepared.inputs), prepared)
 
     def prepare(self, records: Sequence[Record]) -> Prepared:
         """Decode and preprocess a batch. On CUDA this runs on a stream of its own, so that a
@@ -283,6 +309,11 @@ class PaddingRunner:
     def inner(self) -> Runner:
         return self._runner
 
+    @property
+    def sizes(self) -> list[int]:
+        """The batch sizes it runs at, smallest first."""
+        return list(self._sizes)
+
     def __call__(self, inputs: Any) -> Any:
         if not isinstance(inputs, torch.Tensor):
             return self._runner(inputs)
@@ -308,7 +339,7 @@ class PaddingRunner:
         return min(ran) if ran else min(fits or [s for s in self._sizes if s >= count])
 
     def describe(self) -> dict[str, object]:
-        return {**self._runner.describe(), "batch_sizes": self._sizes}
+        return {**self._runner.describe(), "batch_sizes": self.sizes}
 
 
 def at_few_batch_sizes(runner: Runner, batch_size: int, *, export_batch: int | None, costly_shapes: bool) -> Runner:

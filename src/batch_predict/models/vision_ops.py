@@ -98,3 +98,8 @@ def decode_jpegs_on(device: torch.device, jpegs: Sequence[torch.Tensor]) -> list
 def decode_image(data: torch.Tensor) -> torch.Tensor:
     """Any image format torchvision reads (1-D uint8 tensor) to a 3xHxW RGB tensor, on the CPU."""
     return torch.ops.image.decode_image(data, _RGB, False)
+
+
+def encode_jpeg(image: torch.Tensor, quality: int = 90) -> bytes:
+    """A 3xHxW uint8 RGB tensor on the CPU as JPEG bytes (libjpeg-turbo)."""
+    return torch.ops.image.encode_jpeg(image, quality).numpy().tobytes()
