@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from batch_predict import run
 from batch_predict.observe.progress import Tally
-from batch_predict.runners.workers import local_worker_count, worker_device
+from batch_predict.runners.workers import cpu_share, local_worker_count, worker_device
 from batch_predict.spec import JobSpec
 
 from backend_helpers import REPO, write_tfrecord
@@ -31,7 +35,17 @@ def _outputs(prefix: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(prefix.parent.glob(f"{prefix.name}*-of-*.jsonl"))}
 
 
-def test_two_workers_write_what_one_writes(tmp_path, photos_dir, yolox_dir):
+def _rounded(value, tolerance: float = 1e-4):
+    """`value` with every float replaced by an approximation that compares equal within `tolerance`
+    (relative, or twice it absolute)."""
+    if isinstance(value, dict):
+        return {k: _rounded(v, tolerance) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, tolerance) for v in value]
+    return pytest.approx(value, rel=tolerance, abs=2 * tolerance) if isinstance(value, float) else value
+
+
+def test_two_workers_write_what_one_writes(tmp_path, photos_dir, yolox_dir, capfd):
     photos = sorted(p for p in photos_dir.iterdir() if p.suffix in (".jpg", ".png"))
     for shard in range(3):
         write_tfrecord(tmp_path / f"in-{shard}.tfrecord",
@@ -40,7 +54,13 @@ def test_two_workers_write_what_one_writes(tmp_path, photos_dir, yolox_dir):
     one = run(_job(str(tmp_path / "in-*.tfrecord"), tmp_path / "one" / "r", model, 1))
     tally = Tally()
     two = run(_job(str(tmp_path / "in-*.tfrecord"), tmp_path / "two" / "r", model, 2), observer=tally)
-    assert _outputs(tmp_path / "one" / "r") == _outputs(tmp_path / "two" / "r")
+    # Same files, same lines; numbers equal but for the last digit: each worker runs on half the
+    # CPUs, so PyTorch sums in other orders with fewer threads.
+    one_files, two_files = _outputs(tmp_path / "one" / "r"), _outputs(tmp_path / "two" / "r")
+    assert one_files.keys() == two_files.keys()
+    for name, text in one_files.items():
+        assert [_rounded(json.loads(line)) for line in text.splitlines()] == [
+            _rounded(json.loads(line)) for line in two_files[name].splitlines()]
     assert len(_outputs(tmp_path / "two" / "r")) == 6  # results and errors of 3 units
     assert (two.records_read, two.predicted, two.failed, two.units_committed) == (
         one.records_read, one.predicted, one.failed, one.units_committed)
@@ -52,6 +72,30 @@ def test_two_workers_write_what_one_writes(tmp_path, photos_dir, yolox_dir):
     assert (seen.records_read, seen.predicted, seen.failed, seen.units_committed, seen.units) == (
         two.records_read, two.predicted, two.failed, 3, 3)
     assert seen.bytes_done == seen.bytes_total > 0 and tally.error_types == {"ImageDecodeError": 3}
+    # Each worker ran on its own share of this process's CPUs, and sized its decode threads by it.
+    shares = re.findall(r"\[worker (\d)\] batch-predict: this worker runs on CPUs ([\d,]+)", capfd.readouterr().err)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        assert sorted(int(w) for w, _ in shares) == [0, 1]
+        first, second = ({int(c) for c in share.split(",")} for _, share in sorted(shares))
+        assert not first & second and sorted(first | second) == cpus
+
+
+@pytest.mark.parametrize("cpus, workers, shares", [
+    (range(8), 2, [{0, 1, 2, 3}, {4, 5, 6, 7}]),
+    ([0, 1, 2, 5, 6], 2, [{0, 1}, {2, 5, 6}]),
+    (range(3), 4, [{0, 1, 2}] * 4),
+])
+def test_each_worker_gets_a_contiguous_even_share_of_the_cpus(cpus, workers, shares):
+    assert [cpu_share(list(cpus), i, workers) for i in range(workers)] == shares
+
+
+def test_decode_threads_default_to_the_cpus_the_process_may_use():
+    code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " \
+           "from batch_predict.pipeline import usable_cpus; print(usable_cpus())"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert found.stdout.strip() == "1"
 
 
 def test_a_worker_failing_at_setup_fails_the_run_with_its_error(tmp_path, photos_dir):

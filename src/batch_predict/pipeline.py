@@ -577,10 +577,18 @@ class _Writer:
 
 
 def decode_workers(model: Model) -> int:
-    """Decode threads by default: one per core where they decode pixels, a few where they only probe."""
+    """Decode threads by default: one per core this process may run on where they decode
+    pixels, a few where they only probe."""
     if model.input_kind == "image" or (model.input_kind == "jpeg" and model.decode_split is not None):
-        return os.cpu_count() or 1
+        return usable_cpus()
     return _PROBE_WORKERS
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: a container's cpuset, or a worker's share (`runners.workers`)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def run_pipeline(

@@ -17,7 +17,7 @@ import pickle
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..outputs.jobstate import JobState
@@ -122,8 +122,28 @@ def replay(events: list[tuple], units: Mapping[int, Unit], observer: JobObserver
             getattr(observer, name)(units[args[0]], *args[1:])
 
 
-def _work(spec: JobSpec, local_index: int, index: int, count: int, messages: Any, go: Any) -> None:
+def cpu_share(cpus: Sequence[int], local_index: int, local_count: int) -> set[int]:
+    """Worker `local_index`'s CPUs among `local_count` on a machine: a contiguous slice of
+    `cpus`, as even as they divide; all of them where there are fewer CPUs than workers."""
+    if len(cpus) < local_count:
+        return set(cpus)
+    ordered = sorted(cpus)
+    return set(ordered[local_index * len(ordered) // local_count : (local_index + 1) * len(ordered) // local_count])
+
+
+def _pin_to_share(local_index: int, local_count: int) -> None:
+    """Keep this worker on its share of the machine's CPUs. Each worker sizes its decode threads
+    by the CPUs it may use: unpinned, every worker would start one per CPU of the machine, and
+    the workers' threads would contend for every core."""
+    if hasattr(os, "sched_setaffinity") and local_count > 1:
+        share = cpu_share(sorted(os.sched_getaffinity(0)), local_index, local_count)
+        os.sched_setaffinity(0, share)
+        log.info("batch-predict: this worker runs on CPUs %s", ",".join(map(str, sorted(share))))
+
+
+def _work(spec: JobSpec, local_index: int, local_count: int, index: int, count: int, messages: Any, go: Any) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [worker {index}] %(message)s")
+    _pin_to_share(local_index, local_count)
     # The parent evaluates against the ground truth once, when all workers are done.
     worker_spec = dataclasses.replace(spec, num_workers=1, device=worker_device(spec.device, local_index), ground_truth=None)
     relay = Relay(messages)
@@ -182,7 +202,7 @@ def run_workers(
     processes = [
         context.Process(
             target=_work,
-            args=(spec, i, worker_index * count + i, worker_count * count, messages, go),
+            args=(spec, i, count, worker_index * count + i, worker_count * count, messages, go),
             name=f"batch-predict-worker-{i}",
         )
         for i in range(count)
