@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -28,6 +29,18 @@ def fasterrcnn(device: torch.device, **kwargs) -> torch.nn.Module:
         "fasterrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=91, **kwargs
     )
     return model.eval().to(device)
+
+
+def fasterrcnn_model_file(folder: Path, **kwargs) -> Path:
+    """`fasterrcnn`'s weights saved for the job, with the model spec that names its architecture."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(fasterrcnn(torch.device("cpu"), **kwargs).state_dict(), folder / "weights.pth")
+    (folder / "model.yaml").write_text(json.dumps({
+        "architecture": "fasterrcnn_resnet50_fpn", "architecture_args": {"num_classes": 91, **kwargs},
+        "model": "weights.pth"}))
+    return folder / "weights.pth"
 
 
 def yolox_model_only(

@@ -58,7 +58,7 @@ def decoder_agreement(args: argparse.Namespace, device: torch.device) -> dict:
         if decoder is None:
             found[name] = None
             continue
-        model._preprocessor._jpeg_decoder = decoder
+        model._preprocessor.jpeg_decoder = decoder
         found[name] = model.predict(records())
     return {name: agreement(reference, got, min_score=0.4, min_iou=0.9) if got else "not available"
             for name, got in found.items()}
@@ -84,7 +84,7 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
     found = {}
     for name, (split, decoder) in variants.items():
         model.decode_split = split
-        model._preprocessor._jpeg_decoder = decoder
+        model._preprocessor.jpeg_decoder = decoder
         prefix = args.work / f"variant-{name}"
         spec = JobSpec(input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir=args.yolox,
                        model_spec=args.spec, output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors",
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--frcnn_units", type=int, default=10, help="units the Faster R-CNN job cuts its one input file into")
     parser.add_argument("--only", default="", help="comma-separated names of measurements to run (default: all)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -163,22 +164,31 @@ def main() -> None:
     if cuda:
         runs.append(("job_hardware_decoder_cuda_graphs", hardware, 1))
     if gpus > 1:
-        runs.append((f"job_hardware_decoder_x{gpus}", hardware, gpus))
+        runs += [(f"job_hardware_decoder_x{gpus}", hardware, gpus), (f"job_nvjpeg_x{gpus}", {}, gpus)]
     for name, env, workers in runs:
         if name.startswith("job_hardware") and not hardware:
             continue
         flags = ["--compile", "cuda_graphs"] if name.endswith("cuda_graphs") else []
         measure(name, lambda n=name, e=env, w=workers, f=flags: end_to_end.run_cli(cli + f, args.work / n, w, log_path, env=e))
 
+    # Faster R-CNN: its own resize inside the network, so the job only decodes, and the model dominates.
+    frcnn_batch = 32 if cuda else 2
+    frcnn_args = {} if cuda else {"min_size": 320, "max_size": 320, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 100}
+    measure(f"frcnn_model_{half}", lambda: ceiling.fasterrcnn_model_only(device, frcnn_batch, half, args.seconds, **frcnn_args))
+    frcnn_cli = ["--input_file_patterns", str(paths[0]), "--input_file_format", "tfrecord",
+                 "--model_dir", str(ceiling.fasterrcnn_model_file(args.work / "frcnn", **frcnn_args)),
+                 "--batch_size", str(frcnn_batch), "--precision", half, "--num_output_shards", str(args.frcnn_units)]
+    measure(f"job_frcnn_{half}", lambda: end_to_end.run_cli(frcnn_cli, args.work / "job_frcnn", 1, log_path))
+
     model = ceiling.load_yolox(args.yolox, device)
     measure("dataloader_uint8_fp16_whole_pass", lambda: baselines.dataloader_script(
         "yolox", model, device, paths, args.work / "dl.jsonl", args.batch, None, workers=args.files, half=cuda))
     measure("per_image_loop", lambda: baselines.per_image_loop(
         "yolox", ceiling.load_yolox(args.yolox, device), device, paths, args.work / "loop.jsonl", args.seconds))
-    print_table(results, gpus)
+    print_table(results, gpus, half)
 
 
-def print_table(results: Results, gpus: int) -> None:
+def print_table(results: Results, gpus: int, half: str) -> None:
     f = results.figure
     model = max(filter(None, [f(name) for name in ("model_optimized", "model_as_the_job_runs_it", "model_unfrozen",
                                                     "model_cuda_graph")]), default=None)
@@ -190,7 +200,10 @@ def print_table(results: Results, gpus: int) -> None:
         "job steady / DataLoader script": (best, f("dataloader_uint8_fp16_whole_pass")),
         "job whole command / DataLoader script": (whole, f("dataloader_uint8_fp16_whole_pass")),
         "job steady / per-image loop": (best, f("per_image_loop")),
-        f"x{gpus} steady / x1 steady": (f(f"job_hardware_decoder_x{gpus}", "steady_per_s"), f("job_hardware_decoder", "steady_per_s")),
+        f"x{gpus} steady / x1 steady, hardware decoder": (
+            f(f"job_hardware_decoder_x{gpus}", "steady_per_s"), f("job_hardware_decoder", "steady_per_s")),
+        f"x{gpus} steady / x1 steady, nvjpeg": (f(f"job_nvjpeg_x{gpus}", "steady_per_s"), f("job_nvjpeg", "steady_per_s")),
+        "Faster R-CNN job steady / model alone": (f(f"job_frcnn_{half}", "steady_per_s"), f(f"frcnn_model_{half}")),
     }
     results.data["ratios"] = {k: (round(a / b, 3) if a and b else None) for k, (a, b) in ratios.items()}
     results._save()

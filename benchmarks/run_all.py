@@ -196,19 +196,14 @@ def main() -> None:
     results.measure("yolox_precision_agreement", precision_agreement)
 
     # 2. This project, end to end, through the CLI.
-    frcnn_dir = args.work / "frcnn"
-    frcnn_dir.mkdir()
-    torch.save(ceiling.fasterrcnn(torch.device("cpu"), **frcnn_args).state_dict(), frcnn_dir / "weights.pth")
-    (frcnn_dir / "model.yaml").write_text(json.dumps({
-        "architecture": "fasterrcnn_resnet50_fpn", "architecture_args": {"num_classes": 91, **frcnn_args},
-        "model": "weights.pth"}))
+    frcnn_weights = ceiling.fasterrcnn_model_file(args.work / "frcnn", **frcnn_args)
     # Units of 2000 records (8 batches of 256) for YOLOX, 250 (8 of 32) for Faster R-CNN: each
     # unit fills and drains the pipeline once, as a shard of a real job does.
     yolox_args = ["--input_file_patterns", pattern, "--input_file_format", "tfrecord", "--model_dir", args.yolox,
                   "--model_spec", args.spec, "--device", "cuda" if cuda else "cpu",
                   "--num_output_shards", str(max(2, args.images // 2000))]
     frcnn_cli = ["--input_file_patterns", frcnn_pattern, "--input_file_format", "tfrecord",
-                 "--model_dir", str(frcnn_dir / "weights.pth"), "--device", "cuda" if cuda else "cpu",
+                 "--model_dir", str(frcnn_weights), "--device", "cuda" if cuda else "cpu",
                  "--batch_size", str(frcnn_batch), "--num_output_shards", "6"]
     cli_log = args.out / "cli.log"
     runs = [
