@@ -100,14 +100,21 @@ def yolox_model_only(
 
 def fasterrcnn_model_only(
     device: torch.device, batch: int, precision: str, seconds: float, channels_last: bool = False,
-    size: tuple[int, int] = (480, 640), **kwargs,
+    size: tuple[int, int] = (480, 640), jpegs: list[bytes] | None = None, **kwargs,
 ) -> dict:
     """Faster R-CNN's forward (its own resize, normalization and post-processing included) on
-    preloaded lists of random 0..1 images; fp16/bf16 through autocast, as torchvision supports."""
+    two preloaded lists of 0..1 images: `jpegs` decoded (2 x `batch` of them), else random
+    pixels; fp16/bf16 through autocast, as torchvision supports. What it costs depends on the
+    pictures (how many boxes pass its score threshold, then NMS), so a job is compared with it
+    on the job's own images."""
     model = fasterrcnn(device, **kwargs)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    images = [[torch.rand((3, *size)).to(device) for _ in range(batch)] for _ in range(2)]
+    if jpegs:
+        decoded = [decode_jpeg(torch.frombuffer(bytearray(j), dtype=torch.uint8), ImageReadMode.RGB) for j in jpegs[: 2 * batch]]
+        images = [[(d.to(device).float() / 255) for d in decoded[i * batch : (i + 1) * batch]] for i in range(2)]
+    else:
+        images = [[torch.rand((3, *size)).to(device) for _ in range(batch)] for _ in range(2)]
     turn = [0]
     autocast = precision != "fp32"
 

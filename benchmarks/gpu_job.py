@@ -35,7 +35,7 @@ import torch
 import baselines
 import ceiling
 import end_to_end
-from run_all import Results, agreement, make_inputs
+from run_all import Results, agreement, encoded_images, make_inputs
 from batch_predict.decode import decode
 from batch_predict.models import load_model
 from batch_predict.models.device_decode import hardware_decoder, nvjpeg_decoder
@@ -174,7 +174,10 @@ def main() -> None:
     # Faster R-CNN: its own resize inside the network, so the job only decodes, and the model dominates.
     frcnn_batch = 32 if cuda else 2
     frcnn_args = {} if cuda else {"min_size": 320, "max_size": 320, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 100}
-    measure(f"frcnn_model_{half}", lambda: ceiling.fasterrcnn_model_only(device, frcnn_batch, half, args.seconds, **frcnn_args))
+    measure(f"frcnn_model_{half}", lambda: ceiling.fasterrcnn_model_only(
+        device, frcnn_batch, half, args.seconds, jpegs=encoded_images(paths, 2 * frcnn_batch), **frcnn_args))
+    measure(f"frcnn_model_{half}_random_pixels", lambda: ceiling.fasterrcnn_model_only(
+        device, frcnn_batch, half, args.seconds, **frcnn_args))
     frcnn_cli = ["--input_file_patterns", str(paths[0]), "--input_file_format", "tfrecord",
                  "--model_dir", str(ceiling.fasterrcnn_model_file(args.work / "frcnn", **frcnn_args)),
                  "--batch_size", str(frcnn_batch), "--precision", half, "--num_output_shards", str(args.frcnn_units)]

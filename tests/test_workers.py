@@ -15,7 +15,7 @@ import pytest
 
 from batch_predict import run
 from batch_predict.observe.progress import Tally
-from batch_predict.runners.workers import cpu_share, local_worker_count, worker_device
+from batch_predict.runners.workers import cpu_share, local_worker_count, physical_cores, worker_device
 from batch_predict.spec import JobSpec
 
 from backend_helpers import REPO, write_tfrecord
@@ -81,13 +81,21 @@ def test_two_workers_write_what_one_writes(tmp_path, photos_dir, yolox_dir, capf
         assert not first & second and sorted(first | second) == cpus
 
 
-@pytest.mark.parametrize("cpus, workers, shares", [
-    (range(8), 2, [{0, 1, 2, 3}, {4, 5, 6, 7}]),
-    ([0, 1, 2, 5, 6], 2, [{0, 1}, {2, 5, 6}]),
-    (range(3), 4, [{0, 1, 2}] * 4),
+@pytest.mark.parametrize("cores, workers, shares", [
+    ([[0], [1], [2], [3]], 2, [{0, 1}, {2, 3}]),
+    ([[0, 4], [1, 5], [2, 6], [3, 7]], 2, [{0, 4, 1, 5}, {2, 6, 3, 7}]),  # hardware threads stay with their core
+    ([[0], [1], [2], [5], [6]], 2, [{0, 1}, {2, 5, 6}]),
+    ([[0, 2], [1, 3]], 4, [{0}, {1}, {2}, {3}]),
+    ([[0], [1], [2]], 4, [{0, 1, 2}] * 4),
 ])
-def test_each_worker_gets_a_contiguous_even_share_of_the_cpus(cpus, workers, shares):
-    assert [cpu_share(list(cpus), i, workers) for i in range(workers)] == shares
+def test_each_worker_gets_whole_cores_in_an_even_contiguous_share(cores, workers, shares):
+    assert [cpu_share(cores, i, workers) for i in range(workers)] == shares
+
+
+def test_this_machines_cpus_group_into_cores_that_hold_each_cpu_once():
+    cpus = sorted(os.sched_getaffinity(0))
+    cores = physical_cores(cpus)
+    assert sorted(cpu for core in cores for cpu in core) == cpus
 
 
 def test_decode_threads_default_to_the_cpus_the_process_may_use():

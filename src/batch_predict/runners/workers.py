@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..outputs.jobstate import JobState
@@ -122,13 +123,31 @@ def replay(events: list[tuple], units: Mapping[int, Unit], observer: JobObserver
             getattr(observer, name)(units[args[0]], *args[1:])
 
 
-def cpu_share(cpus: Sequence[int], local_index: int, local_count: int) -> set[int]:
-    """Worker `local_index`'s CPUs among `local_count` on a machine: a contiguous slice of
-    `cpus`, as even as they divide; all of them where there are fewer CPUs than workers."""
-    if len(cpus) < local_count:
-        return set(cpus)
-    ordered = sorted(cpus)
-    return set(ordered[local_index * len(ordered) // local_count : (local_index + 1) * len(ordered) // local_count])
+def physical_cores(cpus: Sequence[int]) -> list[list[int]]:
+    """`cpus` grouped by the physical core whose hardware threads they are (Linux's sysfs); each
+    CPU a core of its own where the machine does not say."""
+    cores: dict[str, list[int]] = {}
+    for cpu in sorted(cpus):
+        try:
+            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
+        except OSError:
+            siblings = str(cpu)
+        cores.setdefault(siblings, []).append(cpu)
+    return sorted(cores.values())
+
+
+def cpu_share(cores: Sequence[Sequence[int]], local_index: int, local_count: int) -> set[int]:
+    """Worker `local_index`'s CPUs among `local_count` on a machine: whole physical cores
+    (`physical_cores`), a contiguous slice as even as they divide, so that no two workers' busy
+    threads share a core; single CPUs where there are fewer cores than workers, and every CPU
+    where there are fewer CPUs than workers."""
+    if len(cores) < local_count:
+        cpus = sorted(cpu for core in cores for cpu in core)
+        if len(cpus) < local_count:
+            return set(cpus)
+        cores = [[cpu] for cpu in cpus]
+    start, end = local_index * len(cores) // local_count, (local_index + 1) * len(cores) // local_count
+    return {cpu for core in cores[start:end] for cpu in core}
 
 
 def _pin_to_share(local_index: int, local_count: int) -> None:
@@ -136,7 +155,7 @@ def _pin_to_share(local_index: int, local_count: int) -> None:
     by the CPUs it may use: unpinned, every worker would start one per CPU of the machine, and
     the workers' threads would contend for every core."""
     if hasattr(os, "sched_setaffinity") and local_count > 1:
-        share = cpu_share(sorted(os.sched_getaffinity(0)), local_index, local_count)
+        share = cpu_share(physical_cores(os.sched_getaffinity(0)), local_index, local_count)
         os.sched_setaffinity(0, share)
         log.info("batch-predict: this worker runs on CPUs %s", ",".join(map(str, sorted(share))))
 
