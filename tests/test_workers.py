@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
+import pickle
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from batch_predict import run
 from batch_predict.observe.progress import Tally
-from batch_predict.runners.workers import cpu_share, local_worker_count, physical_cores, worker_device
+from batch_predict.inputs.units import Unit
+from batch_predict.observe.observers import JobObserver
+from batch_predict.records import Detections, FailedRecord, Prediction, Record
+from batch_predict.runners.workers import Relay, cpu_share, local_worker_count, physical_cores, replay, worker_device
 from batch_predict.spec import JobSpec
 
 from backend_helpers import REPO, write_tfrecord
@@ -79,6 +85,39 @@ def test_two_workers_write_what_one_writes(tmp_path, photos_dir, yolox_dir, capf
         assert sorted(int(w) for w, _ in shares) == [0, 1]
         first, second = ({int(c) for c in share.split(",")} for _, share in sorted(shares))
         assert not first & second and sorted(first | second) == cpus
+
+
+class _Heard(JobObserver):
+    def __init__(self) -> None:
+        self.read, self.detections, self.failed = [], [], []
+
+    def record_read(self, unit, item):
+        self.read.append((unit.index, item))
+
+    def written(self, unit, outcomes):
+        self.detections += [len(o.detections.scores) for o in outcomes if isinstance(o, Prediction)]
+        self.failed += [o for o in outcomes if isinstance(o, FailedRecord)]
+
+
+def test_the_relay_carries_counts_and_whole_failures_to_the_parents_watchers():
+    """Through a real process queue: what progress and metrics count arrives, the images and
+    detections themselves stay in the worker."""
+    messages = multiprocessing.get_context("spawn").Queue()
+    relay, unit = Relay(messages, interval_s=3600), Unit(4, 9, ())
+    records = [Record(f"k{i}", "in.tfrecord", i, encoded=b"\xff\xd8" * 1000) for i in range(3)]
+    bad = FailedRecord("k3", "in.tfrecord", 3, "ImageDecodeError", "not an image", "decode")
+    for item in [*records, bad]:
+        relay.record_read(unit, item)
+    found = Detections(np.zeros((2, 4), np.float32), np.ones(2, np.float32), np.ones(2, np.int64))
+    none = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    relay.written(unit, [Prediction(records[0], found), bad, Prediction(records[1], none)])
+    relay.flush()
+    kind, events = messages.get(timeout=10)
+    heard = _Heard()
+    replay(events, {4: unit}, heard)
+    assert kind == "events" and len(pickle.dumps(events)) < 1000
+    assert [index for index, _ in heard.read] == [4, 4, 4, 4] and heard.read[3][1] == bad
+    assert heard.detections == [2, 0] and heard.failed == [bad]
 
 
 @pytest.mark.parametrize("cores, workers, shares", [
