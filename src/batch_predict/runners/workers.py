@@ -17,8 +17,7 @@ import pickle
 import queue
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -134,46 +133,8 @@ def replay(events: list[tuple], units: Mapping[int, Unit], observer: JobObserver
             getattr(observer, name)(units[args[0]], *args[1:])
 
 
-def physical_cores(cpus: Iterable[int]) -> list[list[int]]:
-    """`cpus` grouped by the physical core whose hardware threads they are (Linux's sysfs); each
-    CPU a core of its own where the machine does not say."""
-    cores: dict[str, list[int]] = {}
-    for cpu in sorted(cpus):
-        try:
-            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
-        except OSError:
-            siblings = str(cpu)
-        cores.setdefault(siblings, []).append(cpu)
-    return sorted(cores.values())
-
-
-def cpu_share(cores: Sequence[Sequence[int]], local_index: int, local_count: int) -> set[int]:
-    """Worker `local_index`'s CPUs among `local_count` on a machine: whole physical cores
-    (`physical_cores`), a contiguous slice as even as they divide, so that no two workers' busy
-    threads share a core; single CPUs where there are fewer cores than workers, and every CPU
-    where there are fewer CPUs than workers."""
-    if len(cores) < local_count:
-        cpus = sorted(cpu for core in cores for cpu in core)
-        if len(cpus) < local_count:
-            return set(cpus)
-        cores = [[cpu] for cpu in cpus]
-    start, end = local_index * len(cores) // local_count, (local_index + 1) * len(cores) // local_count
-    return {cpu for core in cores[start:end] for cpu in core}
-
-
-def _pin_to_share(local_index: int, local_count: int) -> None:
-    """Keep this worker on its share of the machine's CPUs. Each worker sizes its decode threads
-    by the CPUs it may use: unpinned, every worker would start one per CPU of the machine, and
-    the workers' threads would contend for every core."""
-    if hasattr(os, "sched_setaffinity") and local_count > 1:
-        share = cpu_share(physical_cores(os.sched_getaffinity(0)), local_index, local_count)
-        os.sched_setaffinity(0, share)
-        log.info("batch-predict: this worker runs on CPUs %s", ",".join(map(str, sorted(share))))
-
-
-def _work(spec: JobSpec, local_index: int, local_count: int, index: int, count: int, messages: Any, go: Any) -> None:
+def _work(spec: JobSpec, local_index: int, index: int, count: int, messages: Any, go: Any) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [worker {index}] %(message)s")
-    _pin_to_share(local_index, local_count)
     # The parent evaluates against the ground truth once, when all workers are done.
     worker_spec = dataclasses.replace(spec, num_workers=1, device=worker_device(spec.device, local_index), ground_truth=None)
     relay = Relay(messages)
@@ -232,7 +193,7 @@ def run_workers(
     processes = [
         context.Process(
             target=_work,
-            args=(spec, i, count, worker_index * count + i, worker_count * count, messages, go),
+            args=(spec, i, worker_index * count + i, worker_count * count, messages, go),
             name=f"batch-predict-worker-{i}",
         )
         for i in range(count)
