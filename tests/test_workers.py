@@ -121,6 +121,28 @@ def test_workers_take_one_gpu_each_unless_a_device_is_named():
     assert local_worker_count(spec) == 1
 
 
+@pytest.mark.parametrize("visible, index, seen", [(None, 1, "1"), (None, 2, "0"), ("4,6", 1, "6"), ("4,6", 0, "4")])
+def test_a_worker_process_sees_only_its_own_gpu(monkeypatch, visible, index, seen):
+    """Mocked GPUs (CI has none): a worker on two GPUs makes its own the only one CUDA will see."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible or "")  # restored afterwards, whatever the worker sets
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert worker_device("auto", index) == "cuda:0"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == seen
+
+
+def test_a_worker_in_a_process_whose_cuda_started_keeps_every_gpu_and_picks_its_own(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert worker_device("cuda", 3) == "cuda:1"
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_overwrite_with_a_model_that_fails_to_load_leaves_the_earlier_outputs(workers, tmp_path, photos_dir, yolox_dir):
     from batch_predict.models import ModelLoadError

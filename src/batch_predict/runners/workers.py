@@ -46,14 +46,27 @@ def local_worker_count(spec: JobSpec) -> int:
 
 
 def worker_device(requested: str, local_index: int) -> str:
-    """The device of the `local_index`-th worker: its own GPU when `--device` names no particular one."""
+    """The device of the `local_index`-th worker, set up in its process before CUDA starts there:
+    its own GPU when `--device` names no particular one, made the only GPU the process sees.
+
+    A process that sees every GPU makes a CUDA context on the first one for any thread that has
+    not chosen a device: two H200 workers ran at 1.6x one GPU, the second holding a context of
+    518 MiB on the first worker's GPU, where two processes that each saw one GPU ran at 1.9-2.0x
+    (docs/benchmarks.md). PyTorch counts GPUs through NVML until CUDA starts, and reads
+    CUDA_VISIBLE_DEVICES when it does.
+    """
     if requested not in ("auto", "cuda"):
         return requested
     import torch
 
-    if not torch.cuda.is_available():
+    count = torch.cuda.device_count()
+    if count == 0:
         return requested
-    return f"cuda:{local_index % torch.cuda.device_count()}"
+    if torch.cuda.is_initialized():  # too late to narrow its view (a caller's process, not a spawned worker)
+        return f"cuda:{local_index % count}"
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()] or [str(i) for i in range(count)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[local_index % min(count, len(visible))]
+    return "cuda:0"
 
 
 class Relay(JobObserver):
@@ -136,7 +149,10 @@ def replay(events: list[tuple], units: Mapping[int, Unit], observer: JobObserver
 def _work(spec: JobSpec, local_index: int, index: int, count: int, messages: Any, go: Any) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [worker {index}] %(message)s")
     # The parent evaluates against the ground truth once, when all workers are done.
-    worker_spec = dataclasses.replace(spec, num_workers=1, device=worker_device(spec.device, local_index), ground_truth=None)
+    device = worker_device(spec.device, local_index)
+    if device != spec.device:
+        log.info("batch-predict: worker %d on %s (CUDA_VISIBLE_DEVICES=%s)", index, device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    worker_spec = dataclasses.replace(spec, num_workers=1, device=device, ground_truth=None)
     relay = Relay(messages)
 
     def begin_in_parent(state: JobState) -> None:
