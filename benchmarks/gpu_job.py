@@ -182,6 +182,9 @@ def main() -> None:
                  "--model_dir", str(ceiling.fasterrcnn_model_file(args.work / "frcnn", **frcnn_args)),
                  "--batch_size", str(frcnn_batch), "--precision", half, "--num_output_shards", str(args.frcnn_units)]
     measure(f"job_frcnn_{half}", lambda: end_to_end.run_cli(frcnn_cli, args.work / "job_frcnn", 1, log_path))
+    if hardware:
+        measure(f"job_frcnn_{half}_hardware_decoder", lambda: end_to_end.run_cli(
+            frcnn_cli, args.work / "job_frcnn_hardware", 1, log_path, env=hardware))
 
     model = ceiling.load_yolox(args.yolox, device)
     measure("dataloader_uint8_fp16_whole_pass", lambda: baselines.dataloader_script(
@@ -207,6 +210,8 @@ def print_table(results: Results, gpus: int, half: str) -> None:
             f(f"job_hardware_decoder_x{gpus}", "steady_per_s"), f("job_hardware_decoder", "steady_per_s")),
         f"x{gpus} steady / x1 steady, nvjpeg": (f(f"job_nvjpeg_x{gpus}", "steady_per_s"), f("job_nvjpeg", "steady_per_s")),
         "Faster R-CNN job steady / model alone": (f(f"job_frcnn_{half}", "steady_per_s"), f(f"frcnn_model_{half}")),
+        "Faster R-CNN job steady, hardware decoder / model alone": (
+            f(f"job_frcnn_{half}_hardware_decoder", "steady_per_s"), f(f"frcnn_model_{half}")),
     }
     results.data["ratios"] = {k: (round(a / b, 3) if a and b else None) for k, (a, b) in ratios.items()}
     results._save()
