@@ -585,7 +585,7 @@ def decode_workers(model: Model) -> int:
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on: a container's cpuset, or a worker's share (`runners.workers`)."""
+    """The CPUs this process may run on: all of the machine's, or those a container's cpuset or `taskset` leaves it."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
