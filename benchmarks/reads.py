@@ -143,7 +143,7 @@ def job_reads(pattern: str, workers: int, shards: int) -> dict:
     size = failed = 0
     units = plan_units(files, "image_files", shards)
     for unit in units:
-        for record in read_unit(unit, "image_files", ReadOptions(read_workers=workers), workers):
+        for record in read_unit(unit, "image_files", ReadOptions(read_workers=workers)):
             if isinstance(record, FailedRecord):
                 failed += 1
             else:

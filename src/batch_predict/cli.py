@@ -20,8 +20,9 @@ from .observe.observers import Observers
 from .inputs.formats import input_formats, pack_formats
 from .tools.pack import IMAGES_PER_SHARD, RECORD_KINDS, PackError, RecordKind, find_images, pack
 from .spec import (
-    COMPILE_MODES, DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_RECORD_BYTES,
-    DEFAULT_READ_WORKERS, OUTPUT_FORMATS, PRECISIONS, JobSpec, SpecError, split_patterns,
+    COMPILE_MODES, DEFAULT_IMAGE_COLUMN, DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_RECORD_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_READ_WORKERS, OUTPUT_FORMATS, PRECISIONS, JobSpec, SpecError,
+    split_patterns,
 )
 
 #: Kubernetes stops a pod with SIGTERM; 30 s later it sends SIGKILL. The unit in progress
@@ -131,9 +132,9 @@ def cli() -> None:
             "visible GPU. With JOB_COMPLETION_INDEX set, each pod runs this many.")
 @_flag("num_read_workers", type=int, default=DEFAULT_READ_WORKERS, show_default=True,
        help="Image files and file-list entries read at once (each is a request to an object store or web server).")
-@_flag("read_timeout_seconds", type=float, default=60.0, show_default=True,
+@_flag("read_timeout_seconds", type=float, default=DEFAULT_READ_TIMEOUT, show_default=True,
        help="file_list: how long one HTTP(S) request may wait for the server before it is tried again (three tries).")
-@_flag("image_column", default="image", show_default=True,
+@_flag("image_column", default=DEFAULT_IMAGE_COLUMN, show_default=True,
        help="parquet: the column holding encoded images (bytes, or {bytes, path} structs).")
 @_flag("key_column", default=None,
        help="parquet: the column holding each row's key; default: 'key' where the file has it, else <file>:<row>.")

@@ -34,6 +34,10 @@ DEFAULT_MAX_DECODED_BYTES = 2 << 30
 #: Files or URLs read at once where each is one record (image files, file lists): an object
 #: store answers each request in tens of milliseconds, so many are kept in flight.
 DEFAULT_READ_WORKERS = 64
+#: Seconds one HTTP(S) request of a file list may wait for the server, each try.
+DEFAULT_READ_TIMEOUT = 60.0
+#: The Parquet column of encoded images, as Hugging Face `datasets` names it.
+DEFAULT_IMAGE_COLUMN = "image"
 
 
 class SpecError(SetupError, ValueError):
@@ -108,9 +112,9 @@ class JobSpec:
     compile: str = "none"
     num_workers: int = 1  # processes, one per GPU; 0: one per visible GPU
     num_read_workers: int = DEFAULT_READ_WORKERS
-    image_column: str = "image"  # parquet
+    image_column: str = DEFAULT_IMAGE_COLUMN  # parquet
     key_column: str | None = None  # parquet; None: `key` where the file has it
-    read_timeout_seconds: float = 60.0  # file lists' HTTP(S) requests, each try
+    read_timeout_seconds: float = DEFAULT_READ_TIMEOUT  # file lists' HTTP(S) requests, each try
 
     def __post_init__(self) -> None:
         if not self.input_file_patterns or not all(p.strip() for p in self.input_file_patterns):

@@ -23,7 +23,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..records import Record, FailedRecord
-from ..spec import DEFAULT_READ_WORKERS
 from .fetch import fetch_all
 from .formats import ReadOptions, input_formats, read_file
 from .sources import InputFile
@@ -89,13 +88,11 @@ def units_for_worker(units: Sequence[Unit], worker_index: int, worker_count: int
     return [unit for unit in units if unit.index % worker_count == worker_index]
 
 
-def read_unit(
-    unit: Unit, input_format: str, options: ReadOptions = ReadOptions(), read_workers: int = DEFAULT_READ_WORKERS,
-) -> Iterator[Record | FailedRecord]:
+def read_unit(unit: Unit, input_format: str, options: ReadOptions = ReadOptions()) -> Iterator[Record | FailedRecord]:
     """Every record of the unit, errors included: in file order, but for records that are files or
-    URLs of their own, which are read `read_workers` at a time and come as they arrive."""
+    URLs of their own, which are read `options.read_workers` at a time and come as they arrive."""
     items = (item for piece in unit.slices for item in read_file(piece.file, input_format, piece.start, piece.end, options))
-    yield from fetch_all(items, read_workers, options.max_record_bytes)
+    yield from fetch_all(items, options.read_workers, options.max_record_bytes)
 
 
 def _group_files(files: Sequence[InputFile], weights: Sequence[int], count: int) -> list[list[InputFile]]:

@@ -42,7 +42,7 @@ def read_units(
         observer.unit_started(unit)
         read = 0
         try:
-            for item in read_unit(unit, spec.input_file_format, spec.read_options(), spec.num_read_workers):
+            for item in read_unit(unit, spec.input_file_format, spec.read_options()):
                 observer.record_read(unit, item)
                 read += 1
                 yield item

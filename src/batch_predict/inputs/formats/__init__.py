@@ -22,7 +22,7 @@ from typing import Any
 
 from ...errors import SetupError
 from ...records import FailedRecord, Record, default_key
-from ...spec import DEFAULT_MAX_RECORD_BYTES, DEFAULT_READ_WORKERS
+from ...spec import DEFAULT_IMAGE_COLUMN, DEFAULT_MAX_RECORD_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_READ_WORKERS
 from ..fetch import Fetch
 from ..sources import InputFile
 from ..tfrecord import TFRecordCorruption
@@ -40,9 +40,9 @@ class ReadOptions:
     """The job settings a reader may need."""
 
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
-    image_column: str = "image"  # parquet
+    image_column: str = DEFAULT_IMAGE_COLUMN  # parquet
     key_column: str | None = None  # parquet; None: `key` where the file has it
-    read_timeout: float = 60.0  # seconds an HTTP(S) request of a file list may wait for the server, each try
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # seconds an HTTP(S) request of a file list may wait for the server, each try
     read_workers: int = DEFAULT_READ_WORKERS  # requests in flight at once: file systems get as many connections
 
 

@@ -44,8 +44,6 @@ def image_from_tfrecord(data: bytes) -> tuple[bytes, str | None]:
     return encoded[0], key
 
 
-
-
 def _looks_like(name: str, head: bytes) -> bool:
     """A TFRecord file begins with a record's length and that length's masked CRC."""
     return len(head) >= 12 and masked_crc(head[:8]) == int.from_bytes(head[8:12], "little")
