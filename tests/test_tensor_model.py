@@ -62,16 +62,17 @@ def test_batches_are_padded_to_an_allowed_size_and_trimmed_back(count, calls):
 
 
 class _RunsOutOfMemory:
-    """Records the batch sizes it is called at, and runs out of memory at `limit` and above."""
+    """Records the batch sizes it is called at, and runs out of memory at `limit` and above;
+    otherwise returns `module(inputs)`, or the inputs where it has no module."""
 
-    def __init__(self, limit: int | None = None) -> None:
-        self.limit, self.sizes = limit, []
+    def __init__(self, limit: int | None = None, module=None) -> None:
+        self.limit, self.module, self.sizes = limit, module, []
 
     def __call__(self, inputs):
         self.sizes.append(len(inputs))
         if self.limit is not None and len(inputs) >= self.limit:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return inputs
+        return inputs if self.module is None else self.module(inputs)
 
     def describe(self):
         return {}
@@ -145,25 +146,10 @@ def jpeg_path(yolox_dir, pixels_path) -> TensorModel:
                        backend="torchscript", decode_on_device=True)
 
 
-class _YoloxCalls:
-    """YOLOX-Nano on the CPU, noting each call's batch size; it runs out of memory at `limit` and above."""
-
-    def __init__(self, path, limit: int | None = None) -> None:
-        self.module = load_script(path.read_bytes(), torch.device("cpu"), str(path))
-        self.limit, self.sizes = limit, []
-
-    def __call__(self, inputs):
-        self.sizes.append(len(inputs))
-        if self.limit is not None and len(inputs) >= self.limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return self.module(inputs)
-
-    def describe(self):
-        return {}
-
-
-def _padded_model(yolox_dir, labels, limit: int | None = None) -> tuple[TensorModel, _YoloxCalls]:
-    calls = _YoloxCalls(yolox_dir / "yolox_nano_torchscript.pt", limit)
+def _padded_model(yolox_dir, labels, limit: int | None = None) -> tuple[TensorModel, _RunsOutOfMemory]:
+    """YOLOX-Nano on the CPU behind a `PaddingRunner`, noting each call's batch size."""
+    path = yolox_dir / "yolox_nano_torchscript.pt"
+    calls = _RunsOutOfMemory(limit, load_script(path.read_bytes(), torch.device("cpu"), str(path)))
     model = TensorModel(PaddingRunner(calls, halvings(8)), load_spec(SPEC).resolve_input(None, None), labels,
                         torch.device("cpu"), backend="torchscript")
     return model, calls
