@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 from pathlib import Path
@@ -138,3 +139,20 @@ def test_the_one_entry_point_refuses_a_runner_it_lacks_and_another_runners_setti
     with pytest.raises(SpecError, match="settings of --runner ray"):
         runners.run(job, ray_num_actors=2)
     assert not list(Path(job.output_result_prefix).parent.glob("*.jsonl"))  # refused before any work
+
+
+def test_objects_alive_before_the_run_are_frozen_during_it_and_unfrozen_after(job):
+    seen: list[int] = []
+    assert gc.get_freeze_count() == 0
+    run(job, model=MeanColourModel(on_predict=lambda records: seen.append(gc.get_freeze_count())))
+    assert seen and min(seen) > 0 and gc.get_freeze_count() == 0
+
+
+def test_a_callers_own_freeze_is_left_as_it_was(job):
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        run(job, model=MeanColourModel())
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

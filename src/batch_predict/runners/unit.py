@@ -7,6 +7,8 @@ records has its line, so a job stopped at any moment leaves whole units or none.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import threading
 from collections import deque
@@ -142,23 +144,40 @@ def run_units(
     observer = observer or JobObserver()
     sinks = UnitSinks(model, state, units, observer)
     try:
-        run_pipeline(
-            read_units(units, spec, observer, stop),
-            timed(model, observer),
-            sinks,
-            batch_size=spec.batch_size,
-            max_image_pixels=spec.max_image_pixels,
-            num_decode_workers=spec.num_decode_workers,
-            queue_depth=spec.queue_depth,
-            limit=limit,
-            stop=stop,
-            abandon=abandon,
-            max_decoded_bytes=spec.max_decoded_bytes,
-        )
+        with _long_lived_frozen():
+            run_pipeline(
+                read_units(units, spec, observer, stop),
+                timed(model, observer),
+                sinks,
+                batch_size=spec.batch_size,
+                max_image_pixels=spec.max_image_pixels,
+                num_decode_workers=spec.num_decode_workers,
+                queue_depth=spec.queue_depth,
+                limit=limit,
+                stop=stop,
+                abandon=abandon,
+                max_decoded_bytes=spec.max_decoded_bytes,
+            )
     except BaseException:
         sinks.discard_open()
         raise
     return sinks.results
+
+
+@contextlib.contextmanager
+def _long_lived_frozen() -> Iterator[None]:
+    """Everything alive now (the model, the modules imported) lives through the run: frozen, the
+    garbage collector's full passes do not walk it. Each walk of it stopped every thread for
+    0.15-0.25 s, once every few seconds at thousands of records a second (docs/benchmarks.md).
+    Left alone where the caller froze objects itself: unfreezing would undo that."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def run_unit(
