@@ -8,6 +8,9 @@ fallback, image by image, runs for real on the CPU.
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from PIL import Image
 from batch_predict.decode import jpeg_size
 from batch_predict.models.device_decode import DeviceDecodeError, falling_back, nvjpeg_decoder
 from batch_predict.models.preprocess import arrays_to_device, device_images
+
+from conftest import REPO
 
 CPU = torch.device("cpu")
 
@@ -79,3 +84,10 @@ def test_decoded_arrays_reach_the_device_grouped_by_size_with_their_pixels():
     arrays = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(4, 6, 3), (5, 2, 3), (4, 6, 3)]]
     for array, image in zip(arrays, arrays_to_device(arrays, CPU), strict=True):
         assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(array))
+
+
+def test_bytes_become_tensors_without_a_warning_to_the_user():
+    code = "from batch_predict.models.device_decode import as_tensor; print(as_tensor(b'ab').tolist())"
+    found = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert found.returncode == 0 and found.stdout.strip() == "[97, 98]", found.stderr
