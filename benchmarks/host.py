@@ -73,7 +73,6 @@ class StandInModel:
 
     input_kind = "jpeg"
     same_size_batches = False
-    decode_split = None
 
     def __init__(self, count: int = 0, seconds: float = 0.0) -> None:
         self.labels = LABELS

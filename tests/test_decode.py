@@ -1,17 +1,19 @@
 import io
+import os
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zlib
-from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from batch_predict.decode import DecodeSplit, ImageDecodeError, ImageTooLarge, decode, encode_png, probe
+from batch_predict.decode import ImageDecodeError, ImageTooLarge, decode, encode_png, probe, usable_cpus
 from batch_predict.records import Record
 
-from conftest import shared_file
+from conftest import REPO, shared_file
 from images import encode, gradient
 
 
@@ -167,70 +169,6 @@ def test_exif_orientation_is_ignored_boxes_refer_to_the_stored_pixel_grid(bus):
 
 # The CPU's share of a GPU model's JPEGs: set by the job's measured rate.
 
-def _run_split(split, rate_at_share, batches, images=256):
-    """Feed `split` the batches of a job whose rate at each share is `rate_at_share(share)`."""
-    now, shares = 0.0, []
-    for _ in range(batches):
-        split.batch_done(images, now)
-        shares.append(split.cpu_share)
-        now += images / rate_at_share(split.cpu_share)
-    return shares
-
-
-def test_the_split_keeps_every_jpeg_on_the_gpu_when_cpu_decoding_slows_the_job():
-    split = DecodeSplit(window=4, recheck_every=1000)
-    shares = _run_split(split, lambda share: 6000 * (1 - share), 100)
-    assert shares[-1] == 0.0 and max(shares) == DecodeSplit.SHARES[1]  # tried one step, came back
-
-
-def test_the_split_climbs_to_the_fastest_share_and_stays_there():
-    best = 0.25
-    split = DecodeSplit(window=4, recheck_every=1000)
-    shares = _run_split(split, lambda share: 5000 + 4000 * (share if share <= best else 2 * best - share), 200)
-    assert shares[-1] == best and set(shares) <= {0.0, 0.125, 0.25, 0.5}
-
-
-def test_the_split_tries_its_neighbours_again_and_follows_a_change():
-    split = DecodeSplit(window=4, recheck_every=3)
-    _run_split(split, lambda share: 6000 * (1 - share), 100)
-    assert split.cpu_share == 0.0
-    shares = _run_split(split, lambda share: 3000 + 3000 * share, 400)  # now the CPU is the faster side
-    # Most of the time at the top, checking the share below now and then.
-    assert Counter(shares[-100:]).most_common(1)[0][0] == DecodeSplit.SHARES[-1]
-
-
-def test_the_window_after_a_change_is_not_counted():
-    split = DecodeSplit(window=2, recheck_every=1000)
-    # The first window fills the pipeline and is not counted; the second, at share 0, runs at
-    # 1000 images/s; then the share moves, and the settling window's rate (an outlier here)
-    # must not be taken as share 0.125's.
-    for now in (-1.0, -0.5, 0.0, 1.0, 2.0):
-        split.batch_done(1000, now)
-    assert split.cpu_share == 0.125
-    for now in (2.001, 2.002):  # settling: absurdly fast, ignored
-        split.batch_done(1000, now)
-    assert split.describe()["images_per_s_by_share"] == {0.0: 1000}
-
-
-def test_the_cpu_share_of_jpegs_is_spread_evenly():
-    split = DecodeSplit(shares=(0.25,))
-    picks = [split.to_cpu() for _ in range(16)]
-    assert sum(picks) == 4 and picks[3] and picks[7] and picks[11] and picks[15]
-
-
-def test_a_share_measured_while_the_job_warmed_up_is_measured_again_soon():
-    split = DecodeSplit(window=4, recheck_every=1000)
-    warm_after = 40  # batches: share 0 is slow until then, as a GPU and its allocator warming up
-    count = [0]
-
-    def rate(share):
-        count[0] += 1
-        return (1000 if count[0] < warm_after else 6000) if share == 0.0 else 4000 * (1 - share)
-
-    shares = _run_split(split, rate, 200)
-    assert shares[-1] == 0.0
-
-
 @pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP", "WEBP", "TIFF"])
 def test_the_listed_formats_decode(fmt):
     record = decode(Record("k", "s", 0, encoded=encode(gradient(16, 12), fmt)), 1 << 20)
@@ -244,3 +182,11 @@ def test_the_listed_formats_decode(fmt):
 def test_formats_outside_the_list_are_refused_unopened(data):
     with pytest.raises(ImageDecodeError, match="none of JPEG, PNG, GIF, BMP, WEBP, TIFF"):
         decode(Record("k", "s", 0, encoded=data), 1 << 20)
+
+
+def test_decode_threads_default_to_the_cpus_the_process_may_use():
+    code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " \
+           "from batch_predict.decode import usable_cpus; print(usable_cpus())"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert found.stdout.strip() == "1" and usable_cpus() >= 1

@@ -23,7 +23,6 @@ class MeanColourModel:
 
     input_kind = "image"
     labels = {1: "image"}
-    decode_split = None
 
     def __init__(
         self,

@@ -10,9 +10,8 @@ torchvision's decoders see, so every backend and input kind agrees.
 from __future__ import annotations
 
 import io
+import os
 import struct
-import threading
-import time
 import warnings
 
 import numpy as np
@@ -180,89 +179,8 @@ def encode_png(record: Record) -> Record:
     return record
 
 
-class DecodeSplit:
-    """How many JPEGs the pipeline's CPU workers decode for a model that decodes on its GPU.
-
-    The share is set from the job's own measured rate, not from what either side can do
-    alone: CPU decoding competes with the rest of the pipeline for the interpreter and for
-    memory bandwidth, and GPU decoding with the model for the SMs, in ways no per-side rate
-    shows (docs/benchmarks.md). So the split climbs: it measures images per second over a
-    window of batches at one share, tries the next larger share, keeps whichever was faster,
-    and tries its neighbours again, soon at first (the first windows run while the GPU and its
-    allocator warm up) and then ever less often, so that it follows a job whose images change.
-    A window right after a change is not counted: images decoded at the old share are still
-    in the queues. The decode workers ask `to_cpu()` of each JPEG; the model reports
-    each batch it finished to `batch_done`.
-    """
-
-    #: The shares tried, from all on the GPU to mostly on the CPU.
-    SHARES = (0.0, 0.125, 0.25, 0.5, 0.75)
-
-    def __init__(self, window: int = 12, recheck_every: int = 16, shares: tuple[float, ...] = SHARES) -> None:
-        self.shares = shares
-        self._window, self._recheck_every = window, recheck_every
-        self._index = 0
-        self._rates: dict[int, float] = {}
-        self._settling = True
-        self._settled_windows = 0
-        self._recheck_in = min(2, recheck_every)  # early rates include warm-up: recheck soon, then ever less often
-        self._batches = self._images = 0
-        self._since: float | None = None
-        self._credit = 0.0
-        self._lock = threading.Lock()
-
-    @property
-    def cpu_share(self) -> float:
-        return self.shares[self._index]
-
-    def to_cpu(self) -> bool:
-        """Whether the next JPEG goes to a CPU worker: true for `cpu_share` of the calls, spread evenly."""
-        with self._lock:
-            self._credit += self.shares[self._index]
-            if self._credit >= 1.0:
-                self._credit -= 1.0
-                return True
-            return False
-
-    def batch_done(self, images: int, now: float | None = None) -> None:
-        """The model finished a batch of `images` (at `now`, a `time.perf_counter()` reading)."""
-        now = time.perf_counter() if now is None else now
-        with self._lock:
-            if self._since is None:
-                self._since = now
-                return
-            self._batches += 1
-            self._images += images
-            if self._batches < self._window:
-                return
-            rate = self._images / max(now - self._since, 1e-9)
-            self._batches = self._images = 0
-            self._since = now
-            if self._settling:
-                self._settling = False
-                return
-            self._rates[self._index] = rate
-            self._choose()
-
-    def _choose(self) -> None:
-        here, best = self._index, max(self._rates, key=self._rates.__getitem__)
-        if best != here:
-            self._move(best)
-        elif here + 1 < len(self.shares) and here + 1 not in self._rates:
-            self._move(here + 1)  # the best so far: see whether more on the CPU is faster still
-        else:
-            self._settled_windows += 1
-            if self._settled_windows >= self._recheck_in:
-                self._settled_windows = 0
-                self._recheck_in = min(2 * self._recheck_in, self._recheck_every)
-                for neighbour in (here - 1, here + 1):
-                    self._rates.pop(neighbour, None)
-                self._move(here - 1 if here > 0 else min(here + 1, len(self.shares) - 1))
-
-    def _move(self, index: int) -> None:
-        if index != self._index:
-            self._index, self._settling = index, True
-
-    def describe(self) -> dict[str, object]:
-        return {"cpu_share": self.cpu_share,
-                "images_per_s_by_share": {self.shares[i]: round(r) for i, r in sorted(self._rates.items())}}
+def usable_cpus() -> int:
+    """The CPUs this process may run on: all of the machine's, or those a container's cpuset or `taskset` leaves it."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

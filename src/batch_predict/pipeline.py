@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -274,20 +273,16 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
 def prepare_for(model: Model, max_pixels: int, budget: PixelBudget | None = None) -> Callable[[Record | Mark], Record | Mark]:
     """The decode step this model needs: sizes only for what it decodes itself, pixels otherwise.
 
-    A model that decodes JPEGs on its GPU leaves the share its `decode_split` says to these
-    workers, which decode it on the CPU, so that neither side waits for the other. Pixels are
-    decoded within `budget`: for a model fed pixels, records come charged (`admit_pixels`); one
-    that decodes on its device takes a CPU share only where there is room.
+    Pixels are decoded within `budget`: for a model fed pixels, records come charged
+    (`admit_pixels`); one that decodes JPEGs on its device (and shares them out between its GPU
+    and CPU threads itself) has every other image decoded here where there is room.
     """
     if model.input_kind == "encoded":
         def step(record: Record) -> Record:
             return decode.probe(decode.encode_png(record), max_pixels)
     elif model.input_kind == "jpeg":
-        split = model.decode_split
-
         def step(record: Record) -> Record:
-            on_gpu = record.array is None and decode.is_jpeg(record.encoded or b"")
-            if on_gpu and (split is None or not split.to_cpu()):
+            if record.array is None and decode.is_jpeg(record.encoded or b""):
                 return decode.probe(record, max_pixels)
             if budget is not None and record.array is None:
                 decode.probe(record, max_pixels)
@@ -577,18 +572,9 @@ class _Writer:
 
 
 def decode_workers(model: Model) -> int:
-    """Decode threads by default: one per core this process may run on where they decode
+    """Decode threads by default: one per core this process may run on where they may decode
     pixels, a few where they only probe."""
-    if model.input_kind == "image" or (model.input_kind == "jpeg" and model.decode_split is not None):
-        return usable_cpus()
-    return _PROBE_WORKERS
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: all of the machine's, or those a container's cpuset or `taskset` leaves it."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return _PROBE_WORKERS if model.input_kind == "encoded" else decode.usable_cpus()
 
 
 def run_pipeline(

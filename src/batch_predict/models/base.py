@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
-from ..decode import DecodeSplit
 from ..errors import RecordFailure, SetupError
 from ..records import Detections, Record
 
@@ -31,8 +30,6 @@ class Model(Protocol):
     are encoded as PNG for it), `"jpeg"` (JPEGs encoded, for the model to decode in batches on
     its device; anything else as RGB arrays) or `"image"` RGB arrays. `same_size_batches` says whether one batch must hold images of a
     single size, as for a TF OD API `image_tensor` signature fed native-size images.
-    `decode_split`, for a `"jpeg"` model, says which JPEGs the pipeline decodes on the CPU
-    instead (None: none).
     """
 
     # Read-only: wrappers such as `observe.TimedModel` expose the model's own as properties.
@@ -44,9 +41,6 @@ class Model(Protocol):
 
     @property
     def labels(self) -> Mapping[int, str]: ...
-
-    @property
-    def decode_split(self) -> DecodeSplit | None: ...
 
     def predict(self, records: Sequence[Record]) -> list[Detections]: ...
 

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..decode import DecodeSplit
 from ..records import Detections, Record
 from .base import InputKind, ModelLoadError
+from .decode_split import DecodeSplit, split_decoder
 from .decoders import DECODERS, DecodeContext
 from .detections import PaddedDetections, to_detections
 from .device_decode import device_decoder
@@ -88,10 +88,10 @@ class Launched:
 class TensorModel:
     """`Model` for any `Runner`, with pre- and post-processing as its `ModelSpec` says.
 
-    On CUDA the model takes JPEGs encoded (`input_kind` "jpeg") and decodes them on the GPU
-    in batches, while the pipeline's CPU workers decode every other image and the share of
-    JPEGs its `decode_split` gives them; on the CPU the workers decode all and it takes
-    pixels ("image"). `input_dtype` is the dtype its runner casts batches to, if any
+    On CUDA the model takes JPEGs encoded (`input_kind` "jpeg") and decodes each batch's on the
+    GPU, but for the share its `decode_split` gives its CPU threads, while the pipeline's CPU
+    workers decode every other image; on the CPU the workers decode all and it takes pixels
+    ("image"). `input_dtype` is the dtype its runner casts batches to, if any
     (`speed.input_dtype`): batches are prepared in it.
     """
 
@@ -126,8 +126,8 @@ class TensorModel:
             # engines): it runs beside the fit check, which spends as long planning the model's kernels.
             decoder = setup.submit(device_decoder, device) if on_device else None
             self._check_fit()
-            if decoder is not None:
-                self._preprocessor.jpeg_decoder = decoder.result()
+            if decoder is not None and self.decode_split is not None:
+                self._preprocessor.jpeg_decoder = split_decoder(decoder.result(), self.decode_split, device)
 
     def _check_fit(self) -> None:
         """Run blank images through every stage, so a spec that does not fit the model fails at
@@ -189,7 +189,7 @@ class TensorModel:
         with torch.inference_mode(), self._streams.collecting(launched.done):
             padded = self.decode(launched.outputs, prepared)
         if self.decode_split is not None:
-            self.decode_split.batch_done(len(prepared.image_sizes))
+            self.decode_split.batch_done(len(prepared.image_sizes), self._streams.seconds_at(launched.done))
         return to_detections(padded, prepared.geometry, prepared.image_sizes, self.spec.thresholds.score, self._class_ids)
 
     def infer(self, prepared: Prepared) -> Any:
@@ -222,6 +222,7 @@ class TensorModel:
             "thresholds": vars(spec.thresholds),
             "labels": len(self.labels),
             "spec": spec.source,
+            **({"jpeg_decoding": self.decode_split.describe()} if self.decode_split is not None else {}),
         }
 
 
@@ -233,6 +234,9 @@ class DeviceStreams:
         cuda = device.type == "cuda"
         self._prepare = torch.cuda.Stream(device) if cuda else None
         self._collect = torch.cuda.Stream(device) if cuda else None
+        self._epoch = torch.cuda.Event(enable_timing=True) if cuda else None
+        if self._epoch is not None:
+            self._epoch.record(torch.cuda.current_stream(device))
 
     def preparing(self) -> contextlib.AbstractContextManager:
         return torch.cuda.stream(self._prepare) if self._prepare is not None else contextlib.nullcontext()
@@ -258,9 +262,18 @@ class DeviceStreams:
         """An event that happens when the work queued so far on the current stream is done."""
         if self._collect is None:
             return None
-        done = torch.cuda.Event()
+        done = torch.cuda.Event(enable_timing=True)
         done.record(torch.cuda.current_stream(self._collect.device))
         return done
+
+    def seconds_at(self, done: torch.cuda.Event | None) -> float | None:
+        """When `done` happened on the GPU, in seconds from these streams' making; None on the CPU.
+        A batch's own finishing time, where the host's view of it (when collected) bunches up
+        whenever the collecting thread falls behind and catches up: a rate measured over a few
+        batches by the host could be off by half (`DecodeSplit`, docs/benchmarks.md)."""
+        if self._epoch is None or done is None:
+            return None
+        return self._epoch.elapsed_time(done) / 1e3
 
     @contextlib.contextmanager
     def collecting(self, done: torch.cuda.Event | None) -> Iterator[None]:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..decode import DecodeSplit
 from ..models import InputKind, Model
 from ..pipeline import StagedModel
 from ..records import Outcome, Record, FailedRecord
@@ -119,10 +118,6 @@ class TimedModel:
     @property
     def labels(self) -> Mapping[int, str]:
         return self._model.labels
-
-    @property
-    def decode_split(self) -> DecodeSplit | None:
-        return self._model.decode_split
 
     def predict(self, records: Sequence[Record]) -> list[Any]:
         started = time.perf_counter()

@@ -63,8 +63,9 @@ def run(
                                abandon=stopping.abandon if stopping else None, observer=watchers)
         except Stopped:
             raise Stopped("the units in progress were abandoned; rerun the same command to resume") from None
-        if model.decode_split is not None:
-            log.info("batch-predict: JPEG decoding %s", model.decode_split.describe())
+        decoding = model.describe().get("jpeg_decoding")
+        if decoding:
+            log.info("batch-predict: JPEG decoding %s", decoding)
         for unit, result in results:
             if isinstance(result, Exception):
                 plan.unit_failed(unit, f"{type(result).__name__}: {result}")

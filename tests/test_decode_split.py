@@ -1,0 +1,155 @@
+"""Each batch's JPEGs shared between CPU threads and the device's decoder, the share climbed on the
+job's rate. The device decoder here is torchvision's on the CPU (no GPU in CI): the same calls,
+on real JPEGs."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from batch_predict.models.decode_split import DecodeSplit, split_decoder
+from batch_predict.models.device_decode import nvjpeg_decoder
+
+CPU = torch.device("cpu")
+
+
+def _jpeg(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+class CountingDecoder:
+    """torchvision's decoder, counting the images of each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self._decode = nvjpeg_decoder(CPU)
+
+    def __call__(self, jpegs):
+        self.calls.append(len(jpegs))
+        return self._decode(jpegs)
+
+
+@pytest.fixture
+def jpegs(photos_dir) -> list[bytes]:
+    photos = [Image.open(path).convert("RGB") for path in sorted(photos_dir.glob("*.jpg"))]
+    return [_jpeg(photo.resize((96 + 16 * i, 64 + 8 * i))) for i, photo in enumerate(photos * 4)][:8]
+
+
+def test_the_cpu_share_of_a_batch_is_decoded_by_threads_to_the_device_decoders_pixels(jpegs):
+    device = CountingDecoder()
+    found = split_decoder(device, DecodeSplit(shares=(0.5,)), CPU, threads=3)(jpegs)
+    assert device.calls == [4]  # one call, for the half not given to the CPU
+    expected = nvjpeg_decoder(CPU)(jpegs)
+    for image, reference in zip(found, expected, strict=True):
+        assert image.shape == reference.shape and image.dtype == torch.uint8
+        assert (image.int() - reference.int()).abs().max() <= 1  # both libjpeg-turbo, its accurate IDCT
+
+
+def test_without_a_cpu_share_the_device_decodes_the_whole_batch_in_one_call(jpegs):
+    device = CountingDecoder()
+    found = split_decoder(device, DecodeSplit(shares=(0.0,)), CPU)(jpegs)
+    assert device.calls == [8] and all(image is not None for image in found)
+
+
+def test_jpegs_the_cpu_cannot_read_go_to_the_device_decoder_and_only_unreadable_ones_are_none(photos_dir):
+    photo = Image.open(photos_dir / "zidane.jpg").convert("RGB").resize((160, 96))
+    good = _jpeg(photo)
+    truncated, garbage = good[: len(good) // 3], b"\xff\xd8 not a JPEG after all"
+    device = CountingDecoder()
+    found = split_decoder(device, DecodeSplit(shares=(0.75,)), CPU, threads=2)([truncated, garbage, good, good])
+    assert device.calls == [1, 2]  # the rest of the batch, then what the CPU could not read
+    assert found[0] is None and found[1] is None and all(tuple(found[i].shape) == (3, 96, 160) for i in (2, 3))
+
+
+def test_a_cmyk_jpeg_decoded_on_the_cpu_has_pillows_rgb(photos_dir):
+    photo = Image.open(photos_dir / "zidane.jpg").convert("RGB").resize((160, 96))
+    cmyk = _jpeg(photo.convert("CMYK"))
+    device = CountingDecoder()
+    (found,) = split_decoder(device, DecodeSplit(shares=(1.0,)), CPU)([cmyk])
+    expected = np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB"))
+    assert device.calls == [] and (found.permute(1, 2, 0).int() - torch.from_numpy(expected.copy()).int()).abs().max() <= 1
+
+
+def test_the_cpu_share_carries_fractions_over_to_the_next_batches():
+    split = DecodeSplit(shares=(0.125,))
+    counts = [split.cpu_count(3) for _ in range(8)]
+    assert sum(counts) == 3 and max(counts) == 1
+
+
+def _run_split(split, rate_at_share, batches, images=256):
+    """Feed `split` the batches of a job whose rate at each share is `rate_at_share(share)`."""
+    now, shares = 0.0, []
+    for _ in range(batches):
+        split.batch_done(images, now)
+        shares.append(split.cpu_share)
+        now += images / rate_at_share(split.cpu_share)
+    return shares
+
+
+def test_the_split_keeps_every_jpeg_on_the_gpu_when_cpu_decoding_slows_the_job():
+    split = DecodeSplit(window=4, settle=2, recheck_every=1000)
+    shares = _run_split(split, lambda share: 6000 * (1 - share), 100)
+    assert shares[-1] == 0.0 and max(shares) == DecodeSplit.SHARES[1]  # tried one step, came back
+
+
+def test_trying_a_share_that_does_not_pay_costs_a_few_percent_of_a_long_job():
+    split = DecodeSplit()
+    shares = _run_split(split, lambda share: 6000 * (1 - share), 2000)
+    assert Counter(shares)[0.0] / len(shares) >= 0.9
+
+
+def test_the_split_climbs_to_the_fastest_share_and_stays_there():
+    best = 0.25
+    split = DecodeSplit(window=4, settle=2, recheck_every=1000)
+    shares = _run_split(split, lambda share: 5000 + 4000 * (share if share <= best else 2 * best - share), 200)
+    assert shares[-1] == best and set(shares) <= {0.0, 0.125, 0.25, 0.5}
+
+
+def test_the_split_tries_its_neighbours_again_and_follows_a_change():
+    split = DecodeSplit(window=4, settle=2, recheck_every=3)
+    _run_split(split, lambda share: 6000 * (1 - share), 100)
+    assert split.cpu_share == 0.0
+    shares = _run_split(split, lambda share: 3000 + 3000 * share, 400)  # now the CPU is the faster side
+    # Most of the time at the top, checking the share below now and then.
+    assert Counter(shares[-100:]).most_common(1)[0][0] == DecodeSplit.SHARES[-1]
+
+
+def test_the_batches_right_after_a_change_are_not_counted():
+    split = DecodeSplit(window=2, settle=2, recheck_every=1000)
+    # The first two batches fill the pipeline and are not counted; the next two, at share 0, run
+    # at 1000 images/s; then the share moves, and the settling batches' rate (an outlier here)
+    # must not be taken as share 0.125's.
+    for now in (-1.5, -1.0, 0.0, 1.0, 2.0):
+        split.batch_done(1000, now)
+    assert split.cpu_share == 0.125 and split.describe()["images_per_s_by_share"] == {0.0: 1000}
+    for now in (2.001, 2.002):  # settling: absurdly fast, ignored
+        split.batch_done(1000, now)
+    assert split.describe()["images_per_s_by_share"] == {0.0: 1000}
+
+
+def test_a_share_measured_while_the_job_warmed_up_is_measured_again_soon():
+    split = DecodeSplit(window=4, settle=2, recheck_every=1000)
+    warm_after = 40  # batches: share 0 is slow until then, as a GPU and its allocator warming up
+    count = [0]
+
+    def rate(share):
+        count[0] += 1
+        return (1000 if count[0] < warm_after else 6000) if share == 0.0 else 4000 * (1 - share)
+
+    shares = _run_split(split, rate, 200)
+    assert shares[-1] == 0.0
+
+
+def test_pixels_decoded_on_the_cpu_are_the_images_own(jpegs):
+    """Not only close to the device decoder's: each image's own pixels, in its own place of the buffer."""
+    found = split_decoder(CountingDecoder(), DecodeSplit(shares=(0.75,)), CPU, threads=4)(jpegs)
+    for data, image in zip(jpegs, found, strict=True):
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert (image.permute(1, 2, 0).int() - torch.from_numpy(expected.copy()).int()).abs().max() <= 1
