@@ -37,7 +37,8 @@ import ceiling
 import end_to_end
 from run_all import Results, agreement, encoded_images, make_inputs
 from batch_predict.decode import decode
-from batch_predict.models import load_model
+from batch_predict.models import load_model, separate_cuda_queues
+from batch_predict.models.decode_split import DecodeSplit, split_decoder
 from batch_predict.models.device_decode import hardware_decoder, nvjpeg_decoder
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
@@ -64,36 +65,76 @@ def decoder_agreement(args: argparse.Namespace, device: torch.device) -> dict:
             for name, got in found.items()}
 
 
+class RecordedSplit(DecodeSplit):
+    """A `DecodeSplit` that keeps each finished batch's time, size and the share then in force,
+    and counts the JPEGs it sent to the CPU: the rate at each share, batch by batch."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.batches: list[tuple[float, int, float]] = []
+        self.sent_to_cpu = 0
+
+    def cpu_count(self, jpegs: int) -> int:
+        chosen = super().cpu_count(jpegs)
+        self.sent_to_cpu += chosen
+        return chosen
+
+    def batch_done(self, images: int, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        self.batches.append((now, images, self.cpu_share))
+        super().batch_done(images, now)
+
+    def rates_by_share(self, skip: int = 8) -> dict[float, dict]:
+        """Images per second over each run of batches at one share, its first `skip` batches left
+        out (images decoded at the share before were still queued), summed by share."""
+        found: dict[float, list[float]] = {}
+        run: list[tuple[float, int, float]] = []
+        for batch in self.batches + [(0.0, 0, -1.0)]:
+            if run and batch[2] != run[-1][2]:
+                kept = run[skip:]
+                if len(kept) > 1:
+                    totals = found.setdefault(run[0][2], [0.0, 0])
+                    totals[0] += kept[-1][0] - kept[0][0]
+                    totals[1] += sum(n for _, n, _ in kept[1:])
+                run = []
+            run.append(batch)
+        return {share: {"images_per_s": round(n / s) if s else None, "images": n} for share, (s, n) in sorted(found.items())}
+
+
 def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device, precision: str) -> dict:
-    """The job in this process on the same files, one model, with its JPEG decoding set up
-    several ways: which part of the decode path holds the GPU back."""
+    """The job in this process on the same files, one model, its JPEG decoding set up as each of
+    `args.variants` says: `<split>_<decoder>[_w<decode threads>][_si<GIL switch interval, ms>]`,
+    split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg` or `hardware`."""
     from batch_predict import JobSpec, run
-    from batch_predict.decode import DecodeSplit
     from batch_predict.models.device_decode import device_decoder
 
     model = load_model(ModelSettings(model_dir=args.yolox, model_spec=args.spec, device=str(device),
                                      precision=precision, batch_size=args.batch))
-    fixed = lambda share: DecodeSplit(shares=(share,))  # noqa: E731
-    variants = {
-        "gpu_only_nvjpeg": (None, nvjpeg_decoder(device)),
-        "gpu_only_hardware": (None, device_decoder(device)),
-        "climbing_hardware": (DecodeSplit(), device_decoder(device)),
-        "quarter_on_cpu_hardware": (fixed(0.25), device_decoder(device)),
-        "all_on_cpu": (fixed(1.0), device_decoder(device)),
-    }
+    decoders = {"nvjpeg": nvjpeg_decoder(device), "hardware": device_decoder(device)}
     found = {}
-    for name, (split, decoder) in variants.items():
+    for name in args.variants.split(","):
+        split_name, decoder_name, *options = name.split("_")
+        settings = {option.rstrip("0123456789."): float(option.lstrip("abcdefghijklmnopqrstuvwxyz")) for option in options}
+        split = RecordedSplit() if split_name == "climb" else RecordedSplit(shares=(float(split_name[len("share"):]),))
         model.decode_split = split
-        model._preprocessor.jpeg_decoder = decoder
+        model._preprocessor.jpeg_decoder = split_decoder(decoders[decoder_name], split, device)
         prefix = args.work / f"variant-{name}"
         spec = JobSpec(input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir=args.yolox,
                        model_spec=args.spec, output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors",
-                       batch_size=args.batch, precision=precision, overwrite=True)
+                       batch_size=args.batch, precision=precision, overwrite=True,
+                       num_decode_workers=int(settings.get("w", 0)))
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(settings.get("si", interval * 1e3) / 1e3)
         started = time.perf_counter()
-        summary = run(spec, model=model)
+        try:
+            summary = run(spec, model=model)
+        finally:
+            sys.setswitchinterval(interval)
         found[name] = {"seconds": round(time.perf_counter() - started, 2), "records": summary.records_read,
                        **end_to_end.steady_state(Path(f"{prefix}-job/committed"), 1),
-                       "split": split.describe() if split else None}
+                       "split": split.describe(), "sent_to_cpu": split.sent_to_cpu,
+                       "rates_by_share": split.rates_by_share()}
+        (args.out / f"batches-{name}.json").write_text(json.dumps(split.batches))
         log.info("%s: %s", name, found[name])
     return found
 
@@ -112,8 +153,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--frcnn_units", type=int, default=10, help="units the Faster R-CNN job cuts its one input file into")
     parser.add_argument("--only", default="", help="comma-separated names of measurements to run (default: all)")
+    parser.add_argument("--variants", default="climb_nvjpeg,share0_nvjpeg,climb_hardware,share0.25_hardware,share1.0_hardware",
+                        help="decode_variants' runs, comma-separated (see decode_variants)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    separate_cuda_queues()  # before this process first uses its GPU, as the job does: its in-process figures are the job's
     if args.quick:
         args.images, args.files, args.batch, args.seconds = 512, 4, 16, 0.5
     args.out.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,7 @@ import ceiling
 from run_all import Results
 from decoders import _cycle, _images
 from batch_predict.models import load_model
+from batch_predict.models.decode_split import DecodeSplit, split_decoder
 from batch_predict.models.device_decode import JpegDecoder, hardware_decoder, nvimgcodec_decoder, nvjpeg_decoder
 from batch_predict.models.preprocess import Prepared, Preprocessor
 from batch_predict.records import Record
@@ -153,11 +154,12 @@ def _pinned_pixels(data: bytes) -> torch.Tensor:
 
 
 def preparer(model, device: torch.device, decoder: JpegDecoder, cpu_share: float = 0.0,
-             pool: ThreadPoolExecutor | None = None) -> Prepare:
-    """A batch's preparation on a stream of its own: the first `cpu_share` of its JPEGs decoded by
-    `pool` into pinned memory and copied over, the rest by `decoder`, at the same time."""
+             pool: ThreadPoolExecutor | None = None, priority: int = 0) -> Prepare:
+    """A batch's preparation on a stream of its own (of `priority`: below 0 is ahead of the model's):
+    the first `cpu_share` of its JPEGs decoded by `pool` into pinned memory and copied over, the
+    rest by `decoder`, at the same time."""
     preprocessor = Preprocessor(model._preprocessor.spec, device, decoder, dtype=model._preprocessor.dtype)
-    stream = torch.cuda.Stream(device)
+    stream = torch.cuda.Stream(device, priority=priority)
 
     def prepare(records: Sequence[Record]) -> Prepared:
         cut = int(len(records) * cpu_share)
@@ -169,6 +171,46 @@ def preparer(model, device: torch.device, decoder: JpegDecoder, cpu_share: float
             ready = torch.cuda.Event()
             ready.record(stream)
         return dataclasses.replace(batch, ready=ready)
+
+    return prepare
+
+
+def engines_beside_nvjpeg(device: torch.device, engines_share: float) -> JpegDecoder:
+    """Each call's first `engines_share` of JPEGs on the JPEG engines (nvImageCodec, on a thread of
+    its own, on the caller's stream), the rest on nvjpeg at the same time."""
+    engines, nvjpeg = hardware_decoder(device), nvjpeg_decoder(device)
+    assert engines is not None, "no JPEG engines here"
+    helper = ThreadPoolExecutor(1)
+
+    def on_stream(stream: torch.cuda.Stream, jpegs: Sequence[bytes]):
+        with torch.cuda.stream(stream):
+            return engines(jpegs)
+
+    def decode(jpegs: Sequence[bytes]):
+        cut = int(len(jpegs) * engines_share)
+        first = helper.submit(on_stream, torch.cuda.current_stream(device), jpegs[:cut])
+        rest = list(nvjpeg(jpegs[cut:]))
+        return list(first.result()) + rest
+
+    return decode
+
+
+def from_pinned_host(model, device: torch.device, records: Sequence[Record]) -> Prepare:
+    """A batch whose pixels are in pinned host memory already, decoded once beforehand: copied
+    over in one transfer and preprocessed, every batch. What the GPU side could reach were the CPU
+    to decode every JPEG for free."""
+    preprocessor = Preprocessor(model._preprocessor.spec, device, dtype=model._preprocessor.dtype)
+    stream = torch.cuda.Stream(device)
+    pixels = torch.stack([torch.from_numpy(simplejpeg.decode_jpeg(r.encoded, colorspace="RGB")) for r in records])
+    host = pixels.pin_memory()
+
+    def prepare(batch: Sequence[Record]) -> Prepared:
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            images = host[: len(batch)].to(device, non_blocking=True).permute(0, 3, 1, 2)
+            prepared = preprocessor.prepare(list(images))
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        return dataclasses.replace(prepared, ready=ready)
 
     return prepare
 
@@ -284,6 +326,15 @@ def main() -> None:
         measure(f"staged_{name}_without_collect", lambda p=first: staged(model, [p], take, args.seconds, collect=False))
         measure(f"staged_{name}_two_preparers", lambda p=first, m=make: staged(
             model, [p, preparer(model, device, m(device))], take, args.seconds))
+        measure(f"staged_{name}_high_priority_prepare", lambda m=make: staged(
+            model, [preparer(model, device, m(device), priority=-1)], take, args.seconds))
+        for share in (0.125, 0.25, 0.5):
+            measure(f"staged_{name}_split_{share}", lambda m=make, s=share: staged(model, [preparer(
+                model, device, split_decoder(m(device), DecodeSplit(shares=(s,)), device))], take, args.seconds))
+    for share in (0.25, 0.5, 0.75):
+        measure(f"staged_engines_{share}_beside_nvjpeg", lambda s=share: staged(
+            model, [preparer(model, device, engines_beside_nvjpeg(device, s))], take, args.seconds))
+    measure("staged_from_pinned_host", lambda: staged(model, [from_pinned_host(model, device, take())], take, args.seconds))
     for name, make in decoders.items():
         decoder, stream = make(device), torch.cuda.Stream(device)
         preprocessor = Preprocessor(model._preprocessor.spec, device, dtype=model._preprocessor.dtype)
