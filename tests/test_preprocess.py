@@ -91,9 +91,11 @@ def test_images_are_resized_in_float16_only_where_that_rounds_once():
     assert working_dtype(torch.float16, False, CPU) == torch.float32
 
 
-def test_a_batch_of_mixed_sizes_equals_each_image_prepared_alone(photos_dir):
+@pytest.mark.parametrize("placement", ["top_left", "center"])
+def test_a_batch_of_mixed_sizes_equals_each_image_prepared_alone(photos_dir, placement):
+    # Alone, an image's batch fills only the padding around it; mixed, the whole canvas is padded first.
     images = [np.asarray(Image.open(photos_dir / n).convert("RGB")) for n in ("bus.jpg", "zidane.jpg", "bus.jpg")]
-    preprocessor = Preprocessor(_spec(pad_value=114), CPU)
+    preprocessor = Preprocessor(_spec(pad_value=114, channels="BGR", placement=placement), CPU)
     batch = preprocessor.from_images(images)
     for i, image in enumerate(images):
         alone = preprocessor.from_images([image])

@@ -75,7 +75,7 @@ class Preprocessor:
         self.device = device
         self._jpeg_decoder = jpeg_decoder
         self._dtype = dtype if dtype is not None and spec.dtype in (None, "float32") else _DTYPES[spec.dtype or "float32"]
-        self._order = torch.tensor([2, 1, 0], device=device) if spec.channels == "BGR" else None
+        self._channels = (2, 1, 0) if spec.channels == "BGR" else (0, 1, 2)  # the source channel of each
         low, high = spec.value_range
         std = torch.tensor(spec.std, dtype=torch.float32, device=device)
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
@@ -119,25 +119,38 @@ class Preprocessor:
             inputs = [self._finish(self._ordered(image[None]).to(self._work))[0] for image in images]
             return Prepared(inputs, geometry, None, sizes[:, ::-1])
         height, width = (int(v) for v in canvas[0])
-        # Everything is placed on one canvas of the padding value: no padded copy of any group.
-        batch = torch.full((len(images), 3, height, width), float(self.spec.pad_value), dtype=self._work, device=self.device)
+        batch = torch.empty((len(images), 3, height, width), dtype=self._work, device=self.device)
         groups = _groups(sizes, resized, offsets)
+        if len(groups) == 1:  # the usual batch: the padding around its one placement is all to fill
+            _fill_around(batch, *next(iter(groups))[1:], float(self.spec.pad_value))
+        else:  # everything placed on one canvas of the padding value: no padded copy of any group
+            batch.fill_(float(self.spec.pad_value))
         for key, members in groups.items():
             rows = slice(None) if len(groups) == 1 else torch.tensor(members, device=self.device)
             self._place(batch, rows, [images[i] for i in members], key)
         return Prepared(self._finish(batch), geometry, (height, width), sizes[:, ::-1])
 
     def _ordered(self, images: torch.Tensor) -> torch.Tensor:
-        return images if self._order is None else images[:, self._order]
+        return images.flip(1) if self._channels == (2, 1, 0) else images
 
     def _place(self, batch: torch.Tensor, rows: slice | torch.Tensor, images: Sequence[torch.Tensor], key: tuple) -> None:
         """Images of one size and placement (`_groups`) resized together onto their rows of the
-        canvas, in the model's channel order (reordered once resized, where they are smallest)."""
+        canvas, in the model's channel order.
+
+        Each pass over a batch's pixels is memory traffic taken from the model running beside it
+        (preprocessing cost YOLOX-Nano a tenth of its speed on an H200, docs/benchmarks.md), so the
+        passes are few: the images are stacked as they come (uint8), converted to the working dtype
+        with their channels reordered in the same copy, resized, and copied onto the canvas.
+        """
         (source_h, source_w), (new_h, new_w), (top, left) = key
-        group = torch.stack(list(images)).to(self._work)
+        stacked = torch.stack(list(images))
+        group = torch.empty(stacked.shape, dtype=self._work, device=self.device)
+        for channel, source in enumerate(self._channels):
+            group[:, channel] = stacked[:, source]
+        del stacked
         if (new_h, new_w) != (source_h, source_w):
             group = F.interpolate(group, size=(new_h, new_w), mode="bilinear", align_corners=False)
-        batch[rows, :, top : top + new_h, left : left + new_w] = self._ordered(group)
+        batch[rows, :, top : top + new_h, left : left + new_w] = group
 
     def _finish(self, batch: torch.Tensor) -> torch.Tensor:
         """Value range and normalization, dtype and layout of a 0..255 batch."""
@@ -161,6 +174,15 @@ def working_dtype(dtype: torch.dtype, scales: bool, device: torch.device) -> tor
     if dtype == torch.float16 and not scales and device.type == "cuda":
         return torch.float16
     return torch.float32
+
+
+def _fill_around(batch: torch.Tensor, size: tuple[int, int], offset: tuple[int, int], value: float) -> None:
+    """Fill the canvas outside the `size` rectangle at `offset` (top, left) with `value`."""
+    (height, width), (top, left) = size, offset
+    batch[:, :, :top] = value
+    batch[:, :, top + height :] = value
+    batch[:, :, top : top + height, :left] = value
+    batch[:, :, top : top + height, left + width :] = value
 
 
 def _groups(sizes: np.ndarray, resized: np.ndarray, offsets: np.ndarray) -> dict[tuple, list[int]]:
