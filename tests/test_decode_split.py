@@ -108,7 +108,7 @@ def test_trying_a_share_that_does_not_pay_costs_a_few_percent_of_a_long_job():
 def test_the_split_climbs_to_the_fastest_share_and_stays_there():
     best = 0.25
     split = DecodeSplit(window=4, settle=2, recheck_every=1000)
-    shares = _run_split(split, lambda share: 5000 + 4000 * (share if share <= best else 2 * best - share), 200)
+    shares = _run_split(split, lambda share: 4000 + 8000 * (share if share <= best else 2 * best - share), 200)
     assert shares[-1] == best and set(shares) <= {0.0, 0.125, 0.25, 0.5}
 
 
@@ -132,6 +132,12 @@ def test_the_batches_right_after_a_change_are_not_counted():
     for now in (2.001, 2.002):  # settling: absurdly fast, ignored
         split.batch_done(1000, now)
     assert split.describe()["images_per_s_by_share"] == {0.0: 1000}
+
+
+def test_a_larger_cpu_share_must_be_clearly_faster_to_be_kept():
+    split = DecodeSplit(window=4, settle=2, recheck_every=1000)
+    shares = _run_split(split, lambda share: 6000 * (1 + share / 4), 200)  # 3% faster per step: noise-sized
+    assert shares[-1] == 0.0
 
 
 def test_a_share_measured_while_the_job_warmed_up_is_measured_again_soon():

@@ -153,6 +153,8 @@ def test_a_callers_own_freeze_is_left_as_it_was(job):
     try:
         frozen = gc.get_freeze_count()
         run(job, model=MeanColourModel())
-        assert gc.get_freeze_count() == frozen
+        # Neither unfrozen nor frozen again (the run's own objects would add to it); frozen objects
+        # freed meanwhile leave the count.
+        assert 0 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()

@@ -27,7 +27,7 @@ class DecodeSplit:
     """How many of each batch's JPEGs CPU threads decode, for a model that decodes on its GPU.
 
     It climbs: it measures images per second over a window of batches at one share, tries the
-    next larger share, keeps whichever was faster, and tries its neighbours again, soon at first
+    next larger share, keeps it if it was faster by `margin`, and tries its neighbours again, soon at first
     (the first windows run while the GPU and its allocator warm up) and then ever less often, so
     that it follows a job whose images change, at a cost of a few percent at most where the CPU
     never pays. The first `settle` batches after a change are not counted: the batches prepared
@@ -40,10 +40,11 @@ class DecodeSplit:
     SHARES = (0.0, 0.125, 0.25, 0.5, 0.75)
 
     def __init__(
-        self, window: int = 12, settle: int = 8, recheck_every: int = 32, shares: tuple[float, ...] = SHARES
+        self, window: int = 12, settle: int = 8, recheck_every: int = 32, shares: tuple[float, ...] = SHARES,
+        margin: float = 0.1,
     ) -> None:
         self.shares = shares
-        self._window, self._settle, self._recheck_every = window, settle, recheck_every
+        self._window, self._settle, self._recheck_every, self._margin = window, settle, recheck_every, margin
         self._index = 0
         self._rates: dict[int, float] = {}
         self._settling = settle
@@ -86,7 +87,11 @@ class DecodeSplit:
             self._choose()
 
     def _choose(self) -> None:
-        here, best = self._index, max(self._rates, key=self._rates.__getitem__)
+        # Each step towards the CPU must be `margin` faster than the step before to be taken: a
+        # window's rate varies by a tenth or more from one window to the next on the GPU machine
+        # (docs/benchmarks.md), and a share taken on noise costs the job for as long as it holds.
+        here = self._index
+        best = max(self._rates, key=lambda i: self._rates[i] / (1 + self._margin) ** i)
         if best != here:
             self._move(best)
         elif here + 1 < len(self.shares) and here + 1 not in self._rates:
