@@ -167,9 +167,10 @@ def run_units(
 @contextlib.contextmanager
 def _long_lived_frozen() -> Iterator[None]:
     """Everything alive now (the model, the modules imported) lives through the run: frozen, the
-    garbage collector's full passes do not walk it. Each walk of it stopped every thread for
-    0.15-0.25 s, once every few seconds at thousands of records a second (docs/benchmarks.md).
-    Left alone where the caller froze objects itself: unfreezing would undo that."""
+    garbage collector's full passes do not walk it. With PyTorch imported that is some 340,000
+    objects, and one full pass over them during a job stopped every thread for 0.14 s
+    (`benchmarks/host.py`'s plumbing, docs/benchmarks.md). Left alone where the caller froze
+    objects itself: unfreezing would undo that."""
     if gc.get_freeze_count():
         yield
         return
