@@ -6,8 +6,9 @@ is a large share of one core. This measures it per image at a given number of de
 for the job's `result_lines` (batches of 256) and for the json module on the same dicts, and the
 whole plumbing (read -> probe -> batch -> write) with a model that finds that many boxes,
 how busy the job keeps a model that takes a fixed time per batch (each unit fills and drains
-its own pipeline), and what an image given as an array cost the GPU path when it was sent as
-PNG: encoded by the pipeline, decoded again in the model's prepare step.
+its own pipeline), what an image given as an array cost the GPU path when it was sent as
+PNG (encoded by the pipeline, decoded again in the model's prepare step), and the garbage
+collector's full passes during a job.
 
     PYTHONPATH=src:benchmarks python benchmarks/host.py --inputs '/tmp/bench/*.tfrecord' --out /tmp/host
 """
@@ -15,6 +16,7 @@ PNG: encoded by the pipeline, decoded again in the model's prepare step.
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import json
 import os
@@ -117,6 +119,27 @@ def model_busy(pattern: str, out: Path, batch: int, seconds_per_batch: float) ->
             "model_busy": round(model.calls * seconds_per_batch / wall, 3)}
 
 
+def full_collections(pattern: str, out: Path, runs: int = 3) -> dict:
+    """The garbage collector's full passes during the plumbing job (3 detections an image), and how
+    long each held every thread: with PyTorch imported there are some 340,000 objects to walk."""
+    pauses: list[float] = []
+    started = [0.0]
+
+    def timed(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif info["generation"] == 2:
+            pauses.append(round((time.perf_counter() - started[0]) * 1e3, 1))
+
+    gc.callbacks.append(timed)
+    try:
+        for _ in range(runs):
+            _timed_job(pattern, out, 256, StandInModel(3))
+    finally:
+        gc.callbacks.remove(timed)
+    return {"objects_tracked": len(gc.get_objects()), "runs": runs, "full_collection_ms": pauses}
+
+
 def png_round_trip(pattern: str, repeats: int = 50) -> dict:
     """Milliseconds to PNG-encode one input image's pixels (`decode.encode_png`) and to decode them
     again with torchvision, on one core: the first record of the first matching file."""
@@ -143,6 +166,7 @@ def main() -> None:
         # 256 images in 60 ms: about YOLOX-Nano's fp16 speed with nvjpeg decoding on one H200.
         results["model_busy"] = [model_busy(args.inputs, args.out / f"busy-{b}", b, 0.06 * b / 256) for b in (256, 64)]
         results["png_round_trip"] = png_round_trip(args.inputs)
+        results["full_collections"] = full_collections(args.inputs, args.out / "collections")
     (args.out / "host.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
