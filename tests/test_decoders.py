@@ -112,3 +112,13 @@ def test_tfod_outputs_by_name():
     np.testing.assert_allclose(padded.boxes[0, 0], [0, 0, 16, 32])
     with pytest.raises(ValueError, match="detection_boxes and detection_scores"):
         decode_tfod(torch.zeros(1), _context(1))
+
+
+def test_a_half_precision_yolox_head_decodes_exactly_as_its_float32_copy():
+    rng = torch.Generator().manual_seed(0)
+    head = torch.rand((3, ANCHORS, 7), generator=rng).half()
+    head[..., 2:4] -= 0.5  # log sizes either side of the cell
+    half, full = decode_yolox(head, _context(3)), decode_yolox(head.float(), _context(3))
+    assert half.counts.tolist() == full.counts.tolist() and half.counts.sum() > 3
+    for field in ("boxes", "scores", "classes"):
+        np.testing.assert_array_equal(getattr(half, field), getattr(full, field))
