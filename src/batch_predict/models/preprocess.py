@@ -122,7 +122,8 @@ class Preprocessor:
         batch = torch.empty((len(images), 3, height, width), dtype=self._work, device=self.device)
         groups = _groups(sizes, resized, offsets)
         if len(groups) == 1:  # the usual batch: the padding around its one placement is all to fill
-            _fill_around(batch, *next(iter(groups))[1:], float(self.spec.pad_value))
+            _, size, offset = next(iter(groups))
+            _fill_around(batch, size, offset, float(self.spec.pad_value))
         else:  # everything placed on one canvas of the padding value: no padded copy of any group
             batch.fill_(float(self.spec.pad_value))
         for key, members in groups.items():
