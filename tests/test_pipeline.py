@@ -201,12 +201,37 @@ def test_batches_prepared_ahead_give_the_outcomes_of_batches_predicted_in_turn(t
     assert staged.prepared  # the prepare stage ran
 
 
-def test_staged_batches_are_collected_on_the_writing_thread_not_the_launching_one(tmp_path):
+def test_staged_batches_are_collected_on_a_thread_of_their_own_not_the_launching_one(tmp_path):
     records = [Record(f"k{i}", "src", i, encoded=encode(gradient(8, 8))) for i in range(40)]
     staged = StagedMeanColourModel(fail_at="collect")
     counts, _ = _outcomes_of(staged, tmp_path, "staged", records)
     assert counts.predicted == 40 and sum(staged.launched) == 40
-    assert staged.collected_on == {"batch-predict-writer"}
+    assert staged.collected_on == {"batch-predict-collector"}
+
+
+class _SlowFirstWrite:
+    """An `OutcomeSink` whose first write takes `seconds`, as a commit's disk syncs can."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.outcomes, self.first_done = seconds, [], None
+
+    def write(self, outcomes):
+        if not self.outcomes:
+            time.sleep(self.seconds)
+            self.first_done = time.perf_counter()
+        self.outcomes += outcomes
+
+    def end(self, mark):
+        pass
+
+
+def test_batches_are_collected_while_the_writing_thread_is_held_up():
+    records = [Record(f"k{i}", "src", i, encoded=encode(gradient(8, 8))) for i in range(80)]
+    staged, sink = StagedMeanColourModel(fail_at="collect"), _SlowFirstWrite(0.5)
+    run_pipeline(records, staged, sink, batch_size=8, max_image_pixels=1 << 20, num_decode_workers=2, queue_depth=2)
+    assert len(sink.outcomes) == 80
+    # One thread collecting and writing would have collected one batch before its first write returned.
+    assert sum(at < sink.first_done for at in staged.collected_at) >= 4
 
 
 @pytest.mark.parametrize("fail_at", ["launch", "collect"])

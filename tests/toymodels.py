@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -58,7 +59,7 @@ class StagedMeanColourModel(MeanColourModel):
     """`MeanColourModel` that runs in stages as `TensorModel` does, so that the pipeline prepares
     batches ahead and collects them on its writing thread; failures and out-of-memory happen
     when a batch is launched (`fail_at="launch"`) or only when it is collected (`"collect"`).
-    Records which stage each batch went through, and on which thread it was collected."""
+    Records which stage each batch went through, and on which thread and when it was collected."""
 
     def __init__(self, *args, fail_at: str = "launch", **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -66,6 +67,7 @@ class StagedMeanColourModel(MeanColourModel):
         self.prepared: list[int] = []
         self.launched: list[int] = []
         self.collected_on: set[str] = set()
+        self.collected_at: list[float] = []
 
     def prepare(self, records: Sequence[Record]) -> list[Record]:
         self.prepared.append(len(records))
@@ -77,6 +79,7 @@ class StagedMeanColourModel(MeanColourModel):
 
     def collect(self, launched: list) -> list[Detections]:
         self.collected_on.add(threading.current_thread().name)
+        self.collected_at.append(time.perf_counter())
         return MeanColourModel.predict(self, launched) if self.fail_at == "collect" else launched
 
     def predict(self, records: Sequence[Record]) -> list[Detections]:

@@ -53,6 +53,9 @@ _PROBE_WORKERS = 2
 _PREPARED_AHEAD = 2
 #: Batches launched on the device and not yet collected.
 _LAUNCHED_AHEAD = 2
+#: Batches collected and not yet written: enough to ride out a slow commit (a fifth of a second
+#: is seven batches of a small model on a large GPU) while the device keeps running.
+_COLLECTED_AHEAD = 8
 
 
 #: Error types of a device or host running out of memory: torch.cuda.OutOfMemoryError,
@@ -520,28 +523,49 @@ def _segments_once_collected(batch: Batch, collect: Callable[[], list[Outcome]])
 
 
 class _Writer:
-    """Collects and writes outcomes in a thread, so that neither waiting for the device nor
-    formatting lines delays launching the next batch."""
+    """Collects and writes outcomes off the launching thread, in two threads: one waits for each
+    batch's detections (and gives its pixels back to the budget), the other writes and commits.
+
+    Two, so that neither waiting for the device nor formatting lines delays launching the next
+    batch, and so that a commit's disk syncs (on a local disk, `fsync` can take a fifth of a
+    second) do not stop the collecting: with one thread, the launching thread waited behind it
+    once the few batches launched ahead were done, and the GPU idled. The writing thread keeps
+    up to `_COLLECTED_AHEAD` batches' outcomes waiting (records and detections, no pixels).
+    """
 
     def __init__(self, sink: OutcomeSink, depth: int, budget: PixelBudget | None = None) -> None:
         self._sink = sink
         self._budget = budget
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._collected: queue.Queue = queue.Queue(maxsize=_COLLECTED_AHEAD)
         self._error: BaseException | None = None
         self._aborted = False
-        self._thread = threading.Thread(target=self._drain, name="batch-predict-writer", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._collect, name="batch-predict-collector", daemon=True),
+            threading.Thread(target=self._write, name="batch-predict-writer", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _drain(self) -> None:
+    def _collect(self) -> None:
         while (queued := self._queue.get()) is not _DONE:
             work, charged = queued
             if self._error is None and not self._aborted:
                 try:
-                    self._deliver(work() if callable(work) else work)
+                    self._collected.put(work() if callable(work) else work)
                 except BaseException as exc:  # re-raised in the job's thread
                     self._error = exc
             if self._budget is not None:
                 self._budget.release(charged)
+        self._collected.put(_DONE)
+
+    def _write(self) -> None:
+        while (segments := self._collected.get()) is not _DONE:
+            if self._error is None and not self._aborted:
+                try:
+                    self._deliver(segments)
+                except BaseException as exc:  # re-raised in the job's thread
+                    self._error = exc
 
     def _deliver(self, segments: list[list[Outcome] | UnitEnd]) -> None:
         for segment in segments:
@@ -553,14 +577,15 @@ class _Writer:
     def put(self, work: list[list[Outcome] | UnitEnd] | Callable[[], list[list[Outcome] | UnitEnd]],
             charged: int = 0) -> None:
         """Segments to write (`Batch.segments`), or what produces them once the device has (run in
-        the writer's thread); then `charged` bytes go back to the pixel budget."""
+        the collecting thread); then `charged` bytes go back to the pixel budget."""
         if self._error is not None:
             raise self._error
         self._queue.put((work, charged))
 
     def finish(self) -> None:
         self._queue.put(_DONE)
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
         if self._error is not None:
             raise self._error
 
@@ -568,7 +593,8 @@ class _Writer:
         """Stop without writing what is still queued; its lines would be discarded anyway."""
         self._aborted = True
         self._queue.put(_DONE)
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
 
 def decode_workers(model: Model) -> int:
