@@ -195,6 +195,39 @@ def engines_beside_nvjpeg(device: torch.device, engines_share: float) -> JpegDec
     return decode
 
 
+def engines_in_parallel(device: torch.device, parts: int, nvjpeg_share: float = 0.0) -> JpegDecoder:
+    """Each call's JPEGs cut in `parts`, each decoded on the JPEG engines by a decoder of its own, on a
+    thread and stream of its own, at the same time; with `nvjpeg_share`, that much of the batch on
+    nvjpeg on the caller's thread meanwhile. Whether the engines' calls overlap when one waits."""
+    decoders = [hardware_decoder(device) for _ in range(parts)]
+    assert all(d is not None for d in decoders), "no JPEG engines here"
+    streams = [torch.cuda.Stream(device) for _ in range(parts)]
+    pool = ThreadPoolExecutor(parts)
+    nvjpeg = nvjpeg_decoder(device)
+
+    def run(i: int, jpegs: Sequence[bytes]):
+        with torch.cuda.stream(streams[i]):
+            images = list(decoders[i](jpegs))
+            done = torch.cuda.Event()
+            done.record(streams[i])
+        return images, done
+
+    def decode(jpegs: Sequence[bytes]):
+        current = torch.cuda.current_stream(device)
+        cut = int(len(jpegs) * nvjpeg_share)
+        rest = jpegs[cut:]
+        size = -(-len(rest) // parts)
+        futures = [pool.submit(run, i, rest[i * size : (i + 1) * size]) for i in range(parts) if rest[i * size : (i + 1) * size]]
+        found = list(nvjpeg(jpegs[:cut])) if cut else []
+        for future in futures:
+            images, done = future.result()
+            current.wait_event(done)
+            found += images
+        return found
+
+    return decode
+
+
 def from_pinned_host(model, device: torch.device, records: Sequence[Record]) -> Prepare:
     """A batch whose pixels are in pinned host memory already, decoded once beforehand: copied
     over in one transfer and preprocessed, every batch. What the GPU side could reach were the CPU
@@ -334,6 +367,24 @@ def main() -> None:
     for share in (0.25, 0.5, 0.75):
         measure(f"staged_engines_{share}_beside_nvjpeg", lambda s=share: staged(
             model, [preparer(model, device, engines_beside_nvjpeg(device, s))], take, args.seconds))
+    for parts in (2, 4, 8):
+        measure(f"staged_engines_in_{parts}_parallel", lambda n=parts: staged(
+            model, [preparer(model, device, engines_in_parallel(device, n))], take, args.seconds))
+        measure(f"prepare_alone_engines_in_{parts}_parallel", lambda n=parts: alone(
+            preparer(model, device, engines_in_parallel(device, n)), take, args.seconds))
+    measure("staged_engines_in_4_parallel_quarter_nvjpeg", lambda: staged(
+        model, [preparer(model, device, engines_in_parallel(device, 4, 0.25))], take, args.seconds))
+    def with_float_copy_of_the_head() -> dict:
+        """The staged loop with the YOLOX head copied to float32 before decoding, as before
+        `decode_yolox` stopped making that copy: what the copy cost."""
+        own = model._decoder
+        model._decoder = lambda outputs, context: own(outputs.float(), context)
+        try:
+            return staged(model, [preparer(model, device, nvjpeg_decoder(device))], take, args.seconds)
+        finally:
+            model._decoder = own
+
+    measure("staged_nvjpeg_head_copied_to_float32", with_float_copy_of_the_head)
     measure("staged_from_pinned_host", lambda: staged(model, [from_pinned_host(model, device, take())], take, args.seconds))
     for name, make in decoders.items():
         decoder, stream = make(device), torch.cuda.Stream(device)
