@@ -15,13 +15,13 @@ from PIL import Image
 from batch_predict.models.decode_split import DecodeSplit, split_decoder
 from batch_predict.models.device_decode import nvjpeg_decoder
 
+from images import encode
+
 CPU = torch.device("cpu")
 
 
 def _jpeg(image: Image.Image, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90, **options)
-    return buffer.getvalue()
+    return encode(image, "JPEG", quality=90, **options)
 
 
 class CountingDecoder:

@@ -22,14 +22,13 @@ from batch_predict.models.device_decode import DeviceDecodeError, falling_back, 
 from batch_predict.models.preprocess import arrays_to_device, device_images
 
 from conftest import REPO
+from images import encode
 
 CPU = torch.device("cpu")
 
 
 def _jpeg(image: Image.Image, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90, **options)
-    return buffer.getvalue()
+    return encode(image, "JPEG", quality=90, **options)
 
 
 class EngineStandIn:
