@@ -1,14 +1,15 @@
 """The stages of a job, overlapped through bounded queues.
 
     read (thread) -> decode (thread pool) -> batch -> [prepare (thread)] -> predict/launch (caller's thread)
-      -> [collect] + write (thread)
+      -> [collect] (thread) -> write and commit (thread)
 
 Each queue holds a few items, so memory stays bounded however large the input, and the
 model never waits for I/O or decoding that could have been done ahead of it. A model that
 runs in stages (`StagedModel`: `TensorModel` on a GPU) gets two more overlaps: batch n+1 is
 decoded and preprocessed while batch n runs, and the caller's thread only launches a batch,
-leaving its detections to be collected by the writing thread, so the device always has the
-next batch queued while the host waits for the last one's results.
+leaving its detections to be collected by another thread, so the device always has the
+next batch queued while the host waits for the last one's results; and the writing thread,
+which may wait on a disk for a commit, holds up neither.
 
 One pipeline serves many units: the record stream carries a `UnitEnd` after each unit's
 records, batches run across unit boundaries (no unit pays for a partial last batch or for
