@@ -57,7 +57,7 @@ class MeanColourModel:
 
 class StagedMeanColourModel(MeanColourModel):
     """`MeanColourModel` that runs in stages as `TensorModel` does, so that the pipeline prepares
-    batches ahead and collects them on its writing thread; failures and out-of-memory happen
+    batches ahead and collects them on its collecting thread; failures and out-of-memory happen
     when a batch is launched (`fail_at="launch"`) or only when it is collected (`"collect"`).
     Records which stage each batch went through, and on which thread and when it was collected."""
 

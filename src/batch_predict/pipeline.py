@@ -78,7 +78,7 @@ class StagedModel(Model, Protocol):
 
     `prepare` (decode, preprocess) runs on a thread of its own; `launch` starts the model on a
     prepared batch and returns without waiting for it; `collect` waits for and returns its
-    detections, on the writing thread. Each may raise: the batch is then predicted again,
+    detections, on the collecting thread. Each may raise: the batch is then predicted again,
     bisected, through `predict`.
     """
 
@@ -519,7 +519,7 @@ def launch_prepared(
 
 
 def _segments_once_collected(batch: Batch, collect: Callable[[], list[Outcome]]) -> list[list[Outcome] | UnitEnd]:
-    """`batch.segments` of what `collect` returns: the writer's work for a launched batch."""
+    """`batch.segments` of what `collect` returns: the collecting thread's work for a launched batch."""
     return batch.segments(collect())
 
 
@@ -639,7 +639,7 @@ def run_pipeline(
     limit = limit or BatchLimit()
     workers = num_decode_workers or decode_workers(model)
     staged = model if isinstance(model, StagedModel) else None
-    # A staged model's batches wait in the writer's queue while the device runs them: two keep
+    # A staged model's batches wait in the collecting queue while the device runs them: two keep
     # it busy; more would only hold device memory.
     budget = PixelBudget(max_decoded_bytes) if max_decoded_bytes else None
     # Where records wait for room, a chunk's records must not wait for one another: one a task.
