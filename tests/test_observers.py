@@ -75,6 +75,6 @@ def test_a_timed_staged_model_keeps_its_stages_so_the_job_prepares_ahead(tmp_pat
     heard = Recorder()
     summary = run(photo_job(tmp_path), model=model, observer=heard)
     assert summary.predicted == 11 and model.prepared and model.launched
-    # Launched on the job's thread, collected on the collecting thread (a failing batch is bisected at once, where it failed).
-    assert "batch-predict-writer" in model.collected_on
+    # Launched on the job's thread, collected on the collecting one (a failing batch is bisected at once, where it failed).
+    assert "batch-predict-collector" in model.collected_on
     assert sum(heard.batch_sizes) >= summary.predicted
