@@ -159,3 +159,11 @@ def test_pixels_decoded_on_the_cpu_are_the_images_own(jpegs):
     for data, image in zip(jpegs, found, strict=True):
         expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         assert (image.permute(1, 2, 0).int() - torch.from_numpy(expected.copy()).int()).abs().max() <= 1
+
+
+def test_the_cpu_share_stops_at_the_pixels_one_batch_may_hold_in_host_memory(jpegs):
+    device = CountingDecoder()
+    first_two = sum(3 * (64 + 8 * i) * (96 + 16 * i) for i in range(2))
+    found = split_decoder(device, DecodeSplit(shares=(0.75,)), CPU, host_bytes=first_two)(jpegs)
+    assert device.calls == [6] and all(image is not None for image in found)  # 2 of the 6 asked fitted
+    assert split_decoder(device, DecodeSplit(shares=(0.75,)), CPU, host_bytes=100)(jpegs[:4]) and device.calls[-1] == 4

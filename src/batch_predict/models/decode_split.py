@@ -114,12 +114,20 @@ class DecodeSplit:
                 "images_per_s_by_share": {self.shares[i]: round(r) for i, r in sorted(self._rates.items())}}
 
 
-def split_decoder(on_device: JpegDecoder, split: DecodeSplit, device: torch.device, threads: int | None = None) -> JpegDecoder:
+#: Pixels of one batch's CPU share held in pinned host memory at most: 570 photos of 640x480, but only
+#: two of 8000x8000, whose share of a batch of 256 would otherwise pin 6 GB of the host's memory.
+HOST_BYTES = 1 << 29
+
+
+def split_decoder(
+    on_device: JpegDecoder, split: DecodeSplit, device: torch.device, threads: int | None = None,
+    host_bytes: int = HOST_BYTES,
+) -> JpegDecoder:
     """A `JpegDecoder` that sends `split`'s share of each call's JPEGs to `threads` CPU threads (one per
     usable core by default) while `on_device` decodes the rest, at the same time. The CPU's images
-    are decoded by simplejpeg (the GIL released throughout) into one pinned host buffer, copied to
-    `device` in one transfer that does not wait; a JPEG simplejpeg cannot read goes to
-    `on_device` with the rest."""
+    are decoded by simplejpeg (the GIL released throughout) into one pinned host buffer of at most
+    `host_bytes` (the share stops at the image that would not fit), copied to `device` in one
+    transfer that does not wait; a JPEG simplejpeg cannot read goes to `on_device` with the rest."""
     workers = threads or usable_cpus()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-jpeg")
 
@@ -128,9 +136,12 @@ def split_decoder(on_device: JpegDecoder, split: DecodeSplit, device: torch.devi
         if not count:
             return list(on_device(jpegs))
         sizes = [_size(jpeg) for jpeg in jpegs[:count]]
-        lengths = [height * width * 3 for height, width in sizes]
-        ends = np.cumsum(lengths)
-        starts = ends - lengths
+        ends = np.cumsum([height * width * 3 for height, width in sizes])
+        count = int(np.searchsorted(ends, host_bytes, side="right"))
+        if not count:
+            return list(on_device(jpegs))
+        sizes, ends = sizes[:count], ends[:count]
+        starts = ends - [height * width * 3 for height, width in sizes]
         host = torch.empty(int(ends[-1]), dtype=torch.uint8, pin_memory=device.type == "cuda")
         pixels = host.numpy()
         outs = [pixels[s:e].reshape(h, w, 3) for s, e, (h, w) in zip(starts, ends, sizes)]
