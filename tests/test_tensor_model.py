@@ -4,13 +4,16 @@ recompilation, and on the GPU path JPEGs encoded, everything else decoded by the
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from batch_predict import JobSpec, run
 from batch_predict.models import ModelLoadError, load_model
+from batch_predict.models.decode_split import DecodeSplit
 from batch_predict.models.model_spec import load_spec
 from batch_predict.models.speed import accelerate
 from batch_predict.models.tensor_model import ModuleRunner, PaddingRunner, TensorModel, at_few_batch_sizes, halvings
@@ -19,7 +22,7 @@ from batch_predict.pipeline import prepare_for, run_pipeline
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
 
-from backend_helpers import REPO
+from backend_helpers import REPO, write_tfrecord
 from conftest import one_unit_output
 
 SPEC = str(REPO / "examples" / "specs" / "yolox_nano.yaml")
@@ -248,3 +251,14 @@ def test_padded_calls_of_a_model_giving_one_dict_per_image_keep_each_image_whole
     assert model.batch_sizes == [4, 4] and len(found) == 6
     assert [len(d["boxes"]) for d in found] == [1, 2, 3, 1, 1, 2]
     assert [float(d["boxes"][0, 0]) for d in found] == [12.0 * k for k in range(1, 7)]
+
+
+def test_a_job_on_the_gpu_path_ends_by_logging_how_it_shared_jpeg_decoding(jpeg_path, pixels_path, photos_dir, tmp_path, caplog):
+    assert jpeg_path.describe()["jpeg_decoding"]["cpu_share"] in DecodeSplit.SHARES
+    assert "jpeg_decoding" not in pixels_path.describe()  # the pipeline decodes everything for it
+    inputs = write_tfrecord(tmp_path / "in.tfrecord", {"bus": (photos_dir / "bus.jpg").read_bytes()})
+    spec = JobSpec(input_file_patterns=(str(inputs),), input_file_format="tfrecord", model_dir="given",
+                   output_result_prefix=str(tmp_path / "r"), output_error_prefix=str(tmp_path / "e"))
+    with caplog.at_level(logging.INFO, logger="batch_predict"):
+        assert run(spec, model=jpeg_path).predicted == 1
+    assert any("JPEG decoding {'cpu_share'" in message for message in caplog.messages)
