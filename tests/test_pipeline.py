@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from batch_predict.pipeline import (
-    Batch, BatchLimit, Stopped, background, form_batches, is_out_of_memory, launch_prepared, predict_isolating,
-    prepare_for, run_pipeline,
+    Batch, BatchLimit, PixelBudget, Stopped, _Writer, background, form_batches, is_out_of_memory, launch_prepared,
+    predict_isolating, prepare_for, run_pipeline,
 )
-from batch_predict.records import Prediction, Record, FailedRecord, UnitEnd
+from batch_predict.records import Detections, Prediction, Record, FailedRecord, UnitEnd
 
 from images import encode, gradient
 from conftest import one_unit_output
@@ -319,3 +319,26 @@ def test_a_budget_smaller_than_a_batch_still_predicts_every_record_in_order_of_r
                         num_decode_workers=4, queue_depth=2, max_decoded_bytes=40 * 30 * 3)
     counts = outputs.commit(read)
     assert (counts.records_read, counts.predicted, counts.failed) == (12, 12, 0)
+
+
+def test_a_batchs_pixel_bytes_go_back_to_the_budget_only_once_its_outcomes_are_written():
+    """The records hold their pixels until written (`--visualize` draws on them): the budget must count them till then."""
+    budget, writing, go_on = PixelBudget(100), threading.Event(), threading.Event()
+
+    class HeldUp:
+        def write(self, outcomes):
+            writing.set()
+            go_on.wait(10)
+
+        def end(self, mark):
+            pass
+
+    budget.acquire(60)
+    writer = _Writer(HeldUp(), 2, budget)
+    nothing = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    writer.put([[Prediction(_record("a"), nothing)]], charged=60)
+    assert writing.wait(10)
+    assert not budget.try_acquire(60)  # still held while the write is under way
+    go_on.set()
+    writer.finish()
+    assert budget.try_acquire(100)

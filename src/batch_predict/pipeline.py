@@ -530,8 +530,8 @@ class _Writer:
     Two, so that neither waiting for the device nor formatting lines delays launching the next
     batch, and so that a commit's disk syncs (on a local disk, `fsync` can take a fifth of a
     second) do not stop the collecting: with one thread, the launching thread waited behind it
-    once the few batches launched ahead were done, and the GPU idled. The writing thread keeps
-    up to `_COLLECTED_AHEAD` batches' outcomes waiting (records and detections, no pixels).
+    once the few batches launched ahead were done, and the GPU idled. Up to `_COLLECTED_AHEAD`
+    batches' outcomes wait for the writing thread; their pixels go back to the budget once written.
     """
 
     def __init__(self, sink: OutcomeSink, depth: int, budget: PixelBudget | None = None) -> None:
@@ -551,22 +551,26 @@ class _Writer:
     def _collect(self) -> None:
         while (queued := self._queue.get()) is not _DONE:
             work, charged = queued
+            segments: list[list[Outcome] | UnitEnd] = []
             if self._error is None and not self._aborted:
                 try:
-                    self._collected.put(work() if callable(work) else work)
+                    segments = work() if callable(work) else work
                 except BaseException as exc:  # re-raised in the job's thread
                     self._error = exc
-            if self._budget is not None:
-                self._budget.release(charged)
+            self._collected.put((segments, charged))
         self._collected.put(_DONE)
 
     def _write(self) -> None:
-        while (segments := self._collected.get()) is not _DONE:
+        while (collected := self._collected.get()) is not _DONE:
+            segments, charged = collected
             if self._error is None and not self._aborted:
                 try:
                     self._deliver(segments)
                 except BaseException as exc:  # re-raised in the job's thread
                     self._error = exc
+            # Only now: the records hold their pixels until written (`--visualize` draws on them).
+            if self._budget is not None:
+                self._budget.release(charged)
 
     def _deliver(self, segments: list[list[Outcome] | UnitEnd]) -> None:
         for segment in segments:
@@ -578,7 +582,7 @@ class _Writer:
     def put(self, work: list[list[Outcome] | UnitEnd] | Callable[[], list[list[Outcome] | UnitEnd]],
             charged: int = 0) -> None:
         """Segments to write (`Batch.segments`), or what produces them once the device has (run in
-        the collecting thread); then `charged` bytes go back to the pixel budget."""
+        the collecting thread); once they are written, `charged` bytes go back to the pixel budget."""
         if self._error is not None:
             raise self._error
         self._queue.put((work, charged))
