@@ -54,9 +54,11 @@ _PROBE_WORKERS = 2
 _PREPARED_AHEAD = 2
 #: Batches launched on the device and not yet collected.
 _LAUNCHED_AHEAD = 2
-#: Batches collected and not yet written: enough to ride out a slow commit (a fifth of a second
-#: is seven batches of a small model on a large GPU) while the device keeps running.
-_COLLECTED_AHEAD = 8
+#: Batches collected and not yet written: enough to ride out a slow commit while the device keeps
+#: running. The GPU machine's job paused 0.17-0.24 s at unit commits (docs/benchmarks.md), nine
+#: batches of YOLOX-Nano there. Their pixels stay within the budget (given back once written);
+#: their encoded bytes add to the few thousand records the readers keep ahead.
+_COLLECTED_AHEAD = 16
 
 
 #: Error types of a device or host running out of memory: torch.cuda.OutOfMemoryError,
