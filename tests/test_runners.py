@@ -5,15 +5,21 @@ from __future__ import annotations
 import gc
 import io
 import json
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from batch_predict.inputs.units import Unit
 from batch_predict.observe.observers import JobObserver
+from batch_predict.outputs.sinks import UnitCounts
 from batch_predict.pipeline import Stopped
 from batch_predict.runners.local import run
 from batch_predict.runners.plan import UnitsFailed
+from batch_predict.records import Detections, Prediction, Record, UnitEnd
 from batch_predict.runners.stopping import Stopping
+from batch_predict.runners.unit import UnitSinks
 from batch_predict.spec import JobSpec
 from batch_predict.inputs.tfrecord import write_record
 
@@ -158,3 +164,45 @@ def test_a_callers_own_freeze_is_left_as_it_was(job):
         assert 0 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
+
+
+class _SlowDisk:
+    """A job state whose units' outputs take `seconds` to commit, as syncs on a busy disk do; it
+    notes what happened, in order, from whichever thread."""
+
+    def __init__(self, seconds: float) -> None:
+        self.sink, self.seconds, self.events = self, seconds, []
+
+    def open(self, unit, labels):
+        disk = self
+
+        class Output:
+            def write(self, outcomes):
+                disk.events.append(("written", unit.index))
+
+            def commit(self, records_read):
+                time.sleep(disk.seconds)
+                disk.events.append(("committed", unit.index))
+                return UnitCounts(records_read, records_read)
+
+            def discard(self):
+                disk.events.append(("discarded", unit.index))
+
+        return Output()
+
+    def commit(self, unit, counts):
+        self.events.append(("recorded", unit.index))
+
+
+def test_the_next_unit_is_written_while_the_last_one_commits():
+    units = [Unit(0, 2, ()), Unit(1, 2, ())]
+    disk = _SlowDisk(0.3)
+    sinks = UnitSinks(MeanColourModel(), disk, units, JobObserver())
+    nothing = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    for unit in units:
+        sinks.write([Prediction(Record(f"k{unit.index}", "src", 0), nothing)])
+        sinks.end(UnitEnd(unit, 1))
+    assert disk.events[:2] == [("written", 0), ("written", 1)]  # unit 1 written while unit 0 commits
+    results = sinks.finish()
+    assert disk.events[2:] == [("committed", 0), ("recorded", 0), ("committed", 1), ("recorded", 1)]
+    assert [(unit.index, counts.predicted) for unit, counts in results] == [(0, 1), (1, 1)]

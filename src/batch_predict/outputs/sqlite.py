@@ -52,8 +52,11 @@ _BUSY_TIMEOUT_S = 600
 
 
 def connect(path: str) -> sqlite3.Connection:
-    """A connection to the database at `path`, its tables created if new; transactions are explicit."""
-    connection = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+    """A connection to the database at `path`, its tables created if new; transactions are explicit.
+
+    A unit's staging database is written on the pipeline's writing thread and committed on the
+    thread that commits units (`runners/unit.py`), one after the other: not one thread throughout."""
+    connection = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     connection.executescript(_SCHEMA)
     return connection
 
