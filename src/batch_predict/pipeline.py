@@ -54,10 +54,11 @@ _PROBE_WORKERS = 2
 _PREPARED_AHEAD = 2
 #: Batches launched on the device and not yet collected.
 _LAUNCHED_AHEAD = 2
-#: Batches collected and not yet written: enough to ride out a slow commit while the device keeps
-#: running. The GPU machine's job paused 0.17-0.24 s at unit commits (docs/benchmarks.md), nine
-#: batches of YOLOX-Nano there. Their pixels stay within the budget (given back once written);
-#: their encoded bytes add to the few thousand records the readers keep ahead.
+#: Batches collected and not yet written: enough that a write held up for a while (a disk flushing
+#: its cache; the GPU machine's job paused 0.17-0.24 s around unit commits, nine batches of
+#: YOLOX-Nano there: docs/benchmarks.md) does not reach back to the device. Their pixels stay within
+#: the budget (given back once written); their encoded bytes add to the few thousand records the
+#: readers keep ahead.
 _COLLECTED_AHEAD = 16
 
 
@@ -530,9 +531,9 @@ class _Writer:
     batch's detections (and gives its pixels back to the budget), the other writes and commits.
 
     Two, so that neither waiting for the device nor formatting lines delays launching the next
-    batch, and so that a commit's disk syncs (on a local disk, `fsync` can take a fifth of a
-    second) do not stop the collecting: with one thread, the launching thread waited behind it
-    once the few batches launched ahead were done, and the GPU idled. Up to `_COLLECTED_AHEAD`
+    batch, and so that a write held up by the disk does not stop the collecting: with one thread,
+    the launching thread waited behind it once the few batches launched ahead were done, and the
+    GPU idled. (Units commit on a thread of their own: `runners/unit.py`.) Up to `_COLLECTED_AHEAD`
     batches' outcomes wait for the writing thread; their pixels go back to the budget once written.
     """
 
