@@ -4,8 +4,8 @@ Decoding on the GPU takes SMs from the model; decoding on the CPU takes cores, m
 and, around each call, the interpreter. Which costs the job less depends on the machine, the
 model and the images, and shows only in the job's own rate (docs/benchmarks.md), so
 `DecodeSplit` climbs on that rate. The split is made inside the batch being prepared
-(`split_decoder`): a share changed now holds from the next batch prepared, so trying a share costs
-a few batches, and the CPU's images go straight into one pinned buffer, copied over at once.
+(`split_decoder`): a share changed holds from the next batch prepared, not after the pipeline's
+queues have drained, and the CPU's images go straight into one pinned buffer, copied over at once.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ class DecodeSplit:
     """How many of each batch's JPEGs CPU threads decode, for a model that decodes on its GPU.
 
     It climbs: it measures images per second over a window of batches at one share, tries the
-    next larger share, keeps it if it was faster by `margin`, and tries its neighbours again, soon at first
-    (the first windows run while the GPU and its allocator warm up) and then ever less often, so
+    next larger share, keeps it if it was faster by `margin`, and tries its neighbours again, soon
+    at first (the first windows run while the GPU and its allocator warm up) and then ever less often, so
     that it follows a job whose images change, at a cost of a few percent at most where the CPU
     never pays. The first `settle` batches after a change are not counted: the batches prepared
     ahead at the share before, and those the GPU runs back to back from the queues while the
