@@ -206,3 +206,9 @@ def test_the_next_unit_is_written_while_the_last_one_commits():
     results = sinks.finish()
     assert disk.events[2:] == [("committed", 0), ("recorded", 0), ("committed", 1), ("recorded", 1)]
     assert [(unit.index, counts.predicted) for unit, counts in results] == [(0, 1), (1, 1)]
+
+
+def test_a_run_told_not_to_write_the_summary_leaves_it_to_its_parent(job):
+    summary = run(job, model=MeanColourModel(), write_summary=False)
+    assert summary.complete and not Path(job.output_result_prefix + "-summary.json").exists()
+    assert run(job, model=MeanColourModel()).complete and Path(job.output_result_prefix + "-summary.json").exists()

@@ -248,8 +248,9 @@ class JobState:
         write_atomically(self.layout.commit_record(unit.index, unit.count), json.dumps(record))
         self._distrusted.discard(unit.index)
 
-    def summarize(self, files: int, wall_time_s: float, predicted_now: int) -> JobSummary:
-        """The counts of every committed unit; once all are, also written to `<prefix>-summary.json`.
+    def summarize(self, files: int, wall_time_s: float, predicted_now: int, *, write: bool = True) -> JobSummary:
+        """The counts of every committed unit; once all are, also written to `<prefix>-summary.json`
+        (with `write`), after tidying what killed writers left.
 
         Wall time and speed are this run's; counts are the whole job's, whichever
         processes and reruns committed them.
@@ -266,9 +267,10 @@ class JobState:
             paths = [self.sink.locations(unit) for unit in self.units]
             summary.result_files = list(dict.fromkeys(r for r, _ in paths))  # one database serves every unit
             summary.error_files = list(dict.fromkeys(e for _, e in paths))
-            self.sink.tidy()
-            self._tidy()
-            write_atomically(self.layout.summary, json.dumps(summary.to_json(), indent=2))
+            if write:
+                self.sink.tidy()
+                self._tidy()
+                write_atomically(self.layout.summary, json.dumps(summary.to_json(), indent=2))
         return summary
 
 

@@ -32,6 +32,7 @@ def run(
     stopping: Stopping | None = None,
     observer: JobObserver | None = None,
     begin: Callable[[JobState], None] = JobState.begin,
+    write_summary: bool = True,
 ) -> JobSummary:
     """Predict every record matched by `spec`, write results, errors and a summary.
 
@@ -41,7 +42,9 @@ def run(
     goes on. `model`, if given, is used instead of loading `spec.model_dir` (a notebook
     that runs several jobs loads it once). Worker `worker_index` of `worker_count` runs only its share of the units
     (`units_for_worker`); the summary file is written by whichever run commits the last
-    unit. `stopping` (set from signal handlers) stops starting units, or abandons
+    unit, unless `write_summary` is false (a worker process whose parent writes it once all its
+    workers are done: two workers ending together would each tidy away the other's summary file
+    while it was being written). `stopping` (set from signal handlers) stops starting units, or abandons
     those in progress, raising `Stopped`. A unit that fails as a whole (an input that cannot be read) is
     left uncommitted, the other units go on, and `UnitsFailed` is raised at the end.
     `observer` (progress, metrics) hears how the run goes, beside the job's own timeline
@@ -74,4 +77,4 @@ def run(
         if len(results) < len(plan.pending):
             unit = plan.pending[len(results)]
             raise Stopped(f"stopped before unit {unit.index} of {unit.count}; rerun the same command to resume")
-    return finish_run(plan, watchers)
+    return finish_run(plan, watchers, write_summary=write_summary)

@@ -94,9 +94,11 @@ def inputs_apart_from_outputs(
     return kept
 
 
-def finish_run(plan: RunPlan, observer: JobObserver) -> JobSummary:
-    """The job's summary from every commit record; `UnitsFailed` if this run left units undone."""
-    summary = plan.state.summarize(len(plan.files), time.perf_counter() - plan.started, plan.predicted_now)
+def finish_run(plan: RunPlan, observer: JobObserver, *, write_summary: bool = True) -> JobSummary:
+    """The job's summary from every commit record, written once complete if `write_summary`;
+    `UnitsFailed` if this run left units undone."""
+    summary = plan.state.summarize(len(plan.files), time.perf_counter() - plan.started, plan.predicted_now,
+                                   write=write_summary)
     observer.job_ended(summary)
     if plan.failures:
         raise UnitsFailed(

@@ -165,7 +165,7 @@ def _work(spec: JobSpec, local_index: int, index: int, count: int, messages: Any
 
     try:
         run(worker_spec, worker_index=index, worker_count=count, observer=relay,
-            begin=begin_in_parent if spec.overwrite else JobState.begin)
+            begin=begin_in_parent if spec.overwrite else JobState.begin, write_summary=False)
         relay.flush()
         messages.put(("done", index, None))
     except BaseException as exc:  # handed to the parent, which raises it
