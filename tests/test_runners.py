@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import json
@@ -13,7 +14,7 @@ import pytest
 
 from batch_predict.inputs.units import Unit
 from batch_predict.observe.observers import JobObserver
-from batch_predict.outputs.sinks import UnitCounts
+from batch_predict.outputs.sinks import OutputError, UnitCounts
 from batch_predict.pipeline import Stopped
 from batch_predict.runners.local import run
 from batch_predict.runners.plan import UnitsFailed
@@ -212,3 +213,30 @@ def test_a_run_told_not_to_write_the_summary_leaves_it_to_its_parent(job):
     summary = run(job, model=MeanColourModel(), write_summary=False)
     assert summary.complete and not Path(job.output_result_prefix + "-summary.json").exists()
     assert run(job, model=MeanColourModel()).complete and Path(job.output_result_prefix + "-summary.json").exists()
+
+
+class _FullDisk(_SlowDisk):
+    """A job state whose units' outputs cannot be committed: the disk is full."""
+
+    def open(self, unit, labels):
+        output = super().open(unit, labels)
+
+        def commit(records_read):
+            raise OutputError(f"cannot commit unit {unit.index}: no space left on device")
+
+        output.commit = commit
+        return output
+
+
+def test_a_commit_that_cannot_write_fails_the_run_at_the_next_unit_end_or_at_the_finish():
+    units = [Unit(0, 3, ()), Unit(1, 3, ()), Unit(2, 3, ())]
+    disk = _FullDisk(0.0)
+    sinks = UnitSinks(MeanColourModel(), disk, units, JobObserver())
+    with contextlib.suppress(OutputError):  # said here already if the commit was quick enough
+        sinks.end(UnitEnd(units[0], 0))
+    sinks._committer.submit(lambda: None).result()  # unit 0's commit has failed by now
+    with pytest.raises(OutputError, match="unit 0"):
+        sinks.end(UnitEnd(units[1], 0))
+    with pytest.raises(OutputError, match="unit 0"):
+        sinks.finish()
+    assert ("discarded", 0) in disk.events and ("recorded", 0) not in disk.events

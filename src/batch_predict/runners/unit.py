@@ -72,6 +72,7 @@ class UnitSinks:
         self._failure: Exception | None = None
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="batch-predict-commit")
         self._commits: list[Future[UnitResult]] = []
+        self._seen = 0  # commits looked at for an `OutputError` so far
 
     def _open(self, unit: Unit) -> UnitOutput:
         """The output of `unit`, the one being written, opened at its first outcome (or at its end,
@@ -103,9 +104,11 @@ class UnitSinks:
         finally:
             self._outputs, self._failure = None, None
         self._commits.append(self._committer.submit(self._commit, unit, ending, opened, mark.records_read))
-        for done in self._commits:  # a commit that could not write fails the run: say so now
-            if done.done() and isinstance(done.exception(), OutputError):
-                done.result()
+        # A commit that could not write fails the run: say so now. Commits end in order.
+        while self._seen < len(self._commits) and self._commits[self._seen].done():
+            if isinstance(self._commits[self._seen].exception(), OutputError):
+                self._commits[self._seen].result()
+            self._seen += 1
 
     def _commit(self, unit: Unit, ending: UnitOutput | BaseException, opened: UnitOutput | None,
                 records_read: int) -> UnitResult:
