@@ -132,16 +132,14 @@ def split_decoder(
     pool = ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-jpeg")
 
     def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
-        count = split.cpu_count(len(jpegs))
-        if not count:
-            return list(on_device(jpegs))
-        sizes = [_size(jpeg) for jpeg in jpegs[:count]]
-        ends = np.cumsum([height * width * 3 for height, width in sizes])
+        sizes = [_size(jpeg) for jpeg in jpegs[: split.cpu_count(len(jpegs))]]
+        lengths = np.array([height * width * 3 for height, width in sizes], dtype=np.int64)
+        ends = np.cumsum(lengths)
         count = int(np.searchsorted(ends, host_bytes, side="right"))
         if not count:
             return list(on_device(jpegs))
         sizes, ends = sizes[:count], ends[:count]
-        starts = ends - [height * width * 3 for height, width in sizes]
+        starts = ends - lengths[:count]
         host = torch.empty(int(ends[-1]), dtype=torch.uint8, pin_memory=device.type == "cuda")
         pixels = host.numpy()
         outs = [pixels[s:e].reshape(h, w, 3) for s, e, (h, w) in zip(starts, ends, sizes)]
