@@ -99,31 +99,32 @@ class UnitSinks:
             raise AssertionError(f"unit {mark.unit.index} ended while unit {unit.index} was being written")
         failure = mark.error or self._failure
         try:
-            ending: UnitOutput | BaseException = failure if failure is not None else self._open(unit)
-            opened = self._outputs
+            outputs = self._outputs if failure is not None else self._open(unit)
+        except Exception as exc:  # outputs that cannot be opened fail the unit, or the run (`_commit`)
+            outputs, failure = None, exc
         finally:
             self._outputs, self._failure = None, None
-        self._commits.append(self._committer.submit(self._commit, unit, ending, opened, mark.records_read))
+        self._commits.append(self._committer.submit(self._commit, unit, outputs, failure, mark.records_read))
         # A commit that could not write fails the run: say so now. Commits end in order.
         while self._seen < len(self._commits) and self._commits[self._seen].done():
             if isinstance(self._commits[self._seen].exception(), OutputError):
                 self._commits[self._seen].result()
             self._seen += 1
 
-    def _commit(self, unit: Unit, ending: UnitOutput | BaseException, opened: UnitOutput | None,
+    def _commit(self, unit: Unit, outputs: UnitOutput | None, failure: BaseException | None,
                 records_read: int) -> UnitResult:
-        """Commit `unit`'s output (`ending`), or, where `ending` is why the unit failed, discard what
-        was `opened` of it."""
+        """Commit `unit`'s outputs; or, where the unit failed, discard what was opened of them."""
         try:
-            if isinstance(ending, BaseException):
-                raise ending
-            counts = ending.commit(records_read)
+            if failure is not None:
+                raise failure
+            assert outputs is not None  # opened at the unit's end, if not before
+            counts = outputs.commit(records_read)
             self._state.commit(unit, counts)
         except OutputError:
-            self._discard(unit, opened)
+            self._discard(unit, outputs)
             raise
         except Exception as exc:  # this unit stays uncommitted; the others go on
-            self._discard(unit, opened)
+            self._discard(unit, outputs)
             return unit, exc
         self._observer.unit_committed(unit, counts)
         log.info(
