@@ -1,7 +1,7 @@
 """The stages of a job, overlapped through bounded queues.
 
     read (thread) -> decode (thread pool) -> batch -> [prepare (thread)] -> predict/launch (caller's thread)
-      -> [collect] (thread) -> write and commit (thread)
+      -> [collect] (thread) -> write (thread)
 
 Each queue holds a few items, so memory stays bounded however large the input, and the
 model never waits for I/O or decoding that could have been done ahead of it. A model that
@@ -9,7 +9,8 @@ runs in stages (`StagedModel`: `TensorModel` on a GPU) gets two more overlaps: b
 decoded and preprocessed while batch n runs, and the caller's thread only launches a batch,
 leaving its detections to be collected by another thread, so the device always has the
 next batch queued while the host waits for the last one's results; and the writing thread,
-which may wait on a disk for a commit, holds up neither.
+which may wait on a disk, holds up neither. (The sink commits units on a thread of its own:
+`runners/unit.py`.)
 
 One pipeline serves many units: the record stream carries a `UnitEnd` after each unit's
 records, batches run across unit boundaries (no unit pays for a partial last batch or for
@@ -528,7 +529,7 @@ def _segments_once_collected(batch: Batch, collect: Callable[[], list[Outcome]])
 
 class _Writer:
     """Collects and writes outcomes off the launching thread, in two threads: one waits for each
-    batch's detections (and gives its pixels back to the budget), the other writes and commits.
+    batch's detections, the other writes them and gives their pixels back to the budget.
 
     Two, so that neither waiting for the device nor formatting lines delays launching the next
     batch, and so that a write held up by the disk does not stop the collecting: with one thread,
