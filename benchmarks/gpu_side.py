@@ -175,26 +175,6 @@ def preparer(model, device: torch.device, decoder: JpegDecoder, cpu_share: float
     return prepare
 
 
-def engines_beside_nvjpeg(device: torch.device, engines_share: float) -> JpegDecoder:
-    """Each call's first `engines_share` of JPEGs on the JPEG engines (nvImageCodec, on a thread of
-    its own, on the caller's stream), the rest on nvjpeg at the same time."""
-    engines, nvjpeg = hardware_decoder(device), nvjpeg_decoder(device)
-    assert engines is not None, "no JPEG engines here"
-    helper = ThreadPoolExecutor(1)
-
-    def on_stream(stream: torch.cuda.Stream, jpegs: Sequence[bytes]):
-        with torch.cuda.stream(stream):
-            return engines(jpegs)
-
-    def decode(jpegs: Sequence[bytes]):
-        cut = int(len(jpegs) * engines_share)
-        first = helper.submit(on_stream, torch.cuda.current_stream(device), jpegs[:cut])
-        rest = list(nvjpeg(jpegs[cut:]))
-        return list(first.result()) + rest
-
-    return decode
-
-
 def engines_in_parallel(device: torch.device, parts: int, nvjpeg_share: float = 0.0) -> JpegDecoder:
     """Each call's JPEGs cut in `parts`, each decoded on the JPEG engines by a decoder of its own, on a
     thread and stream of its own, at the same time; with `nvjpeg_share`, that much of the batch on
@@ -366,7 +346,7 @@ def main() -> None:
                 model, device, split_decoder(m(device), DecodeSplit(shares=(s,)), device))], take, args.seconds))
     for share in (0.25, 0.5, 0.75):
         measure(f"staged_engines_{share}_beside_nvjpeg", lambda s=share: staged(
-            model, [preparer(model, device, engines_beside_nvjpeg(device, s))], take, args.seconds))
+            model, [preparer(model, device, engines_in_parallel(device, 1, 1 - s))], take, args.seconds))
     for parts in (2, 4, 8):
         measure(f"staged_engines_in_{parts}_parallel", lambda n=parts: staged(
             model, [preparer(model, device, engines_in_parallel(device, n))], take, args.seconds))
