@@ -277,8 +277,11 @@ def test_indexed_job_pods_with_one_killed_and_restarted_give_the_single_process_
     pod = lambda index: {"JOB_COMPLETION_INDEX": str(index), "JOB_COMPLETION_COUNT": str(pods)}  # noqa: E731
     started = {index: start_cli(*args, **pod(index)) for index in range(pods)}
     doomed = started.pop(1)
-    wait_for(lambda: list(tmp_path.glob(f"*-00007-of-{UNITS:05d}.jsonl.*.partial")) or doomed.poll() is not None,
-             "pod 1 writing unit 7")
+    # Units commit on a thread of their own while the next is written: unit 7 may be under way
+    # before unit 4's commit is done, and the kill is meant for after it.
+    unit_4 = tmp_path / "results-job" / "committed" / f"00004-of-{UNITS:05d}.json"
+    wait_for(lambda: (list(tmp_path.glob(f"*-00007-of-{UNITS:05d}.jsonl.*.partial")) and unit_4.exists())
+             or doomed.poll() is not None, "pod 1 writing unit 7, units 1 and 4 committed")
     doomed.send_signal(signal.SIGKILL)
     doomed.communicate()
     assert doomed.returncode == -signal.SIGKILL
