@@ -6,7 +6,8 @@ is a large share of one core. This measures it per image at a given number of de
 for the job's `result_lines` (batches of 256) and for the json module on the same dicts, and the
 whole plumbing (read -> probe -> batch -> write) with a model that finds that many boxes,
 how busy the job keeps a model that takes a fixed time per batch (each unit fills and drains
-its own pipeline), what an image given as an array cost the GPU path when it was sent as
+its own pipeline), how long a staged device stand-in on a GPU's schedule is left idle, on a disk
+whose syncs are quick and on one whose syncs are slow, what an image given as an array cost the GPU path when it was sent as
 PNG (encoded by the pipeline, decoded again in the model's prepare step), and the garbage
 collector's full passes during a job.
 
@@ -16,13 +17,15 @@ collector's full passes during a job.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import glob
 import json
 import os
 import platform
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +34,11 @@ from torchvision.io import ImageReadMode, decode_image
 
 from batch_predict import run
 from batch_predict.decode import decode, encode_png
+from batch_predict.inputs.units import Unit
+from batch_predict.observe.observers import JobObserver
 from batch_predict.records import Detections, Prediction, Record
 from batch_predict.outputs.result_formats import result_lines, result_records
-from batch_predict.outputs.sinks import JobSummary
+from batch_predict.outputs.sinks import JobSummary, UnitCounts
 from batch_predict.spec import JobSpec
 from batch_predict.inputs.tfrecord import read_records
 
@@ -90,6 +95,102 @@ class StandInModel:
 
     def describe(self) -> dict[str, object]:
         return {"backend": "stand-in"}
+
+
+class DeviceStandIn:
+    """A GPU for the job's staged path, on the CPU: preparing a batch takes `prepare_s` with the GIL
+    released (the decode call), and batches run one after another on the "device", `image_s` an
+    image, each from its launch or the end of the one before, whichever is later; collecting waits
+    for the end. Every gap between one batch's end and the next one's start is then time the host
+    left the device idle: the pipeline's own pauses, on a GPU's schedule but without one."""
+
+    input_kind = "jpeg"
+    same_size_batches = False
+
+    def __init__(self, image_s: float, prepare_s: float) -> None:
+        self.labels = LABELS
+        self.image_s, self.prepare_s = image_s, prepare_s
+        self.runs: list[tuple[float, float]] = []  # (start, end) of each batch on the device
+        self._free_at = 0.0
+        self._found = random_detections(3, np.random.default_rng(0))
+        self._lock = threading.Lock()
+
+    def prepare(self, records: Sequence[Record]) -> int:
+        time.sleep(self.prepare_s)
+        return len(records)
+
+    def launch(self, size: int) -> tuple[float, int]:
+        with self._lock:
+            start = max(time.perf_counter(), self._free_at)
+            self._free_at = start + size * self.image_s
+            self.runs.append((start, self._free_at))
+        return self._free_at, size
+
+    def collect(self, launched: tuple[float, int]) -> list[Detections]:
+        end, size = launched
+        time.sleep(max(0.0, end - time.perf_counter()))
+        return [self._found] * size
+
+    def predict(self, records: Sequence[Record]) -> list[Detections]:
+        return self.collect(self.launch(self.prepare(records)))
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": "device stand-in"}
+
+
+class _CommitTimes(JobObserver):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def unit_committed(self, unit: Unit, counts: UnitCounts) -> None:
+        self.times.append(time.perf_counter())
+
+
+@contextlib.contextmanager
+def _slow_syncs(seconds: float) -> Iterator[None]:
+    """Each `os.fsync` takes `seconds` longer: a disk whose syncs are slow, as a cloud VM's are when
+    gigabytes written just before (the benchmark's inputs) must reach it first."""
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        real(fd)
+        time.sleep(seconds)
+
+    os.fsync = fsync
+    try:
+        yield
+    finally:
+        os.fsync = real
+
+
+def device_idle(pattern: str, out: Path, batch: int, batch_ms: float, prepare_ms: float, sync_ms: float = 0,
+                pause_ms: float = 50) -> dict:
+    """How busy the job keeps a device of `batch_ms` a batch, units and commits included, each disk
+    sync taking `sync_ms` more: its busy share from the second unit's commit on (the steady state's
+    window in the GPU benchmarks), and each pause of more than `pause_ms` between two batches, with
+    how many batches before it the last unit was committed."""
+    device = DeviceStandIn(batch_ms / 1e3 / batch, prepare_ms / 1e3)
+    commits = _CommitTimes()
+    spec = JobSpec(
+        input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir="none",
+        output_result_prefix=str(out / "results"), output_error_prefix=str(out / "errors"), batch_size=batch,
+        overwrite=True,
+    )
+    with _slow_syncs(sync_ms / 1e3):
+        run(spec, model=device, observer=commits)
+    runs = sorted(device.runs)
+    since = commits.times[1] if len(commits.times) > 2 else runs[0][0]
+    steady = [(max(start, since), end) for start, end in runs if end > since]
+    pauses = []
+    for i in range(1, len(runs)):
+        began, gap = runs[i - 1][1], runs[i][0] - runs[i - 1][1]
+        if gap * 1e3 > pause_ms:
+            nearest = min(commits.times, key=lambda t: abs(t - began))
+            pauses.append({"batch": i, "ms": round(gap * 1e3), "nearest_commit_ms": round((nearest - began) * 1e3)})
+    return {"batch": batch, "batch_ms": batch_ms, "prepare_ms": prepare_ms, "sync_ms": sync_ms, "batches": len(runs),
+            "units": len(commits.times),
+            "steady_busy": round(sum(end - start for start, end in steady) / (steady[-1][1] - since), 3),
+            "pauses": pauses}
 
 
 def _timed_job(pattern: str, out: Path, batch: int, model: StandInModel) -> tuple[JobSummary, float]:
@@ -165,6 +266,8 @@ def main() -> None:
         results["plumbing"] = [plumbing(args.inputs, args.out / f"plumbing-{n}", n, args.batch_size) for n in (0, 30)]
         # 256 images in 60 ms: about YOLOX-Nano's fp16 speed with nvjpeg decoding on one H200.
         results["model_busy"] = [model_busy(args.inputs, args.out / f"busy-{b}", b, 0.06 * b / 256) for b in (256, 64)]
+        # 27 ms a batch of 256: YOLOX-Nano's pace in the job on one H200 between pauses (docs/benchmarks.md, 0).
+        results["device_idle"] = [device_idle(args.inputs, args.out / f"idle-{sync}", 256, 27, 20, sync) for sync in (0, 30)]
         results["png_round_trip"] = png_round_trip(args.inputs)
         results["full_collections"] = full_collections(args.inputs, args.out / "collections")
     (args.out / "host.json").write_text(json.dumps(results, indent=2))
