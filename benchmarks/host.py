@@ -166,9 +166,9 @@ def _slow_syncs(seconds: float) -> Iterator[None]:
 def device_idle(pattern: str, out: Path, batch: int, batch_ms: float, prepare_ms: float, sync_ms: float = 0,
                 pause_ms: float = 50) -> dict:
     """How busy the job keeps a device of `batch_ms` a batch, units and commits included, each disk
-    sync taking `sync_ms` more: its busy share from the second unit's commit on (the steady state's
-    window in the GPU benchmarks), and each pause of more than `pause_ms` between two batches, with
-    how many batches before it the last unit was committed."""
+    sync taking `sync_ms` more: its busy share from its first batch's start to its last one's end,
+    each pause of more than `pause_ms` between two batches with when the unit commit nearest to it
+    ended (from the pause's start), and how long the commits went on after the last batch."""
     device = DeviceStandIn(batch_ms / 1e3 / batch, prepare_ms / 1e3)
     commits = _CommitTimes()
     spec = JobSpec(
@@ -179,8 +179,6 @@ def device_idle(pattern: str, out: Path, batch: int, batch_ms: float, prepare_ms
     with _slow_syncs(sync_ms / 1e3):
         run(spec, model=device, observer=commits)
     runs = sorted(device.runs)
-    since = commits.times[1] if len(commits.times) > 2 else runs[0][0]
-    steady = [(max(start, since), end) for start, end in runs if end > since]
     pauses = []
     for i in range(1, len(runs)):
         began, gap = runs[i - 1][1], runs[i][0] - runs[i - 1][1]
@@ -189,8 +187,8 @@ def device_idle(pattern: str, out: Path, batch: int, batch_ms: float, prepare_ms
             pauses.append({"batch": i, "ms": round(gap * 1e3), "nearest_commit_ms": round((nearest - began) * 1e3)})
     return {"batch": batch, "batch_ms": batch_ms, "prepare_ms": prepare_ms, "sync_ms": sync_ms, "batches": len(runs),
             "units": len(commits.times),
-            "steady_busy": round(sum(end - start for start, end in steady) / (steady[-1][1] - since), 3),
-            "pauses": pauses}
+            "busy": round(sum(end - start for start, end in runs) / (runs[-1][1] - runs[0][0]), 3),
+            "last_commit_after_last_batch_s": round(commits.times[-1] - runs[-1][1], 2), "pauses": pauses}
 
 
 def _timed_job(pattern: str, out: Path, batch: int, model: StandInModel) -> tuple[JobSummary, float]:
