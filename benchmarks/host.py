@@ -23,6 +23,7 @@ import glob
 import json
 import os
 import platform
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -218,6 +219,77 @@ def model_busy(pattern: str, out: Path, batch: int, seconds_per_batch: float) ->
             "model_busy": round(model.calls * seconds_per_batch / wall, 3)}
 
 
+def _python_busy(stop: threading.Event, busy_s: float, idle_s: float) -> None:
+    """Holds the interpreter `busy_s` of every `busy_s + idle_s`, as the job's reading and writing threads do in bursts."""
+    while not stop.is_set():
+        until = time.perf_counter() + busy_s
+        while time.perf_counter() < until:
+            sum(range(100))
+        time.sleep(idle_s)
+
+
+def _rate_in_thread(decode_batch, images: int, seconds: float) -> float:
+    """Images per second that `decode_batch()` (one batch of `images`) gives, called in a thread of its own."""
+    found: list[float] = []
+
+    def work() -> None:
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            decode_batch()
+            done += images
+        found.append(done / (time.perf_counter() - started))
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    return found[0]
+
+
+def gil_convoy(pattern: str, images: int = 256, busy_ms: float = 3, idle_ms: float = 2, seconds: float = 2.0) -> dict:
+    """JPEGs decoded on one CPU thread, alone and beside a thread that holds the interpreter
+    `busy_ms` of every `busy_ms + idle_ms` (at the default switch interval, and at 0.5 ms): by
+    simplejpeg, one call an image as the split decoder's CPU threads make them, and by nvImageCodec's
+    CPU decoder, one call a batch, where it is installed. A thread that releases the interpreter
+    for each image must win it back for the next, and beside a busy thread each win may wait for
+    the whole switch interval: a convoy."""
+    import simplejpeg
+
+    with open(min(glob.glob(pattern)), "rb") as stream:
+        jpegs = [data for _, data in zip(range(images), read_records(stream))]
+    height, width = simplejpeg.decode_jpeg_header(jpegs[0])[:2]
+    out = np.empty((height, width, 3), np.uint8)
+    decoders = {"simplejpeg, a call an image": lambda: [simplejpeg.decode_jpeg(j, colorspace="RGB", buffer=out) for j in jpegs]}
+    missing = None
+    try:
+        from nvidia import nvimgcodec
+
+        cpu = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                                 backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+    except (ImportError, OSError, RuntimeError) as exc:  # not installed, or no CPU decoder in it
+        missing = f"{type(exc).__name__}: {exc}"
+    else:
+        streams = [nvimgcodec.CodeStream(j) for j in jpegs]
+        decoders["nvImageCodec CPU, a call a batch"] = lambda: cpu.decode(streams)
+    interval = sys.getswitchinterval()
+    found: dict[str, object] = {"busy_ms": busy_ms, "idle_ms": idle_ms, "images": images, "size": [width, height],
+                                "nvimgcodec_missing": missing}
+    for name, decode_batch in decoders.items():
+        rates = {"alone": _rate_in_thread(decode_batch, images, seconds)}
+        for label, switch in (("beside a busy thread", interval), ("beside a busy thread, switch interval 0.5 ms", 5e-4)):
+            stop = threading.Event()
+            busy = threading.Thread(target=_python_busy, args=(stop, busy_ms / 1e3, idle_ms / 1e3))
+            sys.setswitchinterval(switch)
+            busy.start()
+            try:
+                rates[label] = _rate_in_thread(decode_batch, images, seconds)
+            finally:
+                stop.set()
+                busy.join()
+                sys.setswitchinterval(interval)
+        found[name] = {label: round(rate) for label, rate in rates.items()}
+    return found
+
+
 def full_collections(pattern: str, out: Path, runs: int = 3) -> dict:
     """The garbage collector's full passes during the plumbing job (3 detections an image), and how
     long each held every thread: with PyTorch imported there are some 340,000 objects to walk."""
@@ -268,6 +340,7 @@ def main() -> None:
         results["device_idle"] = [device_idle(args.inputs, args.out / f"idle-{sync}", 256, 27, 20, sync) for sync in (0, 30)]
         results["png_round_trip"] = png_round_trip(args.inputs)
         results["full_collections"] = full_collections(args.inputs, args.out / "collections")
+        results["gil_convoy"] = gil_convoy(args.inputs)
     (args.out / "host.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
