@@ -17,6 +17,7 @@ from PIL import Image
 from batch_predict.inputs.tf_example import build_example
 from batch_predict.inputs.tfrecord import write_record
 
+from backend_helpers import REPO
 from conftest import shared_file
 
 PHOTOS = ["bus.jpg", "darknet_dog.jpg", "zidane.jpg", "skimage_coffee.png", "darknet_horses.jpg"]
@@ -174,6 +175,31 @@ def test_too_many_failures_exit_non_zero_after_writing_everything(tmp_path, phot
     assert run.returncode == 1
     assert "1 of 2 records failed" in run.stderr and "--max_error_rate" in run.stderr
     assert len(read_jsonl(tmp_path / "out", "results")) == 1 and len(read_jsonl(tmp_path / "out", "errors")) == 1
+
+
+def test_a_job_run_to_its_end_exits_without_the_interpreters_teardown_having_flushed_everything(tmp_path, photo_bytes):
+    """The console entry point skips the seconds PyTorch's and TensorFlow's teardown take, once a
+    job ran in its process: an `atexit` handler never runs, yet the outputs, the summary, the printed
+    counts and the exit status are all there. Bad setup exits as usual."""
+    with open(tmp_path / "one.tfrecord", "wb") as f:
+        write_record(f, photo_bytes["bus.jpg"])
+        write_record(f, b"junk")
+    marked = ("import atexit, sys; atexit.register(print, 'interpreter teardown', file=sys.stderr); "
+              "from batch_predict.cli import main; main()")
+
+    def entry_point(out: str, *extra: str) -> subprocess.CompletedProcess:
+        args = job_args(str(tmp_path / "one.tfrecord"), "tfrecord", shared_file("models/yolox_nano/yolox_nano_torchscript.pt"),
+                        tmp_path / out, "--model_spec", str(REPO / "examples/specs/yolox_nano.yaml"), *extra)
+        return subprocess.run([sys.executable, "-c", marked, *args], capture_output=True, text=True, timeout=600)
+
+    done = entry_point("done", "--max_error_rate", "1")
+    assert done.returncode == 0, done.stderr
+    assert "records read 2, predicted 1, failed 1" in done.stdout and "interpreter teardown" not in done.stderr
+    assert json.loads((tmp_path / "done" / "results-summary.json").read_text())["predicted"] == 1
+    failed = entry_point("failed")
+    assert failed.returncode == 1 and "1 of 2 records failed" in failed.stderr and "interpreter teardown" not in failed.stderr
+    bad = entry_point("bad", "--batch_size", "0")
+    assert bad.returncode == 2 and "--batch_size" in bad.stderr and "interpreter teardown" in bad.stderr
 
 
 @pytest.mark.parametrize(
