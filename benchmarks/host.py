@@ -6,10 +6,11 @@ is a large share of one core. This measures it per image at a given number of de
 for the job's `result_lines` (batches of 256) and for the json module on the same dicts, and the
 whole plumbing (read -> probe -> batch -> write) with a model that finds that many boxes,
 how busy the job keeps a model that takes a fixed time per batch (each unit fills and drains
-its own pipeline), how long a staged device stand-in on a GPU's schedule is left idle, on a disk
-whose syncs are quick and on one whose syncs are slow, what an image given as an array cost the GPU path when it was sent as
-PNG (encoded by the pipeline, decoded again in the model's prepare step), and the garbage
-collector's full passes during a job.
+its own pipeline), how long a staged device stand-in on a GPU's schedule is left idle on a disk
+whose syncs are quick and on one whose syncs are slow, what an image given as an array cost the
+GPU path when it was sent as PNG (encoded by the pipeline, decoded again in the model's prepare
+step), the garbage collector's full passes during a job, and what a thread that holds the
+interpreter costs JPEG decoding on another (one call an image, or one a batch).
 
     PYTHONPATH=src:benchmarks python benchmarks/host.py --inputs '/tmp/bench/*.tfrecord' --out /tmp/host
 """

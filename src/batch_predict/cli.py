@@ -382,7 +382,7 @@ class ProcessEnding:
 
 def main() -> None:
     """The console entry point. After a job ran here to its end it exits without the interpreter's
-    teardown: with PyTorch or TensorFlow loaded, taking their modules apart took 0.4-1.7 s after
+    teardown: with PyTorch or TensorFlow loaded, taking their modules apart took 0.4-2 s after
     the job's last output was written (docs/benchmarks.md), seconds every job paid for nothing."""
     ending = ProcessEnding()
     try:
@@ -390,10 +390,10 @@ def main() -> None:
     except SystemExit as exc:
         if not ending.fast:
             raise
-        exit_now(exc.code)
+        _exit_now(exc.code)
 
 
-def exit_now(code: object) -> NoReturn:
+def _exit_now(code: object) -> NoReturn:
     """End the process with `code` as `sys.exit` would, once what it wrote is flushed, skipping the
     interpreter's teardown (`atexit` handlers, module and object finalization)."""
     if code is not None and not isinstance(code, int):
