@@ -5,7 +5,9 @@ batches, timed in this fresh process, in the order the job takes them.
         --spec .bench/yolox_nano.yaml --photos .bench/photos --batch 256 [--out startup.json]
 
 Each line is a step and its seconds; the first is the interpreter's own start (the time from
-the process's creation, read from /proc). Run it twice: the first run also reads the
+the process's creation, read from /proc), the last what the interpreter's teardown would add
+after a job (a child process with PyTorch and a CUDA context, ended as usual and by `os._exit`:
+`batch-predict` now ends the second way). Run it twice: the first run also reads the
 libraries from a cold disk cache.
 """
 
@@ -18,6 +20,8 @@ STARTED = time.perf_counter()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
@@ -27,6 +31,22 @@ def process_age() -> float:
     started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     return uptime - started
+
+
+def teardown_s(runs: int = 3) -> float:
+    """Seconds a process with PyTorch and a CUDA context takes to end as usual beyond ending by
+    `os._exit`: the best of `runs` of each."""
+    code = "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"
+
+    def best(ending: str) -> float:
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code + ending], check=True)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    return best("") - best("; import os; os._exit(0)")
 
 
 def main() -> None:
@@ -74,6 +94,8 @@ def main() -> None:
         step(f"{name} of {args.batch}")
     steps["total"] = round(time.perf_counter() - STARTED + steps["interpreter"], 3)
     print(f"{'total':34s} {steps['total']:7.3f} s", flush=True)
+    steps["teardown avoided"] = round(teardown_s(), 3)
+    print(f"{'teardown avoided':34s} {steps['teardown avoided']:7.3f} s", flush=True)
     if args.out:
         args.out.write_text(json.dumps(steps, indent=2))
 
