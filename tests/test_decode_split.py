@@ -12,12 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
-from batch_predict.models.decode_split import DecodeSplit, split_decoder
+from batch_predict.models.decode_split import (
+    DecodeSplit, nvimgcodec_host_decoder, simplejpeg_host_decoder, split_decoder,
+)
 from batch_predict.models.device_decode import nvjpeg_decoder
 
 from images import encode
 
 CPU = torch.device("cpu")
+
+#: Each way of decoding the CPU's share: simplejpeg on threads, and nvImageCodec's CPU decoder (the
+#: `nvimgcodec` extra, installed with the test dependencies: its CPU decoder needs no GPU).
+HOST_DECODERS = {"simplejpeg": simplejpeg_host_decoder, "nvimgcodec": nvimgcodec_host_decoder}
 
 
 def _jpeg(image: Image.Image, **options) -> bytes:
@@ -42,9 +48,10 @@ def jpegs(photos_dir) -> list[bytes]:
     return [_jpeg(photo.resize((96 + 16 * i, 64 + 8 * i))) for i, photo in enumerate(photos * 4)][:8]
 
 
-def test_the_cpu_share_of_a_batch_is_decoded_by_threads_to_the_device_decoders_pixels(jpegs):
+@pytest.mark.parametrize("on_host", HOST_DECODERS)
+def test_the_cpu_share_of_a_batch_is_decoded_on_the_cpu_to_the_device_decoders_pixels(jpegs, on_host):
     device = CountingDecoder()
-    found = split_decoder(device, DecodeSplit(shares=(0.5,)), CPU, threads=3)(jpegs)
+    found = split_decoder(device, DecodeSplit(shares=(0.5,)), CPU, on_host=HOST_DECODERS[on_host](3))(jpegs)
     assert device.calls == [4]  # one call, for the half not given to the CPU
     expected = nvjpeg_decoder(CPU)(jpegs)
     for image, reference in zip(found, expected, strict=True):
@@ -58,21 +65,24 @@ def test_without_a_cpu_share_the_device_decodes_the_whole_batch_in_one_call(jpeg
     assert device.calls == [8] and all(image is not None for image in found)
 
 
-def test_jpegs_the_cpu_cannot_read_go_to_the_device_decoder_and_only_unreadable_ones_are_none(photos_dir):
+@pytest.mark.parametrize("on_host", HOST_DECODERS)
+def test_jpegs_the_cpu_cannot_read_go_to_the_device_decoder_and_only_unreadable_ones_are_none(photos_dir, on_host):
     photo = Image.open(photos_dir / "zidane.jpg").convert("RGB").resize((160, 96))
     good = _jpeg(photo)
     truncated, garbage = good[: len(good) // 3], b"\xff\xd8 not a JPEG after all"
     device = CountingDecoder()
-    found = split_decoder(device, DecodeSplit(shares=(0.75,)), CPU, threads=2)([truncated, garbage, good, good])
+    found = split_decoder(device, DecodeSplit(shares=(0.75,)), CPU, on_host=HOST_DECODERS[on_host](2))(
+        [truncated, garbage, good, good])
     assert device.calls == [1, 2]  # the rest of the batch, then what the CPU could not read
     assert found[0] is None and found[1] is None and all(tuple(found[i].shape) == (3, 96, 160) for i in (2, 3))
 
 
-def test_a_cmyk_jpeg_decoded_on_the_cpu_has_pillows_rgb(photos_dir):
+@pytest.mark.parametrize("on_host", HOST_DECODERS)
+def test_a_cmyk_jpeg_decoded_on_the_cpu_has_pillows_rgb(photos_dir, on_host):
     photo = Image.open(photos_dir / "zidane.jpg").convert("RGB").resize((160, 96))
     cmyk = _jpeg(photo.convert("CMYK"))
     device = CountingDecoder()
-    (found,) = split_decoder(device, DecodeSplit(shares=(1.0,)), CPU)([cmyk])
+    (found,) = split_decoder(device, DecodeSplit(shares=(1.0,)), CPU, on_host=HOST_DECODERS[on_host](2))([cmyk])
     expected = np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB"))
     assert device.calls == [] and (found.permute(1, 2, 0).int() - torch.from_numpy(expected.copy()).int()).abs().max() <= 1
 
@@ -153,9 +163,10 @@ def test_a_share_measured_while_the_job_warmed_up_is_measured_again_soon():
     assert shares[-1] == 0.0
 
 
-def test_pixels_decoded_on_the_cpu_are_the_images_own(jpegs):
+@pytest.mark.parametrize("on_host", HOST_DECODERS)
+def test_pixels_decoded_on_the_cpu_are_the_images_own(jpegs, on_host):
     """Not only close to the device decoder's: each image's own pixels, in its own place of the buffer."""
-    found = split_decoder(CountingDecoder(), DecodeSplit(shares=(0.75,)), CPU, threads=4)(jpegs)
+    found = split_decoder(CountingDecoder(), DecodeSplit(shares=(0.75,)), CPU, on_host=HOST_DECODERS[on_host](4))(jpegs)
     for data, image in zip(jpegs, found, strict=True):
         expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         assert (image.permute(1, 2, 0).int() - torch.from_numpy(expected.copy()).int()).abs().max() <= 1
@@ -167,3 +178,20 @@ def test_the_cpu_share_stops_at_the_pixels_one_batch_may_hold_in_host_memory(jpe
     found = split_decoder(device, DecodeSplit(shares=(0.75,)), CPU, host_bytes=first_two)(jpegs)
     assert device.calls == [6] and all(image is not None for image in found)  # 2 of the 6 asked fitted
     assert split_decoder(device, DecodeSplit(shares=(0.75,)), CPU, host_bytes=100)(jpegs[:4]) and device.calls[-1] == 4
+
+
+def test_the_cpu_share_is_decoded_by_nvimgcodec_where_it_is_installed_else_by_simplejpeg(jpegs, monkeypatch):
+    """The default `on_host`: nvImageCodec's one call a batch where the extra is installed."""
+    calls = []
+    real = nvimgcodec_host_decoder(2)
+    assert real is not None  # the test dependencies install it
+
+    def counted(threads):
+        calls.append(threads)
+        return real
+
+    monkeypatch.setattr("batch_predict.models.decode_split.nvimgcodec_host_decoder", counted)
+    assert all(i is not None for i in split_decoder(CountingDecoder(), DecodeSplit(shares=(1.0,)), CPU, threads=2)(jpegs))
+    assert calls == [2]
+    monkeypatch.setattr("batch_predict.models.decode_split.nvimgcodec_host_decoder", lambda threads: None)
+    assert all(i is not None for i in split_decoder(CountingDecoder(), DecodeSplit(shares=(1.0,)), CPU, threads=2)(jpegs))

@@ -5,14 +5,15 @@ and, around each call, the interpreter. Which costs the job less depends on the 
 model and the images, and shows only in the job's own rate (docs/benchmarks.md), so
 `DecodeSplit` climbs on that rate. The split is made inside the batch being prepared
 (`split_decoder`): a share changed holds from the next batch prepared, not after the pipeline's
-queues have drained, and the CPU's images go straight into one pinned buffer, copied over at once.
+queues have drained, and the CPU's images land in one pinned buffer, copied over at once.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,6 +22,8 @@ import torch
 
 from ..decode import usable_cpus
 from .device_decode import JpegDecoder
+
+log = logging.getLogger("batch_predict")
 
 
 class DecodeSplit:
@@ -118,18 +121,25 @@ class DecodeSplit:
 #: two of 8000x8000, whose share of a batch of 256 would otherwise pin 6 GB of the host's memory.
 HOST_BYTES = 1 << 29
 
+#: Decodes each JPEG into its place of one host buffer, as HxWx3 RGB: `host[start : start + height * width * 3]`
+#: for its start and (height, width) from its header; says whether each could be decoded.
+HostDecoder = Callable[[Sequence[bytes], torch.Tensor, Sequence[int], Sequence[tuple[int, int]]], list[bool]]
+
 
 def split_decoder(
     on_device: JpegDecoder, split: DecodeSplit, device: torch.device, threads: int | None = None,
-    host_bytes: int = HOST_BYTES,
+    host_bytes: int = HOST_BYTES, on_host: HostDecoder | None = None,
 ) -> JpegDecoder:
-    """A `JpegDecoder` that sends `split`'s share of each call's JPEGs to `threads` CPU threads (one per
-    usable core by default) while `on_device` decodes the rest, at the same time. The CPU's images
-    are decoded by simplejpeg (the GIL released throughout) into one pinned host buffer of at most
-    `host_bytes` (the share stops at the image that would not fit), copied to `device` in one
-    transfer that does not wait; a JPEG simplejpeg cannot read goes to `on_device` with the rest."""
+    """A `JpegDecoder` that sends `split`'s share of each call's JPEGs to the CPU while `on_device`
+    decodes the rest, at the same time. The CPU's images are decoded by `on_host` (by default
+    nvImageCodec's CPU decoder where it is installed, else simplejpeg; `threads` threads, one per
+    usable core by default) into one pinned host buffer of at most `host_bytes` (the share stops
+    at the image that would not fit), copied to `device` in one transfer that does not wait; a
+    JPEG the CPU cannot read goes to `on_device` with the rest."""
     workers = threads or usable_cpus()
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-jpeg")
+    on_host = on_host or nvimgcodec_host_decoder(workers) or simplejpeg_host_decoder(workers)
+    # The CPU's share is decoded on a thread of its own while this one calls `on_device`.
+    beside = ThreadPoolExecutor(1, thread_name_prefix="batch-predict-host-jpegs")
 
     def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
         sizes = [_size(jpeg) for jpeg in jpegs[: split.cpu_count(len(jpegs))]]
@@ -141,16 +151,11 @@ def split_decoder(
         sizes, ends = sizes[:count], ends[:count]
         starts = ends - lengths[:count]
         host = torch.empty(int(ends[-1]), dtype=torch.uint8, pin_memory=device.type == "cuda")
-        pixels = host.numpy()
-        outs = [pixels[s:e].reshape(h, w, 3) for s, e, (h, w) in zip(starts, ends, sizes)]
-        # A few tasks, not one per image: each hand-over to a thread costs the GIL some microseconds.
-        tasks = [pool.submit(_decode_into, jpegs[i:count:workers], outs[i::workers]) for i in range(min(workers, count))]
+        task = beside.submit(on_host, jpegs[:count], host, starts.tolist(), sizes)
         found: list[torch.Tensor | None] = [None] * count
         if count < len(jpegs):
-            found += on_device(jpegs[count:])  # while the threads decode theirs
-        decoded = [False] * count
-        for i, task in enumerate(tasks):
-            decoded[i::workers] = task.result()
+            found += on_device(jpegs[count:])  # while the CPU decodes its share
+        decoded = task.result()
         copied = host.to(device, non_blocking=True)
         for i, (start, end, (height, width)) in enumerate(zip(starts, ends, sizes)):
             if decoded[i]:
@@ -160,6 +165,66 @@ def split_decoder(
             for i, image in zip(failed, on_device([jpegs[i] for i in failed])):
                 found[i] = image
         return found
+
+    return decode
+
+
+def simplejpeg_host_decoder(threads: int) -> HostDecoder:
+    """simplejpeg on `threads` threads, each image straight into its place (the GIL released while it
+    decodes, taken again for the next image)."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="batch-predict-jpeg")
+
+    def decode(jpegs: Sequence[bytes], host: torch.Tensor, starts: Sequence[int], sizes: Sequence[tuple[int, int]]) -> list[bool]:
+        pixels = host.numpy()
+        outs = [pixels[start : start + height * width * 3].reshape(height, width, 3) for start, (height, width) in zip(starts, sizes)]
+        # A few tasks, not one per image: each hand-over to a thread costs the GIL some microseconds.
+        tasks = [pool.submit(_decode_into, jpegs[i::threads], outs[i::threads]) for i in range(min(threads, len(jpegs)))]
+        decoded = [False] * len(jpegs)
+        for i, task in enumerate(tasks):
+            decoded[i::threads] = task.result()
+        return decoded
+
+    return decode
+
+
+def nvimgcodec_host_decoder(threads: int) -> HostDecoder | None:
+    """nvImageCodec's CPU decoder (libjpeg-turbo on threads of its own: `threads` less one, the core
+    it leaves to the threads that feed the GPU), a call a batch; None where nvImageCodec is not
+    installed.
+
+    One call a batch takes the interpreter once: a thread that takes it again after each image
+    waits, beside the job's other threads, up to a switch interval each time, and decoded half
+    as fast in `benchmarks/host.py`'s `gil_convoy` (docs/benchmarks.md)."""
+    try:
+        from nvidia import nvimgcodec
+    except (ImportError, OSError):  # not installed, or its libraries are missing
+        return None
+    try:
+        decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=max(1, threads - 1),
+                                     backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+    except RuntimeError as exc:
+        log.info("nvImageCodec: no CPU JPEG decoder (%s); decoding the CPU's share with simplejpeg", exc)
+        return None
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
+                                     sample_format=nvimgcodec.SampleFormat.I_RGB)
+    lock = threading.Lock()  # a batch bisected on another thread decodes again meanwhile
+
+    def decode(jpegs: Sequence[bytes], host: torch.Tensor, starts: Sequence[int], sizes: Sequence[tuple[int, int]]) -> list[bool]:
+        readable = [i for i, (height, width) in enumerate(sizes) if height and width]  # headers simplejpeg could read
+        images: list = [None] * len(jpegs)
+        try:
+            with lock:
+                found = decoder.decode([nvimgcodec.CodeStream(jpegs[i]) for i in readable], params=params)
+        except (RuntimeError, ValueError):  # a stream it cannot even parse: `on_device` tries each image
+            found = []
+        for i, image in zip(readable, found):
+            images[i] = image
+        decoded = [image is not None and tuple(image.shape) == (height, width, 3) for image, (height, width) in zip(images, sizes)]
+        # Into the buffer in one copy, for the same reason; an image that failed leaves its place unwritten.
+        parts = [torch.from_numpy(np.asarray(image).reshape(-1)) if ok else torch.empty(height * width * 3, dtype=torch.uint8)
+                 for image, ok, (height, width) in zip(images, decoded, sizes)]
+        torch.cat(parts, out=host)
+        return decoded
 
     return decode
 
