@@ -36,9 +36,11 @@ import baselines
 import ceiling
 import end_to_end
 from run_all import Results, agreement, encoded_images, make_inputs
-from batch_predict.decode import decode
+from batch_predict.decode import decode, usable_cpus
 from batch_predict.models import load_model, separate_cuda_queues
-from batch_predict.models.decode_split import DecodeSplit, split_decoder
+from batch_predict.models.decode_split import (
+    DecodeSplit, nvimgcodec_host_decoder, simplejpeg_host_decoder, split_decoder,
+)
 from batch_predict.models.device_decode import hardware_decoder, nvjpeg_decoder
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
@@ -48,14 +50,20 @@ log = logging.getLogger("bench")
 
 def decoder_agreement(args: argparse.Namespace, device: torch.device) -> dict:
     """Each GPU decoder's detections against the CPU path's, fp32, on the shared photos' JPEGs:
-    every CPU detection scoring at least 0.4 must have a same-class one with IoU >= 0.9."""
+    every CPU detection scoring at least 0.4 must have a same-class one with IoU >= 0.9. The split
+    decoder's CPU share too, all of each batch, by each way of decoding it (`cpu_share_*`)."""
     photos = sorted(p for p in args.photos.iterdir() if p.suffix == ".jpg")
     records = lambda: [Record(p.name, "photos", i, encoded=p.read_bytes()) for i, p in enumerate(photos)]  # noqa: E731
     common = dict(model_dir=args.yolox, model_spec=args.spec)
     reference = load_model(ModelSettings(**common, device="cpu")).predict([decode(r, 1 << 30) for r in records()])
     model = load_model(ModelSettings(**common, device=str(device)))
     found = {"cpu_arrays": model.predict([decode(r, 1 << 30) for r in records()])}
-    for name, decoder in (("nvjpeg", nvjpeg_decoder(device)), ("hardware", hardware_decoder(device))):
+    cpu_shares = {f"cpu_share_{name}": make(usable_cpus()) for name, make in
+                  (("nvimgcodec", nvimgcodec_host_decoder), ("simplejpeg", simplejpeg_host_decoder))}
+    decoders = {"nvjpeg": nvjpeg_decoder(device), "hardware": hardware_decoder(device),
+                **{name: on_host and split_decoder(nvjpeg_decoder(device), DecodeSplit(shares=(1.0,)), device, on_host=on_host)
+                   for name, on_host in cpu_shares.items()}}
+    for name, decoder in decoders.items():
         if decoder is None:
             found[name] = None
             continue
@@ -107,8 +115,6 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
     split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg` or `hardware`; the CPU's
     share decoded as the job does (nvImageCodec's CPU decoder where installed), or by simplejpeg threads."""
     from batch_predict import JobSpec, run
-    from batch_predict.decode import usable_cpus
-    from batch_predict.models.decode_split import simplejpeg_host_decoder
     from batch_predict.models.device_decode import device_decoder
 
     model = load_model(ModelSettings(model_dir=args.yolox, model_spec=args.spec, device=str(device),

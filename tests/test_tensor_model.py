@@ -13,7 +13,8 @@ from PIL import Image
 
 from batch_predict import JobSpec, run
 from batch_predict.models import ModelLoadError, load_model
-from batch_predict.models.decode_split import DecodeSplit
+from batch_predict.models.decode_split import DecodeSplit, nvimgcodec_host_decoder, simplejpeg_host_decoder, split_decoder
+from batch_predict.models.device_decode import nvjpeg_decoder
 from batch_predict.models.model_spec import load_spec
 from batch_predict.models.speed import accelerate
 from batch_predict.models.tensor_model import ModuleRunner, PaddingRunner, TensorModel, at_few_batch_sizes, halvings
@@ -197,6 +198,27 @@ def test_on_the_gpu_path_jpegs_reach_the_model_encoded_and_other_images_as_pixel
     assert [r.encoded is None and r.array is not None for r in fed[1:]] == [True, True]
     expected = pixels_path.predict([prepare_for(pixels_path, 1 << 30)(r) for r in records()])
     for found, wanted in zip(jpeg_path.predict(fed), expected, strict=True):
+        assert len(wanted.scores) > 0
+        np.testing.assert_allclose(found.boxes, wanted.boxes, atol=1e-3)
+        np.testing.assert_allclose(found.scores, wanted.scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("on_host", ["nvimgcodec", "simplejpeg"])
+def test_on_the_gpu_path_jpegs_decoded_on_the_cpu_give_the_detections_of_the_pixels_path(
+    yolox_dir, jpeg_path, pixels_path, photos_dir, on_host
+):
+    """The model's own split decoder with the whole batch on the CPU, called as the model calls it
+    (under inference mode, its buffer written from another thread), by each way of decoding there."""
+    make = {"nvimgcodec": nvimgcodec_host_decoder, "simplejpeg": simplejpeg_host_decoder}[on_host]
+    path, cpu = yolox_dir / "yolox_nano_torchscript.pt", torch.device("cpu")
+    runner = ModuleRunner(load_script(path.read_bytes(), cpu, str(path)), {"format": "torchscript"})
+    model = TensorModel(runner, load_spec(SPEC).resolve_input(None, None), pixels_path.labels, cpu,
+                        backend="torchscript", decode_on_device=True)
+    model._preprocessor.jpeg_decoder = split_decoder(nvjpeg_decoder(cpu), DecodeSplit(shares=(1.0,)), cpu, on_host=make(2))
+    records = lambda: [Record(name, "s", i, encoded=(photos_dir / name).read_bytes())  # noqa: E731
+                       for i, name in enumerate(("bus.jpg", "zidane.jpg"))]
+    expected = pixels_path.predict([prepare_for(pixels_path, 1 << 30)(r) for r in records()])
+    for found, wanted in zip(model.predict(records()), expected, strict=True):
         assert len(wanted.scores) > 0
         np.testing.assert_allclose(found.boxes, wanted.boxes, atol=1e-3)
         np.testing.assert_allclose(found.scores, wanted.scores, atol=1e-5)

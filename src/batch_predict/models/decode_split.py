@@ -223,7 +223,10 @@ def nvimgcodec_host_decoder(threads: int) -> HostDecoder | None:
         # Into the buffer in one copy, for the same reason; an image that failed leaves its place unwritten.
         parts = [torch.from_numpy(np.asarray(image).reshape(-1)) if ok else torch.empty(height * width * 3, dtype=torch.uint8)
                  for image, ok, (height, width) in zip(images, decoded, sizes)]
-        torch.cat(parts, out=host)
+        # The buffer was made in the preparing thread, under the model's inference mode, which does
+        # not reach this thread: writing it here needs the mode too.
+        with torch.inference_mode():
+            torch.cat(parts, out=host)
         return decoded
 
     return decode
