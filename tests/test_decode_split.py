@@ -195,3 +195,17 @@ def test_the_cpu_share_is_decoded_by_nvimgcodec_where_it_is_installed_else_by_si
     assert calls == [2]
     monkeypatch.setattr("batch_predict.models.decode_split.nvimgcodec_host_decoder", lambda threads: None)
     assert all(i is not None for i in split_decoder(CountingDecoder(), DecodeSplit(shares=(1.0,)), CPU, threads=2)(jpegs))
+
+
+def test_a_cpu_decoder_that_fails_leaves_its_share_to_the_device_decoder_and_says_so_once(jpegs, caplog):
+    def broken(jpegs, host, starts, sizes):
+        raise RuntimeError("the CPU decoder broke")
+
+    device = CountingDecoder()
+    decode = split_decoder(device, DecodeSplit(shares=(0.5,)), CPU, on_host=broken)
+    with caplog.at_level("WARNING", logger="batch_predict"):
+        for _ in range(2):
+            assert all(image is not None for image in decode(jpegs))
+    assert device.calls == [4, 4, 4, 4]  # each batch: the GPU's half, then the CPU's
+    assert [r.getMessage() for r in caplog.records] == [
+        "decoding JPEGs on the CPU failed (RuntimeError: the CPU decoder broke); the GPU decodes them"]

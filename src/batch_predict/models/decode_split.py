@@ -135,13 +135,16 @@ def split_decoder(
     nvImageCodec's CPU decoder where it is installed, else simplejpeg; `threads` threads, one per
     usable core by default) into one pinned host buffer of at most `host_bytes` (the share stops
     at the image that would not fit), copied to `device` in one transfer that does not wait; a
-    JPEG the CPU cannot read goes to `on_device` with the rest."""
+    JPEG the CPU cannot read goes to `on_device` with the rest, and so does the whole share if
+    `on_host` fails (said once, in a warning)."""
     workers = threads or usable_cpus()
     on_host = on_host or nvimgcodec_host_decoder(workers) or simplejpeg_host_decoder(workers)
     # The CPU's share is decoded on a thread of its own while this one calls `on_device`.
     beside = ThreadPoolExecutor(1, thread_name_prefix="batch-predict-host-jpegs")
+    warned = False
 
     def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
+        nonlocal warned
         sizes = [_size(jpeg) for jpeg in jpegs[: split.cpu_count(len(jpegs))]]
         lengths = np.array([height * width * 3 for height, width in sizes], dtype=np.int64)
         ends = np.cumsum(lengths)
@@ -155,7 +158,13 @@ def split_decoder(
         found: list[torch.Tensor | None] = [None] * count
         if count < len(jpegs):
             found += on_device(jpegs[count:])  # while the CPU decodes its share
-        decoded = task.result()
+        try:
+            decoded = task.result()
+        except Exception as exc:  # a way to go faster, not to fail: `on_device` decodes what it would have
+            if not warned:
+                log.warning("decoding JPEGs on the CPU failed (%s: %s); the GPU decodes them", type(exc).__name__, exc)
+                warned = True
+            decoded = [False] * count
         copied = host.to(device, non_blocking=True)
         for i, (start, end, (height, width)) in enumerate(zip(starts, ends, sizes)):
             if decoded[i]:
