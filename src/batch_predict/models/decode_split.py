@@ -21,7 +21,7 @@ import simplejpeg
 import torch
 
 from ..decode import usable_cpus
-from .device_decode import JpegDecoder
+from .device_decode import JpegDecoder, open_nvimgcodec
 
 log = logging.getLogger("batch_predict")
 
@@ -204,18 +204,10 @@ def nvimgcodec_host_decoder(threads: int) -> HostDecoder | None:
     One call a batch takes the interpreter once: a thread that takes it again after each image
     waits, beside the job's other threads, up to a switch interval each time, and decoded half
     as fast in `benchmarks/host.py`'s `gil_convoy` (docs/benchmarks.md)."""
-    try:
-        from nvidia import nvimgcodec
-    except (ImportError, OSError):  # not installed, or its libraries are missing
+    opened = open_nvimgcodec(None, lambda m: [m.Backend(m.BackendKind.CPU_ONLY)], max(1, threads - 1), sample_format="I_RGB")
+    if opened is None:
         return None
-    try:
-        decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=max(1, threads - 1),
-                                     backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
-    except RuntimeError as exc:
-        log.info("nvImageCodec: no CPU JPEG decoder (%s); decoding the CPU's share with simplejpeg", exc)
-        return None
-    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
-                                     sample_format=nvimgcodec.SampleFormat.I_RGB)
+    nvimgcodec, decoder, params = opened
     lock = threading.Lock()  # a batch bisected on another thread decodes again meanwhile
 
     def decode(jpegs: Sequence[bytes], host: torch.Tensor, starts: Sequence[int], sizes: Sequence[tuple[int, int]]) -> list[bool]:

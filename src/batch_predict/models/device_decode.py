@@ -84,20 +84,11 @@ def nvimgcodec_decoder(
     where nvImageCodec is not installed or cannot make that decoder on this device."""
     if device.type != "cuda":
         return None
-    try:
-        from nvidia import nvimgcodec
-    except (ImportError, OSError):  # not installed, or its CUDA libraries are missing
+    # Planar RGB is the model's layout already.
+    opened = open_nvimgcodec(device.index or 0, backends, threads, **{"sample_format": "P_RGB", **params})
+    if opened is None:
         return None
-    try:
-        decoder = nvimgcodec.Decoder(device_id=device.index or 0, max_num_cpu_threads=threads, backends=backends(nvimgcodec))
-    except RuntimeError as exc:
-        log.info("nvImageCodec: no hardware JPEG decoder on %s (%s); decoding with nvjpeg", device, exc)
-        return None
-    # Planar RGB is the model's layout already; EXIF orientation is ignored, as by every other decoder here.
-    decode_params = nvimgcodec.DecodeParams(**{
-        "apply_exif_orientation": False, "color_spec": nvimgcodec.ColorSpec.SRGB,
-        "sample_format": nvimgcodec.SampleFormat.P_RGB, **params,
-    })
+    nvimgcodec, decoder, decode_params = opened
 
     # Output images are reused, as nvImageCodec advises: allocating device memory for every image
     # of every batch would hold the whole GPU up. A set of images is reused two calls after it was
@@ -134,6 +125,31 @@ def nvimgcodec_decoder(
         return [None if image is None else torch.as_tensor(image, device=device) for image in last]
 
     return decode
+
+
+def open_nvimgcodec(
+    device_id: int | None, backends: Callable[[Any], list], threads: int, *, sample_format: str, **params: Any
+) -> tuple[Any, Any, Any] | None:
+    """The nvimgcodec module, its decoder on GPU `device_id` (None: the CPU only) with the `backends`
+    (made from the module) and `threads` CPU threads (0: one per core), and the `DecodeParams` for
+    RGB in `sample_format` (a `SampleFormat` name) with the fields given, EXIF orientation ignored as
+    by every other decoder here; None where nvImageCodec is not installed or cannot make that decoder."""
+    try:
+        from nvidia import nvimgcodec
+    except (ImportError, OSError):  # not installed, or its CUDA libraries are missing
+        return None
+    where = nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY if device_id is None else device_id
+    try:
+        decoder = nvimgcodec.Decoder(device_id=where, max_num_cpu_threads=threads, backends=backends(nvimgcodec))
+    except RuntimeError as exc:
+        log.info("nvImageCodec: no such JPEG decoder on %s (%s); decoding without it",
+                 "the CPU" if device_id is None else f"GPU {device_id}", exc)
+        return None
+    decode_params = nvimgcodec.DecodeParams(**{
+        "apply_exif_orientation": False, "color_spec": nvimgcodec.ColorSpec.SRGB,
+        "sample_format": getattr(nvimgcodec.SampleFormat, sample_format), **params,
+    })
+    return nvimgcodec, decoder, decode_params
 
 
 def device_decoder(device: torch.device) -> JpegDecoder:
