@@ -20,7 +20,7 @@ import numpy as np
 import simplejpeg
 import torch
 
-from ..decode import usable_cpus
+from ..decode import jpeg_size, usable_cpus
 from .device_decode import JpegDecoder, open_nvimgcodec
 
 log = logging.getLogger("batch_predict")
@@ -211,7 +211,7 @@ def nvimgcodec_host_decoder(threads: int) -> HostDecoder | None:
     lock = threading.Lock()  # a batch bisected on another thread decodes again meanwhile
 
     def decode(jpegs: Sequence[bytes], host: torch.Tensor, starts: Sequence[int], sizes: Sequence[tuple[int, int]]) -> list[bool]:
-        readable = [i for i, (height, width) in enumerate(sizes) if height and width]  # headers simplejpeg could read
+        readable = [i for i, (height, width) in enumerate(sizes) if height and width]  # those with a header
         images: list = [None] * len(jpegs)
         try:
             with lock:
@@ -234,11 +234,8 @@ def nvimgcodec_host_decoder(threads: int) -> HostDecoder | None:
 
 
 def _size(jpeg: bytes) -> tuple[int, int]:
-    """(height, width) from the header, or (0, 0) where simplejpeg cannot read it (then `on_device` tries)."""
-    try:
-        height, width = simplejpeg.decode_jpeg_header(jpeg)[:2]
-    except ValueError:
-        return 0, 0
+    """(height, width) from the header, or (0, 0) where it has none (then `on_device` tries)."""
+    width, height = jpeg_size(jpeg) or (0, 0)
     return height, width
 
 
