@@ -10,7 +10,7 @@ pipeline), so what it measures is the ceiling the GPU side sets, and what moves 
   without collecting (only waiting for each batch);
 - each way of decoding on the GPU (nvImageCodec's hardware engines as the job calls them, nvjpeg),
   alone and in the staged loop, with one and two preparing threads;
-- a share of each batch decoded on CPU threads (simplejpeg, straight into pinned memory)
+- a share of each batch decoded on the CPU by the job's own split decoder (`staged_*_split_*`)
   while the GPU decodes the rest;
 - nvImageCodec sharing each batch between the JPEG engines and CUDA (or CPU Huffman) decoding,
   the model in a green context that leaves SMs to the decoders, on a stream of its own, as a
@@ -146,28 +146,16 @@ def python_beside(work: Callable[[], object], seconds: float) -> dict:
             "share_left": round(rates[1] / rates[0], 3)}
 
 
-def _pinned_pixels(data: bytes) -> torch.Tensor:
-    height, width = simplejpeg.decode_jpeg_header(data)[:2]
-    out = torch.empty((height, width, 3), dtype=torch.uint8, pin_memory=True)
-    simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out.numpy())
-    return out
-
-
-def preparer(model, device: torch.device, decoder: JpegDecoder, cpu_share: float = 0.0,
-             pool: ThreadPoolExecutor | None = None, priority: int = 0) -> Prepare:
-    """A batch's preparation on a stream of its own (of `priority`: below 0 is ahead of the model's):
-    the first `cpu_share` of its JPEGs decoded by `pool` into pinned memory and copied over, the
-    rest by `decoder`, at the same time."""
+def preparer(model, device: torch.device, decoder: JpegDecoder, priority: int = 0) -> Prepare:
+    """A batch's preparation on a stream of its own (of `priority`: below 0 is ahead of the model's),
+    its JPEGs decoded by `decoder` (a share of them on CPU threads where it is the job's
+    `split_decoder`)."""
     preprocessor = Preprocessor(model._preprocessor.spec, device, decoder, dtype=model._preprocessor.dtype)
     stream = torch.cuda.Stream(device, priority=priority)
 
     def prepare(records: Sequence[Record]) -> Prepared:
-        cut = int(len(records) * cpu_share)
         with torch.inference_mode(), torch.cuda.stream(stream):
-            on_cpu = pool.map(_pinned_pixels, [r.encoded for r in records[:cut]]) if cut else []
-            images = decoder([r.encoded for r in records[cut:]])
-            images += [pixels.to(device, non_blocking=True).permute(2, 0, 1) for pixels in on_cpu]
-            batch = preprocessor.prepare(images)
+            batch = preprocessor.prepare(decoder([r.encoded for r in records]))
             ready = torch.cuda.Event()
             ready.record(stream)
         return dataclasses.replace(batch, ready=ready)
@@ -452,10 +440,6 @@ def main() -> None:
         preparer(model, device, hardware_decoder(device)), take, 1.0)))
     measure("trace_staged_hardware", lambda: traced(args.out / "trace_staged_hardware.json", lambda: staged(
         model, [preparer(model, device, hardware_decoder(device))], take, 1.0)))
-    pool = ThreadPoolExecutor(os.cpu_count() or 1)
-    for share in (0.25, 0.5):
-        measure(f"staged_hardware_cpu_share_{share}", lambda s=share: staged(
-            model, [preparer(model, device, hardware_decoder(device), s, pool)], take, args.seconds))
 
 if __name__ == "__main__":
     main()
