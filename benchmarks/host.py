@@ -173,13 +173,8 @@ def device_idle(pattern: str, out: Path, batch: int, batch_ms: float, prepare_ms
     ended (from the pause's start), and how long the commits went on after the last batch."""
     device = DeviceStandIn(batch_ms / 1e3 / batch, prepare_ms / 1e3)
     commits = _CommitTimes()
-    spec = JobSpec(
-        input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir="none",
-        output_result_prefix=str(out / "results"), output_error_prefix=str(out / "errors"), batch_size=batch,
-        overwrite=True,
-    )
     with _slow_syncs(sync_ms / 1e3):
-        run(spec, model=device, observer=commits)
+        _timed_job(pattern, out, batch, device, commits)
     runs = sorted(device.runs)
     pauses = []
     for i in range(1, len(runs)):
@@ -193,14 +188,15 @@ def device_idle(pattern: str, out: Path, batch: int, batch_ms: float, prepare_ms
             "last_commit_after_last_batch_s": round(commits.times[-1] - runs[-1][1], 2), "pauses": pauses}
 
 
-def _timed_job(pattern: str, out: Path, batch: int, model: StandInModel) -> tuple[JobSummary, float]:
+def _timed_job(pattern: str, out: Path, batch: int, model: StandInModel | DeviceStandIn,
+               observer: JobObserver | None = None) -> tuple[JobSummary, float]:
     spec = JobSpec(
         input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir="none",
         output_result_prefix=str(out / "results"), output_error_prefix=str(out / "errors"), batch_size=batch,
         overwrite=True,
     )
     started = time.perf_counter()
-    summary = run(spec, model=model)
+    summary = run(spec, model=model, observer=observer)
     return summary, time.perf_counter() - started
 
 
