@@ -141,13 +141,23 @@ def pixels_path(yolox_dir) -> TensorModel:
     return load_model(ModelSettings(model_dir=str(yolox_dir / "yolox_nano_torchscript.pt"), model_spec=SPEC, device="cpu"))
 
 
+def on_the_gpu_path(yolox_dir, labels, cpu_decoding: str | None = None) -> TensorModel:
+    """YOLOX-Nano fed as on CUDA (JPEGs encoded, for it to decode), run here on the CPU; with
+    `cpu_decoding` (a host decoder's name), its split decoder sends every JPEG to the CPU that way."""
+    path, cpu = yolox_dir / "yolox_nano_torchscript.pt", torch.device("cpu")
+    runner = ModuleRunner(load_script(path.read_bytes(), cpu, str(path)), {"format": "torchscript"})
+    model = TensorModel(runner, load_spec(SPEC).resolve_input(None, None), labels, cpu,
+                        backend="torchscript", decode_on_device=True)
+    if cpu_decoding is not None:
+        on_host = {"nvimgcodec": nvimgcodec_host_decoder, "simplejpeg": simplejpeg_host_decoder}[cpu_decoding](2)
+        model._preprocessor.jpeg_decoder = split_decoder(nvjpeg_decoder(cpu), DecodeSplit(shares=(1.0,)), cpu, on_host=on_host)
+    return model
+
+
 @pytest.fixture(scope="module")
 def jpeg_path(yolox_dir, pixels_path) -> TensorModel:
     """The same model fed as on CUDA (JPEGs encoded, for it to decode), run here on the CPU."""
-    path, cpu = yolox_dir / "yolox_nano_torchscript.pt", torch.device("cpu")
-    runner = ModuleRunner(load_script(path.read_bytes(), cpu, str(path)), {"format": "torchscript"})
-    return TensorModel(runner, load_spec(SPEC).resolve_input(None, None), pixels_path.labels, cpu,
-                       backend="torchscript", decode_on_device=True)
+    return on_the_gpu_path(yolox_dir, pixels_path.labels)
 
 
 def _padded_model(yolox_dir, labels, limit: int | None = None) -> tuple[TensorModel, _RunsOutOfMemory]:
@@ -209,12 +219,7 @@ def test_on_the_gpu_path_jpegs_decoded_on_the_cpu_give_the_detections_of_the_pix
 ):
     """The model's own split decoder with the whole batch on the CPU, called as the model calls it
     (under inference mode, its buffer written from another thread), by each way of decoding there."""
-    make = {"nvimgcodec": nvimgcodec_host_decoder, "simplejpeg": simplejpeg_host_decoder}[on_host]
-    path, cpu = yolox_dir / "yolox_nano_torchscript.pt", torch.device("cpu")
-    runner = ModuleRunner(load_script(path.read_bytes(), cpu, str(path)), {"format": "torchscript"})
-    model = TensorModel(runner, load_spec(SPEC).resolve_input(None, None), pixels_path.labels, cpu,
-                        backend="torchscript", decode_on_device=True)
-    model._preprocessor.jpeg_decoder = split_decoder(nvjpeg_decoder(cpu), DecodeSplit(shares=(1.0,)), cpu, on_host=make(2))
+    model = on_the_gpu_path(yolox_dir, pixels_path.labels, on_host)
     records = lambda: [Record(name, "s", i, encoded=(photos_dir / name).read_bytes())  # noqa: E731
                        for i, name in enumerate(("bus.jpg", "zidane.jpg"))]
     expected = pixels_path.predict([prepare_for(pixels_path, 1 << 30)(r) for r in records()])
