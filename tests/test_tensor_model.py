@@ -215,7 +215,7 @@ def test_on_the_gpu_path_jpegs_reach_the_model_encoded_and_other_images_as_pixel
 
 @pytest.mark.parametrize("on_host", ["nvimgcodec", "simplejpeg"])
 def test_on_the_gpu_path_jpegs_decoded_on_the_cpu_give_the_detections_of_the_pixels_path(
-    yolox_dir, jpeg_path, pixels_path, photos_dir, on_host
+    yolox_dir, pixels_path, photos_dir, on_host
 ):
     """The model's own split decoder with the whole batch on the CPU, called as the model calls it
     (under inference mode, its buffer written from another thread), by each way of decoding there."""
@@ -229,9 +229,13 @@ def test_on_the_gpu_path_jpegs_decoded_on_the_cpu_give_the_detections_of_the_pix
         np.testing.assert_allclose(found.scores, wanted.scores, atol=1e-5)
 
 
+@pytest.mark.parametrize("cpu_decoding", [None, "nvimgcodec", "simplejpeg"], ids=["gpu", "cpu-nvimgcodec", "cpu-simplejpeg"])
 def test_on_the_gpu_path_damaged_images_become_error_lines_and_their_batch_mates_are_predicted(
-    jpeg_path, photos_dir, tmp_path
+    jpeg_path, yolox_dir, photos_dir, tmp_path, cpu_decoding
 ):
+    """With the JPEGs decoded on the device, or all of them on the CPU (the split decoder's share),
+    each way: a JPEG the CPU cannot read goes to the device's decoder, and fails there alone."""
+    model = jpeg_path if cpu_decoding is None else on_the_gpu_path(yolox_dir, jpeg_path.labels, cpu_decoding)
     jpeg, png = (photos_dir / "bus.jpg").read_bytes(), (photos_dir / "skimage_chelsea.png").read_bytes()
     records = [
         Record("jpeg", "s", 0, encoded=jpeg),
@@ -240,8 +244,8 @@ def test_on_the_gpu_path_damaged_images_become_error_lines_and_their_batch_mates
         Record("truncated-jpeg", "s", 3, encoded=jpeg[:2000]),  # its header still gives a size
         Record("not-an-image", "s", 4, encoded=b"plain text"),
     ]
-    outputs = one_unit_output(tmp_path, labels=jpeg_path.labels)
-    read = run_pipeline(records, jpeg_path, outputs, batch_size=5, max_image_pixels=1 << 30, num_decode_workers=2,
+    outputs = one_unit_output(tmp_path, labels=model.labels)
+    read = run_pipeline(records, model, outputs, batch_size=5, max_image_pixels=1 << 30, num_decode_workers=2,
                         queue_depth=2)
     counts = outputs.commit(read)
     errors = {e["key"]: e for e in map(json.loads, (tmp_path / "e-00000-of-00001.jsonl").read_text().splitlines())}
