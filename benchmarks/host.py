@@ -37,6 +37,8 @@ from torchvision.io import ImageReadMode, decode_image
 from batch_predict import run
 from batch_predict.decode import decode, encode_png
 from batch_predict.inputs.units import Unit
+from batch_predict.models.decode_split import DecodeSplit, nvimgcodec_host_decoder, simplejpeg_host_decoder, split_decoder
+from batch_predict.models.device_decode import open_nvimgcodec
 from batch_predict.observe.observers import JobObserver
 from batch_predict.records import Detections, Prediction, Record
 from batch_predict.outputs.result_formats import result_lines, result_records
@@ -243,12 +245,13 @@ def _rate_in_thread(decode_batch, images: int, seconds: float) -> float:
 
 
 def gil_convoy(pattern: str, images: int = 256, busy_ms: float = 3, idle_ms: float = 2, seconds: float = 2.0) -> dict:
-    """JPEGs decoded on one CPU thread, alone and beside a thread that holds the interpreter
-    `busy_ms` of every `busy_ms + idle_ms` (at the default switch interval, and at 0.5 ms): by
-    simplejpeg, one call an image as the split decoder's CPU threads make them, and by nvImageCodec's
-    CPU decoder, one call a batch, where it is installed. A thread that releases the interpreter
-    for each image must win it back for the next, and beside a busy thread each win may wait for
-    the whole switch interval: a convoy."""
+    """JPEGs decoded alone and beside a thread that holds the interpreter `busy_ms` of every
+    `busy_ms + idle_ms` (at the default switch interval, and at 0.5 ms): on one thread by simplejpeg,
+    one call an image as the split decoder's CPU threads make them, and by nvImageCodec's CPU
+    decoder, one call a batch, where it is installed; then through the split decoder as the job
+    runs it, the whole batch on the CPU with two threads asked, each way. A thread that releases
+    the interpreter for each image must win it back for the next, and beside a busy thread each
+    win may wait for the whole switch interval: a convoy."""
     import simplejpeg
 
     with open(min(glob.glob(pattern)), "rb") as stream:
@@ -256,20 +259,20 @@ def gil_convoy(pattern: str, images: int = 256, busy_ms: float = 3, idle_ms: flo
     height, width = simplejpeg.decode_jpeg_header(jpegs[0])[:2]
     out = np.empty((height, width, 3), np.uint8)
     decoders = {"simplejpeg, a call an image": lambda: [simplejpeg.decode_jpeg(j, colorspace="RGB", buffer=out) for j in jpegs]}
-    missing = None
-    try:
-        from nvidia import nvimgcodec
-
-        cpu = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
-                                 backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
-    except (ImportError, OSError, RuntimeError) as exc:  # not installed, or no CPU decoder in it
-        missing = f"{type(exc).__name__}: {exc}"
-    else:
+    opened = open_nvimgcodec(None, lambda m: [m.Backend(m.BackendKind.CPU_ONLY)], 1, sample_format="I_RGB")
+    if opened is not None:
+        nvimgcodec, cpu, params = opened
         streams = [nvimgcodec.CodeStream(j) for j in jpegs]
-        decoders["nvImageCodec CPU, a call a batch"] = lambda: cpu.decode(streams)
+        decoders["nvImageCodec CPU, a call a batch"] = lambda: cpu.decode(streams, params=params)
+    for name, make in (("simplejpeg", simplejpeg_host_decoder), ("nvImageCodec", nvimgcodec_host_decoder)):
+        on_host = make(2)
+        if on_host is not None:
+            split = split_decoder(lambda batch: [None] * len(batch), DecodeSplit(shares=(1.0,)), torch.device("cpu"),
+                                  on_host=on_host)
+            decoders[f"split decoder, all on the CPU, {name}"] = lambda split=split: split(jpegs)
     interval = sys.getswitchinterval()
     found: dict[str, object] = {"busy_ms": busy_ms, "idle_ms": idle_ms, "images": images, "size": [width, height],
-                                "nvimgcodec_missing": missing}
+                                "nvimgcodec": opened is not None}
     for name, decode_batch in decoders.items():
         rates = {"alone": _rate_in_thread(decode_batch, images, seconds)}
         for label, switch in (("beside a busy thread", interval), ("beside a busy thread, switch interval 0.5 ms", 5e-4)):
