@@ -155,16 +155,27 @@ def test_objects_alive_before_the_run_are_frozen_during_it_and_unfrozen_after(jo
     assert seen and min(seen) > 0 and gc.get_freeze_count() == 0
 
 
-def test_a_callers_own_freeze_is_left_as_it_was(job):
+def test_a_run_freezes_what_is_alive_even_after_a_callers_small_freeze_and_leaves_that_freeze_in_place(job):
+    """A Python that froze a few objects at start-up (the GPU machine's does) must not leave the
+    model and the modules, made after, for the full collections to walk during the run."""
     gc.freeze()
+    early = gc.get_freeze_count()
+    made_after = [[n] for n in range(20_000)]  # lists: always tracked by the collector
+    seen: list[int] = []
     try:
-        frozen = gc.get_freeze_count()
-        run(job, model=MeanColourModel())
-        # Neither unfrozen nor frozen again (the run's own objects would add to it); frozen objects
-        # freed meanwhile leave the count.
-        assert 0 < gc.get_freeze_count() <= frozen
+        run(job, model=MeanColourModel(on_predict=lambda records: seen.append(gc.get_freeze_count())))
+        assert seen and min(seen) >= early + len(made_after)
+        assert gc.get_freeze_count() >= len(made_after)  # the caller's freeze is not undone
     finally:
         gc.unfreeze()
+
+
+def test_full_collections_are_rarer_during_a_run_and_as_before_after_it(job):
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    run(job, model=MeanColourModel(on_predict=lambda records: seen.append(gc.get_threshold())))
+    assert seen and all(t[:2] == before[:2] and t[2] >= 100 * before[2] for t in seen)
+    assert gc.get_threshold() == before
 
 
 class _SlowDisk:

@@ -175,7 +175,7 @@ def run_units(
     observer = observer or JobObserver()
     sinks = UnitSinks(model, state, units, observer)
     try:
-        with _long_lived_frozen():
+        with _collector_set_for_the_run():
             run_pipeline(
                 read_units(units, spec, observer, stop),
                 timed(model, observer),
@@ -195,21 +195,37 @@ def run_units(
     return sinks.finish()
 
 
+#: How many times rarer the collector's full passes are during a run: one came every 40-50 batches
+#: of 256 images on the GPU machine, and the GPU stopped for 60-170 ms at each.
+_FULL_PASSES_RARER = 100
+
+
 @contextlib.contextmanager
-def _long_lived_frozen() -> Iterator[None]:
-    """Everything alive now (the model, the modules imported) lives through the run: frozen, the
-    garbage collector's full passes do not walk it. With PyTorch imported that is some 340,000
-    objects, and one full pass over them during a job stopped every thread for 0.14 s
-    (`benchmarks/host.py`'s plumbing, docs/benchmarks.md). Left alone where the caller froze
-    objects itself: unfreezing would undo that."""
-    if gc.get_freeze_count():
-        yield
-        return
+def _collector_set_for_the_run() -> Iterator[None]:
+    """The garbage collector's full passes made cheap and rare for the run.
+
+    Everything alive now (the model, the modules imported) lives through the run: frozen, the full
+    passes do not walk it. With PyTorch imported that is some 290,000 objects, and each full pass
+    over them stopped every thread of the job for 0.13-0.17 s on the GPU machine, once or twice a
+    40,000-image job. Frozen even where something froze a few objects before (the GPU machine's
+    Python starts with 375 frozen), and then left frozen after: unfreezing would also unfreeze
+    what the caller froze.
+
+    With that alone the passes took 2-6 ms there, yet the GPU still stopped for 60-90 ms about as
+    often as they came (three times a job); with them `_FULL_PASSES_RARER`, no stop of 50 ms or
+    more was left after the first batch (docs/benchmarks.md). The young passes still free the
+    short-lived cycles, and the rare full pass the long-lived ones.
+    """
+    already_frozen = gc.get_freeze_count() > 0
+    thresholds = gc.get_threshold()
     gc.freeze()
+    gc.set_threshold(thresholds[0], thresholds[1], thresholds[2] * _FULL_PASSES_RARER)
     try:
         yield
     finally:
-        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        if not already_frozen:
+            gc.unfreeze()
 
 
 def run_unit(
