@@ -23,12 +23,16 @@ Each figure is written to <out>/gpu_job.json as soon as it is measured; a table 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import gc
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -80,6 +84,7 @@ class RecordedSplit(DecodeSplit):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.batches: list[tuple[float, int, float]] = []
+        self.collected_at: list[float] = []  # the host's clock, when each batch was collected
         self.sent_to_cpu = 0
 
     def cpu_count(self, jpegs: int) -> int:
@@ -90,6 +95,7 @@ class RecordedSplit(DecodeSplit):
     def batch_done(self, images: int, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
         self.batches.append((now, images, self.cpu_share))
+        self.collected_at.append(time.perf_counter())
         super().batch_done(images, now)
 
     def rates_by_share(self, skip: int = 8) -> dict[float, dict]:
@@ -110,21 +116,30 @@ class RecordedSplit(DecodeSplit):
 
 
 def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device, precision: str) -> dict:
-    """The job in this process on the same files, one model, its JPEG decoding set up as each of
-    `args.variants` says: `<split>_<decoder>[_w<decode threads>][_si<GIL switch interval, ms>][_simplejpeg]`,
+    """The job in this process on the same files, its JPEG decoding set up as each of `args.variants` says:
+    `<split>_<decoder>[_w<decode threads>][_si<GIL switch interval, ms>][_simplejpeg][_graphs][_nofull][_trace]`,
     split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg` or `hardware`; the CPU's
-    share decoded as the job does (nvImageCodec's CPU decoder where installed), or by simplejpeg threads."""
+    share decoded as the job does (nvImageCodec's CPU decoder where installed), or by simplejpeg threads;
+    `_graphs`: the model loaded with `--compile cuda_graphs` (else as the job loads it, once for all);
+    `_nofull`: no automatic full collections; `_trace`: under PyTorch's profiler, written to
+    trace-<name>.json (`trace_gaps.py` reads it). Each variant's full collections are recorded, with
+    what the oldest generation held, and host-<name>.json has when each batch and each collection came."""
     from batch_predict import JobSpec, run
     from batch_predict.models.device_decode import device_decoder
 
-    model = load_model(ModelSettings(model_dir=args.yolox, model_spec=args.spec, device=str(device),
-                                     precision=precision, batch_size=args.batch))
+    models: dict[str, Any] = {}
     decoders = {"nvjpeg": nvjpeg_decoder(device), "hardware": device_decoder(device)}
     found = {}
     for name in args.variants.split(","):
         split_name, decoder_name, *options = name.split("_")
         settings = {option.rstrip("0123456789."): float(option.lstrip("abcdefghijklmnopqrstuvwxyz") or 1)
                     for option in options}
+        compile_mode = "cuda_graphs" if "graphs" in settings else "none"
+        if compile_mode not in models:
+            models[compile_mode] = load_model(ModelSettings(
+                model_dir=args.yolox, model_spec=args.spec, device=str(device), precision=precision,
+                batch_size=args.batch, compile=compile_mode))
+        model = models[compile_mode]
         split = RecordedSplit() if split_name == "climb" else RecordedSplit(shares=(float(split_name[len("share"):]),))
         model.decode_split = split
         on_host = simplejpeg_host_decoder(usable_cpus()) if "simplejpeg" in settings else None
@@ -136,18 +151,59 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
                        num_decode_workers=int(settings.get("w", 0)))
         interval = sys.getswitchinterval()
         sys.setswitchinterval(settings.get("si", interval * 1e3) / 1e3)
+        gc_pauses: list[tuple] = []
+        thresholds = gc.get_threshold()
+        if "nofull" in settings:
+            gc.set_threshold(thresholds[0], thresholds[1], 10**9)
+        gc.callbacks.append(collections_timer(gc_pauses))
+        trace = torch.profiler.profile(activities=_traced(device)) if "trace" in settings else contextlib.nullcontext()
+        modules = set(sys.modules)
         started = time.perf_counter()
         try:
-            summary = run(spec, model=model)
+            with trace:
+                summary = run(spec, model=model)
         finally:
             sys.setswitchinterval(interval)
+            gc.callbacks.pop()
+            gc.set_threshold(*thresholds)
+        if isinstance(trace, torch.profiler.profile):
+            trace.export_chrome_trace(str(args.out / f"trace-{name}.json"))
         found[name] = {"seconds": round(time.perf_counter() - started, 2), "records": summary.records_read,
                        **end_to_end.steady_state(Path(f"{prefix}-job/committed"), 1),
                        "split": split.describe(), "sent_to_cpu": split.sent_to_cpu,
-                       "rates_by_share": split.rates_by_share()}
+                       "rates_by_share": split.rates_by_share(),
+                       "modules_imported": sorted({m.split(".")[0] for m in set(sys.modules) - modules}),
+                       "full_collections": [p if p[0] < 0 else (p[0], round(p[1], 1), p[2]) for p in gc_pauses if p[0] < 0 or p[1] > 2]}
+        (args.out / f"host-{name}.json").write_text(json.dumps({
+            "batches_collected_at": split.collected_at, "collections": [p for p in gc_pauses if p[0] >= 0]}))
         (args.out / f"batches-{name}.json").write_text(json.dumps(split.batches))
         log.info("%s: %s", name, found[name])
     return found
+
+
+def collections_timer(found: list[tuple]):
+    """A `gc.callbacks` entry that appends (generation, milliseconds, objects collected, when it started)
+    for each collection to `found`; before each full one, also (-1, objects in the oldest generation,
+    objects frozen, modules imported, the oldest generation's most common types)."""
+    started = [0.0]
+
+    def timer(phase: str, info: dict) -> None:
+        if phase == "start":
+            if info["generation"] == 2:
+                objects = gc.get_objects(2)
+                kinds = collections.Counter(type(o).__name__ for o in objects).most_common(8)
+                found.append((-1, len(objects), gc.get_freeze_count(), len(sys.modules), kinds))
+                del objects
+            started[0] = time.perf_counter()
+        else:
+            found.append((info["generation"], (time.perf_counter() - started[0]) * 1e3, info["collected"], started[0]))
+
+    return timer
+
+
+def _traced(device: torch.device) -> list:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    return activities + [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else activities
 
 
 def main() -> None:
@@ -217,7 +273,7 @@ def main() -> None:
     hardware = {"PYTHONPATH": os.pathsep.join([args.nvimgcodec, os.environ.get("PYTHONPATH", "")])} if args.nvimgcodec else {}
     runs = [("job_hardware_decoder", hardware, 1), ("job_nvjpeg", {}, 1)]
     if cuda:
-        runs.append(("job_hardware_decoder_cuda_graphs", hardware, 1))
+        runs += [("job_hardware_decoder_cuda_graphs", hardware, 1), ("job_nvjpeg_cuda_graphs", {}, 1)]
     if gpus > 1:
         runs += [(f"job_hardware_decoder_x{gpus}", hardware, gpus), (f"job_nvjpeg_x{gpus}", {}, gpus)]
     for name, env, workers in runs:
@@ -253,7 +309,7 @@ def print_table(results: Results, gpus: int, half: str) -> None:
     f = results.figure
     model = max(filter(None, [f(name) for name in ("model_optimized", "model_as_the_job_runs_it", "model_unfrozen",
                                                     "model_cuda_graph")]), default=None)
-    jobs = ("job_hardware_decoder", "job_nvjpeg", "job_hardware_decoder_cuda_graphs")
+    jobs = ("job_hardware_decoder", "job_nvjpeg", "job_hardware_decoder_cuda_graphs", "job_nvjpeg_cuda_graphs")
     best = max(filter(None, [f(name, "steady_per_s") for name in jobs]), default=None)
     whole = max(filter(None, [f(name, "whole_command_per_s") for name in jobs]), default=None)
     ratios = {
