@@ -9,8 +9,9 @@ how busy the job keeps a model that takes a fixed time per batch (each unit fill
 its own pipeline), how long a staged device stand-in on a GPU's schedule is left idle on a disk
 whose syncs are quick and on one whose syncs are slow, what an image given as an array cost the
 GPU path when it was sent as PNG (encoded by the pipeline, decoded again in the model's prepare
-step), the garbage collector's full passes during a job, and what a thread that holds the
-interpreter costs JPEG decoding on another (one call an image, or one a batch).
+step), the garbage collector's full passes during a job, what a thread that holds the
+interpreter costs JPEG decoding on another (one call an image, or one a batch), and whether a
+process's first job keeps a device as busy as the jobs after it.
 
     PYTHONPATH=src:benchmarks python benchmarks/host.py --inputs '/tmp/bench/*.tfrecord' --out /tmp/host
 """
@@ -190,6 +191,22 @@ def device_idle(pattern: str, out: Path, batch: int, batch_ms: float, prepare_ms
             "last_commit_after_last_batch_s": round(commits.times[-1] - runs[-1][1], 2), "pauses": pauses}
 
 
+def first_jobs(pattern: str, out: Path, jobs: int = 3, batch_ms: float = 27, prepare_ms: float = 8) -> list[dict]:
+    """Jobs one after another in this process, each with a fresh device stand-in of `batch_ms` a batch of
+    256 (`DeviceStandIn`): the mean time between batches over each window of 20, and how busy the
+    device was. On the GPU a process's first job takes 60-100 batches to reach the pace of the jobs
+    after it (docs/benchmarks.md, 0); the same here would put that warm-up in the host's plumbing."""
+    found = []
+    for job in range(jobs):
+        device = DeviceStandIn(batch_ms / 1e3 / 256, prepare_ms / 1e3)
+        _timed_job(pattern, out / str(job), 256, device)
+        runs = sorted(device.runs)
+        apart = np.diff([start for start, _ in runs]) * 1e3
+        found.append({"job": job, "busy": round(sum(end - start for start, end in runs) / (runs[-1][1] - runs[0][0]), 3),
+                      "ms_between_batches_by_20": [round(float(apart[i : i + 20].mean()), 1) for i in range(0, len(apart), 20)]})
+    return found
+
+
 def _timed_job(pattern: str, out: Path, batch: int, model: StandInModel | DeviceStandIn,
                observer: JobObserver | None = None) -> tuple[JobSummary, float]:
     spec = JobSpec(
@@ -336,8 +353,9 @@ def main() -> None:
         results["plumbing"] = [plumbing(args.inputs, args.out / f"plumbing-{n}", n, args.batch_size) for n in (0, 30)]
         # 256 images in 60 ms: about YOLOX-Nano's fp16 speed with nvjpeg decoding on one H200.
         results["model_busy"] = [model_busy(args.inputs, args.out / f"busy-{b}", b, 0.06 * b / 256) for b in (256, 64)]
-        # 27 ms a batch of 256: YOLOX-Nano's pace in the job on one H200 between pauses (docs/benchmarks.md, 0).
+        # 27 ms a batch of 256: YOLOX-Nano's pace in the job on one H200 between pauses (docs/benchmarks.md, 0a).
         results["device_idle"] = [device_idle(args.inputs, args.out / f"idle-{sync}", 256, 27, 20, sync) for sync in (0, 30)]
+        results["first_jobs"] = first_jobs(args.inputs, args.out / "first-jobs")
         results["png_round_trip"] = png_round_trip(args.inputs)
         results["full_collections"] = full_collections(args.inputs, args.out / "collections")
         results["gil_convoy"] = gil_convoy(args.inputs)
