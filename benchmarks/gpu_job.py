@@ -77,6 +77,23 @@ def decoder_agreement(args: argparse.Namespace, device: torch.device) -> dict:
             for name, got in found.items()}
 
 
+#: The CUDA allocator's running counts kept at each batch: its calls to cudaMalloc and cudaFree,
+#: the allocations it retried after freeing its cache, and the segments it holds.
+ALLOCATOR_COUNTS = ("num_device_alloc", "num_device_free", "num_alloc_retries", "segment.all.current")
+
+
+def timed_calls(decode, calls: list[tuple[float, float, int]]):
+    """`decode`, appending (when it began on the host's clock, seconds it took, images) for each call."""
+
+    def timed(jpegs):
+        began = time.perf_counter()
+        found = decode(jpegs)
+        calls.append((began, time.perf_counter() - began, len(jpegs)))
+        return found
+
+    return timed
+
+
 class RecordedSplit(DecodeSplit):
     """A `DecodeSplit` that keeps each finished batch's time, size and the share then in force,
     and counts the JPEGs it sent to the CPU: the rate at each share, batch by batch."""
@@ -85,6 +102,7 @@ class RecordedSplit(DecodeSplit):
         super().__init__(**kwargs)
         self.batches: list[tuple[float, int, float]] = []
         self.collected_at: list[float] = []  # the host's clock, when each batch was collected
+        self.allocator: list[list[int]] = []  # ALLOCATOR_COUNTS when each batch was collected
         self.sent_to_cpu = 0
 
     def cpu_count(self, jpegs: int) -> int:
@@ -96,6 +114,9 @@ class RecordedSplit(DecodeSplit):
         now = time.perf_counter() if now is None else now
         self.batches.append((now, images, self.cpu_share))
         self.collected_at.append(time.perf_counter())
+        if torch.cuda.is_available():
+            stats = torch.cuda.memory_stats()
+            self.allocator.append([stats.get(key, 0) for key in ALLOCATOR_COUNTS])
         super().batch_done(images, now)
 
     def rates_by_share(self, skip: int = 8) -> dict[float, dict]:
@@ -123,7 +144,8 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
     `_graphs`: the model loaded with `--compile cuda_graphs` (else as the job loads it, once for all);
     `_nofull`: no automatic full collections; `_trace`: under PyTorch's profiler, written to
     trace-<name>.json (`trace_gaps.py` reads it). Each variant's full collections are recorded, with
-    what the oldest generation held, and host-<name>.json has when each batch and each collection came."""
+    what the oldest generation held; host-<name>.json has when each batch and each collection came, each
+    GPU decode call's time, and the CUDA allocator's counts at each batch (`ALLOCATOR_COUNTS`)."""
     from batch_predict import JobSpec, run
     from batch_predict.models.device_decode import device_decoder
 
@@ -143,7 +165,9 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
         split = RecordedSplit() if split_name == "climb" else RecordedSplit(shares=(float(split_name[len("share"):]),))
         model.decode_split = split
         on_host = simplejpeg_host_decoder(usable_cpus()) if "simplejpeg" in settings else None
-        model._preprocessor.jpeg_decoder = split_decoder(decoders[decoder_name], split, device, on_host=on_host)
+        decode_calls: list[tuple[float, float, int]] = []
+        model._preprocessor.jpeg_decoder = split_decoder(
+            timed_calls(decoders[decoder_name], decode_calls), split, device, on_host=on_host)
         prefix = args.work / f"variant-{name}"
         spec = JobSpec(input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir=args.yolox,
                        model_spec=args.spec, output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors",
@@ -175,7 +199,8 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
                        "modules_imported": sorted({m.split(".")[0] for m in set(sys.modules) - modules}),
                        "full_collections": [p if p[0] < 0 else (p[0], round(p[1], 1), p[2]) for p in gc_pauses if p[0] < 0 or p[1] > 2]}
         (args.out / f"host-{name}.json").write_text(json.dumps({
-            "batches_collected_at": split.collected_at, "collections": [p for p in gc_pauses if p[0] >= 0]}))
+            "batches_collected_at": split.collected_at, "collections": [p for p in gc_pauses if p[0] >= 0],
+            "decode_calls": decode_calls, "allocator": split.allocator}))
         (args.out / f"batches-{name}.json").write_text(json.dumps(split.batches))
         log.info("%s: %s", name, found[name])
     return found
@@ -273,7 +298,10 @@ def main() -> None:
     hardware = {"PYTHONPATH": os.pathsep.join([args.nvimgcodec, os.environ.get("PYTHONPATH", "")])} if args.nvimgcodec else {}
     runs = [("job_hardware_decoder", hardware, 1), ("job_nvjpeg", {}, 1)]
     if cuda:
-        runs += [("job_hardware_decoder_cuda_graphs", hardware, 1), ("job_nvjpeg_cuda_graphs", {}, 1)]
+        runs += [("job_hardware_decoder_cuda_graphs", hardware, 1), ("job_nvjpeg_cuda_graphs", {}, 1),
+                 # every kernel loaded when CUDA starts, not at its first launch: one suspect of a
+                 # process's first job running slower than the jobs after it (docs/benchmarks.md, 0)
+                 ("job_nvjpeg_eager_modules", {"CUDA_MODULE_LOADING": "EAGER"}, 1)]
     if gpus > 1:
         runs += [(f"job_hardware_decoder_x{gpus}", hardware, gpus), (f"job_nvjpeg_x{gpus}", {}, gpus)]
     for name, env, workers in runs:
@@ -309,7 +337,8 @@ def print_table(results: Results, gpus: int, half: str) -> None:
     f = results.figure
     model = max(filter(None, [f(name) for name in ("model_optimized", "model_as_the_job_runs_it", "model_unfrozen",
                                                     "model_cuda_graph")]), default=None)
-    jobs = ("job_hardware_decoder", "job_nvjpeg", "job_hardware_decoder_cuda_graphs", "job_nvjpeg_cuda_graphs")
+    jobs = ("job_hardware_decoder", "job_nvjpeg", "job_hardware_decoder_cuda_graphs", "job_nvjpeg_cuda_graphs",
+            "job_nvjpeg_eager_modules")
     best = max(filter(None, [f(name, "steady_per_s") for name in jobs]), default=None)
     whole = max(filter(None, [f(name, "whole_command_per_s") for name in jobs]), default=None)
     ratios = {
