@@ -23,7 +23,6 @@ Each figure is written to <out>/gpu_job.json as soon as it is measured; a table 
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import gc
 import json
@@ -40,6 +39,7 @@ import baselines
 import ceiling
 import end_to_end
 from run_all import Results, agreement, encoded_images, make_inputs
+from timing import collections_timer
 from batch_predict.decode import decode, usable_cpus
 from batch_predict.models import load_model, separate_cuda_queues
 from batch_predict.models.decode_split import (
@@ -179,7 +179,7 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
         thresholds = gc.get_threshold()
         if "nofull" in settings:
             gc.set_threshold(thresholds[0], thresholds[1], 10**9)
-        gc.callbacks.append(collections_timer(gc_pauses))
+        gc.callbacks.append(collections_timer(gc_pauses, census=True))
         trace = torch.profiler.profile(activities=_traced(device)) if "trace" in settings else contextlib.nullcontext()
         modules = set(sys.modules)
         started = time.perf_counter()
@@ -204,26 +204,6 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
         (args.out / f"batches-{name}.json").write_text(json.dumps(split.batches))
         log.info("%s: %s", name, found[name])
     return found
-
-
-def collections_timer(found: list[tuple]):
-    """A `gc.callbacks` entry that appends (generation, milliseconds, objects collected, when it started)
-    for each collection to `found`; before each full one, also (-1, objects in the oldest generation,
-    objects frozen, modules imported, the oldest generation's most common types)."""
-    started = [0.0]
-
-    def timer(phase: str, info: dict) -> None:
-        if phase == "start":
-            if info["generation"] == 2:
-                objects = gc.get_objects(2)
-                kinds = collections.Counter(type(o).__name__ for o in objects).most_common(8)
-                found.append((-1, len(objects), gc.get_freeze_count(), len(sys.modules), kinds))
-                del objects
-            started[0] = time.perf_counter()
-        else:
-            found.append((info["generation"], (time.perf_counter() - started[0]) * 1e3, info["collected"], started[0]))
-
-    return timer
 
 
 def _traced(device: torch.device) -> list:

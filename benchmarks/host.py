@@ -46,6 +46,7 @@ from batch_predict.outputs.result_formats import result_lines, result_records
 from batch_predict.outputs.sinks import JobSummary, UnitCounts
 from batch_predict.spec import JobSpec
 from batch_predict.inputs.tfrecord import read_records
+from timing import collections_timer
 
 LABELS = {i: f"class {i}" for i in range(80)}
 
@@ -187,8 +188,13 @@ def device_idle(pattern: str, out: Path, batch: int, batch_ms: float, prepare_ms
             pauses.append({"batch": i, "ms": round(gap * 1e3), "nearest_commit_ms": round((nearest - began) * 1e3)})
     return {"batch": batch, "batch_ms": batch_ms, "prepare_ms": prepare_ms, "sync_ms": sync_ms, "batches": len(runs),
             "units": len(commits.times),
-            "busy": round(sum(end - start for start, end in runs) / (runs[-1][1] - runs[0][0]), 3),
+            "busy": _busy(runs),
             "last_commit_after_last_batch_s": round(commits.times[-1] - runs[-1][1], 2), "pauses": pauses}
+
+
+def _busy(runs: list[tuple[float, float]]) -> float:
+    """The share of the time from the first batch's start to the last one's end that the device ran."""
+    return round(sum(end - start for start, end in runs) / (runs[-1][1] - runs[0][0]), 3)
 
 
 def first_jobs(pattern: str, out: Path, jobs: int = 3, batch_ms: float = 27, prepare_ms: float = 8) -> list[dict]:
@@ -202,7 +208,7 @@ def first_jobs(pattern: str, out: Path, jobs: int = 3, batch_ms: float = 27, pre
         _timed_job(pattern, out / str(job), 256, device)
         runs = sorted(device.runs)
         apart = np.diff([start for start, _ in runs]) * 1e3
-        found.append({"job": job, "busy": round(sum(end - start for start, end in runs) / (runs[-1][1] - runs[0][0]), 3),
+        found.append({"job": job, "busy": _busy(runs),
                       "ms_between_batches_by_20": [round(float(apart[i : i + 20].mean()), 1) for i in range(0, len(apart), 20)]})
     return found
 
@@ -310,21 +316,15 @@ def gil_convoy(pattern: str, images: int = 256, busy_ms: float = 3, idle_ms: flo
 def full_collections(pattern: str, out: Path, runs: int = 3) -> dict:
     """The garbage collector's full passes during the plumbing job (3 detections an image), and how
     long each held every thread: with PyTorch imported there are some 340,000 objects to walk."""
-    pauses: list[float] = []
-    started = [0.0]
-
-    def timed(phase: str, info: dict) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-        elif info["generation"] == 2:
-            pauses.append(round((time.perf_counter() - started[0]) * 1e3, 1))
-
+    collections: list[tuple] = []
+    timed = collections_timer(collections)
     gc.callbacks.append(timed)
     try:
         for _ in range(runs):
             _timed_job(pattern, out, 256, StandInModel(3))
     finally:
         gc.callbacks.remove(timed)
+    pauses = [round(ms, 1) for generation, ms, *_ in collections if generation == 2]
     return {"objects_tracked": len(gc.get_objects()), "runs": runs, "full_collection_ms": pauses}
 
 

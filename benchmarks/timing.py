@@ -1,7 +1,11 @@
-"""Throughput of a repeated step: warm up, then run for a fixed time, synchronizing the GPU."""
+"""Throughput of a repeated step: warm up, then run for a fixed time, synchronizing the GPU; and
+the garbage collector's passes, timed."""
 
 from __future__ import annotations
 
+import collections
+import gc
+import sys
 import time
 from collections.abc import Callable
 
@@ -30,3 +34,23 @@ def throughput(step: Callable[[], int], seconds: float, warmup: int = 2) -> dict
     sync()
     elapsed = time.perf_counter() - started
     return {"items_per_s": round(items / elapsed, 1), "items": items, "steps": steps, "seconds": round(elapsed, 2)}
+
+
+def collections_timer(found: list[tuple], census: bool = False) -> Callable[[str, dict], None]:
+    """A `gc.callbacks` entry that appends (generation, milliseconds, objects collected, when it started)
+    for each collection to `found`; with `census`, before each full one also (-1, objects in the
+    oldest generation, objects frozen, modules imported, the oldest generation's most common types)."""
+    started = [0.0]
+
+    def timer(phase: str, info: dict) -> None:
+        if phase == "start":
+            if census and info["generation"] == 2:
+                objects = gc.get_objects(2)
+                kinds = collections.Counter(type(o).__name__ for o in objects).most_common(8)
+                found.append((-1, len(objects), gc.get_freeze_count(), len(sys.modules), kinds))
+                del objects
+            started[0] = time.perf_counter()
+        else:
+            found.append((info["generation"], (time.perf_counter() - started[0]) * 1e3, info["collected"], started[0]))
+
+    return timer
