@@ -13,7 +13,7 @@ from PIL import Image
 
 from batch_predict import JobSpec, run
 from batch_predict.models import ModelLoadError, load_model
-from batch_predict.models.decode_split import DecodeSplit, nvimgcodec_host_decoder, simplejpeg_host_decoder, split_decoder
+from batch_predict.models.decode_split import DecodeSplit, split_decoder
 from batch_predict.models.device_decode import nvjpeg_decoder
 from batch_predict.models.model_spec import load_spec
 from batch_predict.models.speed import accelerate
@@ -25,6 +25,7 @@ from batch_predict.spec import ModelSettings
 
 from backend_helpers import REPO, write_tfrecord
 from conftest import one_unit_output
+from test_decode_split import HOST_DECODERS
 
 SPEC = str(REPO / "examples" / "specs" / "yolox_nano.yaml")
 
@@ -149,7 +150,7 @@ def on_the_gpu_path(yolox_dir, labels, cpu_decoding: str | None = None) -> Tenso
     model = TensorModel(runner, load_spec(SPEC).resolve_input(None, None), labels, cpu,
                         backend="torchscript", decode_on_device=True)
     if cpu_decoding is not None:
-        on_host = {"nvimgcodec": nvimgcodec_host_decoder, "simplejpeg": simplejpeg_host_decoder}[cpu_decoding](2)
+        on_host = HOST_DECODERS[cpu_decoding](2)
         model._preprocessor.jpeg_decoder = split_decoder(nvjpeg_decoder(cpu), DecodeSplit(shares=(1.0,)), cpu, on_host=on_host)
     return model
 
