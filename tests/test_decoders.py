@@ -70,6 +70,26 @@ def test_yolox_keeps_the_best_max_detections_per_image():
     np.testing.assert_allclose(padded.scores[0], [0.88, 0.85, 0.82, 0.79, 0.76], rtol=1e-5)
 
 
+def test_yolox_ranks_at_most_pre_nms_top_k_candidates_per_image_before_nms():
+    head = _head(2)
+    for row in range(0, 18, 3):  # six far-apart cells of the stride 8 grid in image 0
+        _set(head, 0, row, (0.5, 0.5), 1.0, (0.4 + row / 100, 0.0))
+    _set(head, 1, 0, (0.5, 0.5), 1.0, (0.0, 0.5))
+    _set(head, 1, 9, (0.5, 0.5), 1.0, (0.6, 0.0))
+    padded = decode_yolox(head, _context(2, **{"thresholds.pre_nms_top_k": 3}))
+    assert padded.counts.tolist() == [3, 2]
+    np.testing.assert_allclose(padded.scores[0, :3], [0.55, 0.52, 0.49], rtol=1e-6)
+    np.testing.assert_allclose(padded.scores[1, :2], [0.6, 0.5], rtol=1e-6)
+
+
+def test_yolox_scores_a_head_of_signed_values_by_their_products():
+    head = _head(1)
+    _set(head, 0, 5, (0.5, 0.5), -1.0, (-0.5, 0.2))  # -1 x -0.5 scores 0.5; -1 x 0.2 does not count
+    padded = decode_yolox(head, _context(1))
+    assert padded.counts.tolist() == [1] and padded.classes[0, 0] == 0
+    np.testing.assert_allclose(padded.scores[0, 0], 0.5)
+
+
 def test_yolox_says_when_the_head_does_not_fit_the_input_size():
     with pytest.raises(ValueError, match=r"output shape \[1, 100, 7\] does not fit input \[64, 64\].*\[N, 84, 5 \+ classes\]"):
         decode_yolox(torch.zeros((1, 100, 7)), _context(1))
