@@ -209,6 +209,41 @@ def test_staged_batches_are_collected_on_a_thread_of_their_own_not_the_launching
     assert staged.collected_on == {"batch-predict-collector"}
 
 
+class _SlowFirstPrepare(StagedMeanColourModel):
+    """Its first batch takes a while to prepare, as a GPU's JPEG decode that waits for the device."""
+
+    def __init__(self, input_kind: str) -> None:
+        super().__init__(fail_at="collect")
+        self.input_kind = input_kind
+        self.spans: list[tuple[str, float, float]] = []  # first key, when preparing began and ended
+        self.launch_order: list[str] = []
+
+    def prepare(self, records):
+        began = time.perf_counter()
+        if not self.spans and records[0].key == "k0":
+            time.sleep(0.3)
+        self.spans.append((records[0].key, began, time.perf_counter()))
+        return super().prepare(records)
+
+    def launch(self, prepared):
+        self.launch_order.append(prepared[0].key)
+        return super().launch(prepared)
+
+
+@pytest.mark.parametrize("input_kind", ["jpeg", "image"])
+def test_a_model_decoding_jpegs_on_its_device_prepares_two_batches_at_once_launched_in_order(tmp_path, input_kind):
+    # PNGs: decoded to pixels by the pipeline for either kind of model, which the toy model reads.
+    records = [Record(f"k{i}", "src", i, encoded=encode(gradient(8, 8), "PNG")) for i in range(40)]
+    model = _SlowFirstPrepare(input_kind)
+    counts, _ = _outcomes_of(model, tmp_path, "two", records)
+    assert counts.predicted == 40
+    first = next(span for span in model.spans if span[0] == "k0")
+    second = next(span for span in model.spans if span[0] == "k8")
+    # Prepared while the first batch still was, where the model decodes JPEGs; after it otherwise.
+    assert (second[2] < first[2]) == (input_kind == "jpeg")
+    assert model.launch_order == [f"k{i}" for i in range(0, 40, 8)]
+
+
 class _SlowFirstWrite:
     """An `OutcomeSink` whose first write takes `seconds`, as a commit's disk syncs can."""
 

@@ -24,6 +24,7 @@ import itertools
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -53,6 +54,12 @@ _PROBE_WORKERS = 2
 #: Batches prepared ahead of the one running: enough to hide preparing, few enough that
 #: their device memory stays small beside the model's.
 _PREPARED_AHEAD = 2
+#: Threads preparing batches for a staged model that decodes JPEGs on its device (one prepares
+#: for any other). The device's batched JPEG decode holds its thread until the images are there
+#: (torchvision's nvjpeg call waits for its stream, under a lock of its own): with two, one
+#: thread preprocesses and hands over a batch while the other waits there, and batches come as
+#: fast as the decoder and the model allow (docs/benchmarks.md).
+_JPEG_PREPARING_THREADS = 2
 #: Batches launched on the device and not yet collected.
 _LAUNCHED_AHEAD = 2
 #: Batches collected and not yet written: enough that a write held up for a while (a disk flushing
@@ -479,18 +486,31 @@ def _bisect(model: Model, batch: Sequence[Record], limit: BatchLimit) -> list[Ou
 
 
 def prepare_ahead(
-    model: StagedModel, batches: Iterable[Batch | Mark]
+    model: StagedModel, batches: Iterable[Batch | Mark], threads: int
 ) -> Generator[tuple[Batch | Mark, Any], None, None]:
     """Each batch with its prepared form (None for a mark, or a batch that failed to prepare:
-    it is then predicted through `predict_isolating`, which finds the bad records)."""
-    for batch in batches:
-        prepared = None
-        if isinstance(batch, Batch):
-            try:
-                prepared = model.prepare(batch)
-            except Exception:  # the batch is retried, bisected, on the model's thread
-                prepared = None
-        yield batch, prepared
+    it is then predicted through `predict_isolating`, which finds the bad records), in order,
+    `threads` batches prepared at once."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="batch-predict-prepare") as pool:
+        pending: deque[tuple[Batch | Mark, Future | None]] = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(_prepared, model, batch) if isinstance(batch, Batch) else None))
+            while len(pending) >= threads:
+                yield _ready(pending.popleft())
+        while pending:
+            yield _ready(pending.popleft())
+
+
+def _prepared(model: StagedModel, batch: Batch) -> Any:
+    try:
+        return model.prepare(batch)
+    except Exception:  # the batch is retried, bisected, on the model's thread
+        return None
+
+
+def _ready(pending: tuple[Batch | Mark, Future | None]) -> tuple[Batch | Mark, Any]:
+    batch, prepared = pending
+    return batch, None if prepared is None else prepared.result()
 
 
 def launch_prepared(
@@ -661,7 +681,8 @@ def run_pipeline(
         prepared = background(decoded, chunks_deep, idle=budget.starved if budget is not None else None)
         batches = form_batches(_flattened(prepared), batch_size, model.same_size_batches, stop)
         if staged is not None:
-            items = background(prepare_ahead(staged, batches), _PREPARED_AHEAD)
+            threads = _JPEG_PREPARING_THREADS if model.input_kind == "jpeg" else 1
+            items = background(prepare_ahead(staged, batches, threads), _PREPARED_AHEAD)
         else:
             items = ((batch, None) for batch in batches)
         try:

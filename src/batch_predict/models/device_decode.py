@@ -28,8 +28,8 @@ log = logging.getLogger("batch_predict")
 JpegDecoder = Callable[[Sequence[bytes]], Sequence["torch.Tensor | None"]]
 
 
-#: Sets of output images the hardware decoder keeps in use: the one being decoded into, and the
-#: one whose batch the GPU may still be copying out of.
+#: Sets of output images the hardware decoder keeps handed out before it reuses the oldest: those
+#: the GPU may still be copying batches out of.
 _IMAGE_SETS = 2
 
 
@@ -91,23 +91,25 @@ def nvimgcodec_decoder(
     nvimgcodec, decoder, decode_params = opened
 
     # Output images are reused, as nvImageCodec advises: allocating device memory for every image
-    # of every batch would hold the whole GPU up. A set of images is reused two calls after it was
-    # handed out, once the batch made of it has been copied out of it (`consumed`).
+    # of every batch would hold the whole GPU up. A set of images handed to a thread is reused once
+    # that thread has called again (it has then queued its batch's preprocessing, the set's last
+    # reader, on its stream) and the work queued before that call is done (`consumed`); each
+    # preparing thread keeps its last set apart, so two threads never share one.
     handed_out: deque[tuple[torch.cuda.Event, list]] = deque()
-    last: list = []
-    lock = threading.Lock()  # a batch bisected on another thread decodes again meanwhile
+    last = threading.local()
+    lock = threading.Lock()  # other threads decode meanwhile: preparing threads, a batch bisected
 
     def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
         with lock:
             return _decode(jpegs)
 
     def _decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
-        nonlocal last
         stream = torch.cuda.current_stream(device)
-        if last:
+        previous = getattr(last, "images", None)
+        if previous:
             consumed = torch.cuda.Event()
-            consumed.record(stream)  # after the previous batch's preprocessing, queued on this stream
-            handed_out.append((consumed, last))
+            consumed.record(stream)  # after that thread's previous batch's preprocessing, queued on this stream
+            handed_out.append((consumed, previous))
         reuse = None
         if len(handed_out) >= _IMAGE_SETS:
             consumed, images = handed_out.popleft()
@@ -115,14 +117,14 @@ def nvimgcodec_decoder(
             if len(images) >= len(jpegs) and all(image is not None for image in images):
                 reuse = images[: len(jpegs)]
         try:
-            last = decoder.decode(
+            last.images = decoder.decode(
                 [nvimgcodec.CodeStream(j) for j in jpegs], images=reuse, params=decode_params, cuda_stream=stream.cuda_stream
             )
         except (RuntimeError, ValueError) as exc:  # a stream it cannot even parse: the next decoder tries each image
             log.debug("nvImageCodec refused a batch of %d: %s", len(jpegs), exc)
-            last = []
+            last.images = []
             return [None] * len(jpegs)
-        return [None if image is None else torch.as_tensor(image, device=device) for image in last]
+        return [None if image is None else torch.as_tensor(image, device=device) for image in last.images]
 
     return decode
 
