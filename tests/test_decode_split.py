@@ -115,6 +115,16 @@ def test_trying_a_share_that_does_not_pay_costs_a_few_percent_of_a_long_job():
     assert Counter(shares)[0.0] / len(shares) >= 0.9
 
 
+def test_a_try_that_lost_beyond_the_noise_waits_longer_before_the_next():
+    def tries(rate_at_share) -> int:
+        shares = _run_split(DecodeSplit(window=4, settle=2, recheck_every=64), rate_at_share, 150)
+        return sum(1 for before, after in zip(shares, shares[1:]) if after > before)
+
+    clear_loss = tries(lambda share: 6000 * (1 - share))  # 12.5% slower at 0.125: beyond the 10% margin
+    noise_sized = tries(lambda share: 6000 * (1 - 0.4 * share))  # 5% slower: within it
+    assert clear_loss < noise_sized
+
+
 def test_the_split_climbs_to_the_fastest_share_and_stays_there():
     best = 0.25
     split = DecodeSplit(window=4, settle=2, recheck_every=1000)

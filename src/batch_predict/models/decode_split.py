@@ -33,8 +33,10 @@ class DecodeSplit:
     next larger share, keeps it if it was faster by `margin`, and tries its neighbours again, soon
     at first (the first windows run while the GPU and its allocator warm up) and then ever less often, so
     that it follows a job whose images change, at a cost of a few percent at most where the CPU
-    never pays. The first `settle` batches after a change are not counted: the batches prepared
-    ahead at the share before, and those the GPU runs back to back from the queues while the
+    never pays: a try that lost by more than `margin`, beyond a window's noise, waits twice as
+    long again before the next, since each try holds a slower share for a settle and a window.
+    The first `settle` batches after a change are not counted: the batches prepared ahead at the
+    share before, and those the GPU runs back to back from the queues while the
     pipeline finds its new pace. The decoder asks `cpu_count(n)` of each batch; the model
     reports each batch it finished to `batch_done`, with the GPU's own time of it.
     """
@@ -48,7 +50,8 @@ class DecodeSplit:
     ) -> None:
         self.shares = shares
         self._window, self._settle, self._recheck_every, self._margin = window, settle, recheck_every, margin
-        self._index = 0
+        self._index = 0  # the share in force
+        self._home = 0  # the share held, which `_index` leaves while a neighbour is tried
         self._rates: dict[int, float] = {}
         self._settling = settle
         self._settled_windows = 0
@@ -95,20 +98,25 @@ class DecodeSplit:
         # (docs/benchmarks.md), and a share taken on noise costs the job for as long as it holds.
         here = self._index
         best = max(self._rates, key=lambda i: self._rates[i] / (1 + self._margin) ** i)
+        if here != self._home and best == self._home and self._rates[here] * (1 + self._margin) < self._rates[best]:
+            self._recheck_in = min(2 * self._recheck_in, self._recheck_every)
         if best != here:
             self._move(best)
         elif here + 1 < len(self.shares) and here + 1 not in self._rates:
-            self._move(here + 1)  # the best so far: see whether more on the CPU is faster still
+            self._move(here + 1, home=here)  # the best so far: see whether more on the CPU is faster still
         else:
+            self._home = here
             self._settled_windows += 1
             if self._settled_windows >= self._recheck_in:
                 self._settled_windows = 0
                 self._recheck_in = min(2 * self._recheck_in, self._recheck_every)
                 for neighbour in (here - 1, here + 1):
                     self._rates.pop(neighbour, None)
-                self._move(here - 1 if here > 0 else min(here + 1, len(self.shares) - 1))
+                self._move(here - 1 if here > 0 else min(here + 1, len(self.shares) - 1), home=here)
 
-    def _move(self, index: int) -> None:
+    def _move(self, index: int, home: int | None = None) -> None:
+        """Put share `index` in force, holding share `home` (`index` itself unless `index` is tried)."""
+        self._home = index if home is None else home
         if index != self._index:
             self._index, self._settling = index, self._settle
 
