@@ -28,6 +28,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -78,17 +79,21 @@ def decoder_agreement(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 #: The CUDA allocator's running counts kept at each batch: its calls to cudaMalloc and cudaFree,
-#: the allocations it retried after freeing its cache, and the segments it holds.
+#: the allocations it retried after freeing its cache, and the segments it holds; then the device
+#: memory in use outside it, in MiB (nvjpeg's buffers among it).
 ALLOCATOR_COUNTS = ("num_device_alloc", "num_device_free", "num_alloc_retries", "segment.all.current")
+#: The process's running counts kept at each batch: page faults served from memory and from disk,
+#: and its threads' voluntary and involuntary context switches.
+PROCESS_COUNTS = ("ru_minflt", "ru_majflt", "ru_nvcsw", "ru_nivcsw")
 
 
-def timed_calls(decode, calls: list[tuple[float, float, int]]):
-    """`decode`, appending (when it began on the host's clock, seconds it took, images) for each call."""
+def timed_calls(fn, calls: list[tuple[float, float]]):
+    """`fn` (of one argument), appending (when it began on the host's clock, seconds it took) for each call."""
 
-    def timed(jpegs):
+    def timed(argument):
         began = time.perf_counter()
-        found = decode(jpegs)
-        calls.append((began, time.perf_counter() - began, len(jpegs)))
+        found = fn(argument)
+        calls.append((began, time.perf_counter() - began))
         return found
 
     return timed
@@ -103,6 +108,7 @@ class RecordedSplit(DecodeSplit):
         self.batches: list[tuple[float, int, float]] = []
         self.collected_at: list[float] = []  # the host's clock, when each batch was collected
         self.allocator: list[list[int]] = []  # ALLOCATOR_COUNTS when each batch was collected
+        self.process: list[list[int]] = []  # PROCESS_COUNTS when each batch was collected
         self.sent_to_cpu = 0
 
     def cpu_count(self, jpegs: int) -> int:
@@ -114,9 +120,13 @@ class RecordedSplit(DecodeSplit):
         now = time.perf_counter() if now is None else now
         self.batches.append((now, images, self.cpu_share))
         self.collected_at.append(time.perf_counter())
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.process.append([getattr(usage, key) for key in PROCESS_COUNTS])
         if torch.cuda.is_available():
             stats = torch.cuda.memory_stats()
-            self.allocator.append([stats.get(key, 0) for key in ALLOCATOR_COUNTS])
+            free, total = torch.cuda.mem_get_info()
+            outside = (total - free - stats.get("reserved_bytes.all.current", 0)) // 2**20
+            self.allocator.append([stats.get(key, 0) for key in ALLOCATOR_COUNTS] + [outside])
         super().batch_done(images, now)
 
     def rates_by_share(self, skip: int = 8) -> dict[float, dict]:
@@ -138,15 +148,17 @@ class RecordedSplit(DecodeSplit):
 
 def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device, precision: str) -> dict:
     """The job in this process on the same files, its JPEG decoding set up as each of `args.variants` says:
-    `<split>_<decoder>[_w<decode threads>][_si<GIL switch interval, ms>][_simplejpeg][_graphs][_nofull][_trace]`,
+    `<split>_<decoder>[_w<decode threads>][_p<preparing threads>][_si<GIL switch interval, ms>][_simplejpeg][_graphs]
+    [_nofull][_trace]`,
     split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg` or `hardware`; the CPU's
     share decoded as the job does (nvImageCodec's CPU decoder where installed), or by simplejpeg threads;
     `_graphs`: the model loaded with `--compile cuda_graphs` (else as the job loads it, once for all);
     `_nofull`: no automatic full collections; `_trace`: under PyTorch's profiler, written to
     trace-<name>.json (`trace_gaps.py` reads it). Each variant's full collections are recorded, with
     what the oldest generation held; host-<name>.json has when each batch and each collection came, each
-    GPU decode call's time, and the CUDA allocator's counts at each batch (`ALLOCATOR_COUNTS`)."""
-    from batch_predict import JobSpec, run
+    GPU decode call's time, each batch's time in the model's prepare, launch and collect, and the CUDA
+    allocator's and the process's counts at each batch (`ALLOCATOR_COUNTS`, `PROCESS_COUNTS`)."""
+    from batch_predict import JobSpec, pipeline, run
     from batch_predict.models.device_decode import device_decoder
 
     models: dict[str, Any] = {}
@@ -165,7 +177,7 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
         split = RecordedSplit() if split_name == "climb" else RecordedSplit(shares=(float(split_name[len("share"):]),))
         model.decode_split = split
         on_host = simplejpeg_host_decoder(usable_cpus()) if "simplejpeg" in settings else None
-        decode_calls: list[tuple[float, float, int]] = []
+        decode_calls: list[tuple[float, float]] = []
         model._preprocessor.jpeg_decoder = split_decoder(
             timed_calls(decoders[decoder_name], decode_calls), split, device, on_host=on_host)
         prefix = args.work / f"variant-{name}"
@@ -173,6 +185,11 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
                        model_spec=args.spec, output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors",
                        batch_size=args.batch, precision=precision, overwrite=True,
                        num_decode_workers=int(settings.get("w", 0)))
+        stages: dict[str, list[tuple[float, float]]] = {stage: [] for stage in ("prepare", "launch", "collect")}
+        for stage, calls in stages.items():
+            setattr(model, stage, timed_calls(getattr(type(model), stage).__get__(model), calls))
+        preparing_threads = pipeline._JPEG_PREPARING_THREADS
+        pipeline._JPEG_PREPARING_THREADS = int(settings.get("p", preparing_threads))
         interval = sys.getswitchinterval()
         sys.setswitchinterval(settings.get("si", interval * 1e3) / 1e3)
         gc_pauses: list[tuple] = []
@@ -187,6 +204,9 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
             with trace:
                 summary = run(spec, model=model)
         finally:
+            pipeline._JPEG_PREPARING_THREADS = preparing_threads
+            for stage in stages:
+                delattr(model, stage)
             sys.setswitchinterval(interval)
             gc.callbacks.pop()
             gc.set_threshold(*thresholds)
@@ -200,7 +220,8 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
                        "full_collections": [p if p[0] < 0 else (p[0], round(p[1], 1), p[2]) for p in gc_pauses if p[0] < 0 or p[1] > 2]}
         (args.out / f"host-{name}.json").write_text(json.dumps({
             "batches_collected_at": split.collected_at, "collections": [p for p in gc_pauses if p[0] >= 0],
-            "decode_calls": decode_calls, "allocator": split.allocator}))
+            "decode_calls": decode_calls, **{f"{stage}_calls": calls for stage, calls in stages.items()},
+            "allocator": split.allocator, "process": split.process}))
         (args.out / f"batches-{name}.json").write_text(json.dumps(split.batches))
         log.info("%s: %s", name, found[name])
     return found
