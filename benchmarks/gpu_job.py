@@ -148,8 +148,8 @@ class RecordedSplit(DecodeSplit):
 
 def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device, precision: str) -> dict:
     """The job in this process on the same files, its JPEG decoding set up as each of `args.variants` says:
-    `<split>_<decoder>[_w<decode threads>][_p<preparing threads>][_si<GIL switch interval, ms>][_simplejpeg][_graphs]
-    [_nofull][_trace]`,
+    `<split>_<decoder>[_w<decode threads>][_p<preparing threads>][_t<CPU share's threads>][_si<GIL switch interval, ms>]
+    [_simplejpeg][_graphs][_nofull][_trace]`,
     split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg` or `hardware`; the CPU's
     share decoded as the job does (nvImageCodec's CPU decoder where installed), or by simplejpeg threads;
     `_graphs`: the model loaded with `--compile cuda_graphs` (else as the job loads it, once for all);
@@ -179,7 +179,8 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
         on_host = simplejpeg_host_decoder(usable_cpus()) if "simplejpeg" in settings else None
         decode_calls: list[tuple[float, float]] = []
         model._preprocessor.jpeg_decoder = split_decoder(
-            timed_calls(decoders[decoder_name], decode_calls), split, device, on_host=on_host)
+            timed_calls(decoders[decoder_name], decode_calls), split, device, on_host=on_host,
+            threads=int(settings["t"]) if "t" in settings else None)
         prefix = args.work / f"variant-{name}"
         spec = JobSpec(input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir=args.yolox,
                        model_spec=args.spec, output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors",

@@ -207,6 +207,17 @@ def test_the_cpu_share_is_decoded_by_nvimgcodec_where_it_is_installed_else_by_si
     assert all(i is not None for i in split_decoder(CountingDecoder(), DecodeSplit(shares=(1.0,)), CPU, threads=2)(jpegs))
 
 
+def test_the_cpu_share_takes_half_the_usable_cores_by_default_leaving_the_rest_to_the_jobs_threads(monkeypatch):
+    calls = []
+    monkeypatch.setattr("batch_predict.models.decode_split.usable_cpus", lambda: 16)
+    monkeypatch.setattr("batch_predict.models.decode_split.nvimgcodec_host_decoder", lambda threads: calls.append(threads))
+    monkeypatch.setattr("batch_predict.models.decode_split.simplejpeg_host_decoder", lambda threads: calls.append(threads))
+    split_decoder(CountingDecoder(), DecodeSplit(), CPU)
+    monkeypatch.setattr("batch_predict.models.decode_split.usable_cpus", lambda: 1)
+    split_decoder(CountingDecoder(), DecodeSplit(), CPU)
+    assert calls == [8, 8, 1, 1]  # nvImageCodec's, then (not installed here) simplejpeg's
+
+
 def test_a_cpu_decoder_that_fails_leaves_its_share_to_the_device_decoder_and_says_so_once(jpegs, caplog):
     def broken(jpegs, host, starts, sizes):
         raise RuntimeError("the CPU decoder broke")

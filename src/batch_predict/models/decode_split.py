@@ -140,12 +140,16 @@ def split_decoder(
 ) -> JpegDecoder:
     """A `JpegDecoder` that sends `split`'s share of each call's JPEGs to the CPU while `on_device`
     decodes the rest, at the same time. The CPU's images are decoded by `on_host` (by default
-    nvImageCodec's CPU decoder where it is installed, else simplejpeg; `threads` threads, one per
-    usable core by default) into one pinned host buffer of at most `host_bytes` (the share stops
+    nvImageCodec's CPU decoder where it is installed, else simplejpeg; `threads` threads, half the
+    usable cores by default) into one pinned host buffer of at most `host_bytes` (the share stops
     at the image that would not fit), copied to `device` in one transfer that does not wait; a
     JPEG the CPU cannot read goes to `on_device` with the rest, and so does the whole share if
     `on_host` fails (said once, in a warning)."""
-    workers = threads or usable_cpus()
+    # Half the cores: the job's own threads (reading, preparing, launching, collecting, writing)
+    # need the rest. With a decoding thread on every core, a share of an eighth cost the job 7% on
+    # the GPU machine, against 2% with half of them (docs/benchmarks.md): the threads that feed the
+    # GPU waited for a core.
+    workers = threads or max(1, usable_cpus() // 2)
     on_host = on_host or nvimgcodec_host_decoder(workers) or simplejpeg_host_decoder(workers)
     # The CPU's share is decoded on a thread of its own while this one calls `on_device`.
     beside = ThreadPoolExecutor(1, thread_name_prefix="batch-predict-host-jpegs")

@@ -154,16 +154,17 @@ def open_nvimgcodec(
     return nvimgcodec, decoder, decode_params
 
 
-def device_decoder(device: torch.device) -> JpegDecoder:
+def device_decoder(device: torch.device, batch: int = 1) -> JpegDecoder:
     """The best JPEG decoders the device has, falling back image by image: hardware engines,
-    then nvjpeg, then the CPU. On a GPU each has decoded a blank image already: their first
-    call sets the library up (about 0.6 s each for nvjpeg and nvImageCodec on an H200), which
-    is then not paid by the job's first batch."""
+    then nvjpeg, then the CPU. On a GPU each has decoded a `batch` of blank images already:
+    their first call sets the library up (about 0.6 s each for nvjpeg and nvImageCodec on an
+    H200), and nvjpeg's first call at a larger batch takes about 0.2 s more, which the job's
+    first batches then do not pay."""
     decoders = [d for d in (hardware_decoder(device), nvjpeg_decoder(device)) if d is not None]
     if device.type == "cuda":
         blank = encode_jpeg(torch.zeros((3, 64, 64), dtype=torch.uint8))
         for decoder in decoders:
-            decoder([blank])
+            decoder([blank] * batch)
         torch.cuda.current_stream(device).synchronize()
     return falling_back(decoders, device)
 

@@ -124,7 +124,7 @@ class TensorModel:
         with ThreadPoolExecutor(1, thread_name_prefix="batch-predict-setup") as setup:
             # Setting the GPU's JPEG decoders up takes about a second (nvjpeg's handle, nvImageCodec's
             # engines): it runs beside the fit check, which spends as long planning the model's kernels.
-            decoder = setup.submit(device_decoder, device) if on_device else None
+            decoder = setup.submit(device_decoder, device, self._largest_batch()) if on_device else None
             self._check_fit()
             if decoder is not None and self.decode_split is not None:
                 self._preprocessor.jpeg_decoder = split_decoder(decoder.result(), self.decode_split, device)
@@ -140,7 +140,7 @@ class TensorModel:
         batch. If that batch runs out of memory, one image checks the fit, and the pipeline's
         splitting later finds the size that fits.
         """
-        largest = self._runner.sizes[-1] if isinstance(self._runner, PaddingRunner) else 1
+        largest = self._largest_batch()
         try:
             try:
                 self._run_blanks(largest)
@@ -154,6 +154,10 @@ class TensorModel:
             raise ModelLoadError(
                 f"{self._backend}: the model and its spec ({self.spec.source}) do not fit: {type(exc).__name__}: {message}"
             ) from None
+
+    def _largest_batch(self) -> int:
+        """The batch size the job runs at where the runner pads to a few sizes, else 1."""
+        return self._runner.sizes[-1] if isinstance(self._runner, PaddingRunner) else 1
 
     def _run_blanks(self, count: int) -> None:
         blank = torch.zeros((3, 64, 64), dtype=torch.uint8, device=self.device)
