@@ -40,6 +40,7 @@ import baselines
 import ceiling
 import end_to_end
 from run_all import Results, agreement, encoded_images, make_inputs
+from decode_warmup import noise_jpeg
 from timing import collections_timer
 from batch_predict.decode import decode, usable_cpus
 from batch_predict.models import load_model, separate_cuda_queues
@@ -149,10 +150,12 @@ class RecordedSplit(DecodeSplit):
 def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device, precision: str) -> dict:
     """The job in this process on the same files, its JPEG decoding set up as each of `args.variants` says:
     `<split>_<decoder>[_w<decode threads>][_p<preparing threads>][_t<CPU share's threads>][_si<GIL switch interval, ms>]
-    [_simplejpeg][_graphs][_nofull][_trace]`,
+    [_prime<width>][_simplejpeg][_graphs][_nofull][_trace]`,
     split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg` or `hardware`; the CPU's
     share decoded as the job does (nvImageCodec's CPU decoder where installed), or by simplejpeg threads;
-    `_graphs`: the model loaded with `--compile cuda_graphs` (else as the job loads it, once for all);
+    `_prime<width>`: the decoder first given a batch of width x 3/4 width noise JPEGs (nvjpeg's buffers
+    then start large); `_graphs`: the model loaded with `--compile cuda_graphs` (else as the job loads
+    it, once for all);
     `_nofull`: no automatic full collections; `_trace`: under PyTorch's profiler, written to
     trace-<name>.json (`trace_gaps.py` reads it). Each variant's full collections are recorded, with
     what the oldest generation held; host-<name>.json has when each batch and each collection came, each
@@ -181,6 +184,9 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
         model._preprocessor.jpeg_decoder = split_decoder(
             timed_calls(decoders[decoder_name], decode_calls), split, device, on_host=on_host,
             threads=int(settings["t"]) if "t" in settings else None)
+        if "prime" in settings:  # a batch of large JPEGs first, so that nvjpeg's buffers start large
+            width = int(settings["prime"])
+            decoders[decoder_name]([noise_jpeg(width, width * 3 // 4)] * args.batch)
         prefix = args.work / f"variant-{name}"
         spec = JobSpec(input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir=args.yolox,
                        model_spec=args.spec, output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors",
