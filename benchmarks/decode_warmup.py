@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from run_all import encoded_images
-from batch_predict.models.vision_ops import decode_jpegs_on, encode_jpeg
+from batch_predict.models.device_decode import JpegDecoder, nvjpeg_decoder
+from batch_predict.models.vision_ops import encode_jpeg
 
 
 def outside_torch_mb(device: torch.device) -> float:
@@ -45,12 +46,12 @@ def noise_jpeg(width: int, height: int) -> bytes:
     return encode_jpeg(pixels, quality=95)
 
 
-def calls(batches: list[list[torch.Tensor]], device: torch.device) -> list[tuple[float, float]]:
+def calls(decode: JpegDecoder, batches: list[list[bytes]], device: torch.device) -> list[tuple[float, float]]:
     """(seconds on the host, MiB outside PyTorch after it) for each batched call."""
     found = []
     for batch in batches:
         began = time.perf_counter()
-        decode_jpegs_on(device, batch)
+        decode(batch)
         found.append((round(time.perf_counter() - began, 5), outside_torch_mb(device)))
     return found
 
@@ -87,8 +88,8 @@ def one_case(args: argparse.Namespace) -> dict:
     device = torch.device("cuda")
     torch.zeros(1, device=device)
     jpegs = encoded_images(sorted(Path(args.inputs).glob("bench-*.tfrecord")), args.batch * args.calls)
-    tensors = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
-    batches = [tensors[i : i + args.batch] for i in range(0, len(tensors), args.batch)]
+    batches = [jpegs[i : i + args.batch] for i in range(0, len(jpegs), args.batch)]
+    decode = nvjpeg_decoder(device)  # as the job calls nvjpeg
     stop = threading.Event()
     load = model_load(args.yolox, device, args.batch, stop) if args.case.endswith("_loaded") else None
     found: dict = {"case": args.case, "outside_torch_mb_at_start": outside_torch_mb(device)}
@@ -97,15 +98,15 @@ def one_case(args: argparse.Namespace) -> dict:
     try:
         if args.case.startswith("primed_"):
             width, height = map(int, args.case.split("_")[1].split("x"))
-            prime = torch.frombuffer(bytearray(noise_jpeg(width, height)), dtype=torch.uint8)
+            prime = noise_jpeg(width, height)
             began = time.perf_counter()
-            decode_jpegs_on(device, [prime] * args.batch)
-            found["prime"] = {"jpeg_bytes": prime.numel(), "seconds": round(time.perf_counter() - began, 3),
+            decode([prime] * args.batch)
+            found["prime"] = {"jpeg_bytes": len(prime), "seconds": round(time.perf_counter() - began, 3),
                               "outside_torch_mb": outside_torch_mb(device)}
-        first = calls(batches, device)
+        first = calls(decode, batches, device)
         found["first_pass"] = {"ms_by_window": windows(first), "outside_torch_mb": [m for _, m in first]}
         if args.case.startswith("cold"):
-            second = calls(batches, device)
+            second = calls(decode, batches, device)
             found["second_pass"] = {"ms_by_window": windows(second), "outside_torch_mb": [m for _, m in second]}
     finally:
         stop.set()

@@ -40,7 +40,7 @@ import baselines
 import ceiling
 import end_to_end
 from run_all import Results, agreement, encoded_images, make_inputs
-from decode_warmup import noise_jpeg
+from decode_warmup import noise_jpeg, outside_torch_mb
 from timing import collections_timer
 from batch_predict.decode import decode, usable_cpus
 from batch_predict.models import load_model, separate_cuda_queues
@@ -125,9 +125,7 @@ class RecordedSplit(DecodeSplit):
         self.process.append([getattr(usage, key) for key in PROCESS_COUNTS])
         if torch.cuda.is_available():
             stats = torch.cuda.memory_stats()
-            free, total = torch.cuda.mem_get_info()
-            outside = (total - free - stats.get("reserved_bytes.all.current", 0)) // 2**20
-            self.allocator.append([stats.get(key, 0) for key in ALLOCATOR_COUNTS] + [outside])
+            self.allocator.append([stats.get(key, 0) for key in ALLOCATOR_COUNTS] + [outside_torch_mb(torch.device("cuda"))])
         super().batch_done(images, now)
 
     def rates_by_share(self, skip: int = 8) -> dict[float, dict]:

@@ -105,7 +105,7 @@ class DecodeSplit:
         elif here + 1 < len(self.shares) and here + 1 not in self._rates:
             self._move(here + 1, home=here)  # the best so far: see whether more on the CPU is faster still
         else:
-            self._home = here
+            self._move(here)  # held now, if it was a try that won
             self._settled_windows += 1
             if self._settled_windows >= self._recheck_in:
                 self._settled_windows = 0
