@@ -29,12 +29,14 @@ log = logging.getLogger("batch_predict")
 class DecodeSplit:
     """How many of each batch's JPEGs CPU threads decode, for a model that decodes on its GPU.
 
-    It climbs: it measures images per second over a window of batches at one share, tries the
-    next larger share, keeps it if it was faster by `margin`, and tries its neighbours again, soon
-    at first (the first windows run while the GPU and its allocator warm up) and then ever less often, so
-    that it follows a job whose images change, at a cost of a few percent at most where the CPU
-    never pays: a try that lost by more than `margin`, beyond a window's noise, waits twice as
-    long again before the next, since each try holds a slower share for a settle and a window.
+    It climbs: it measures images per second over a window of batches at one share, tries a
+    neighbouring share, keeps it if it was faster by `margin`, and otherwise goes back. A try holds
+    a share that may be slower for a settle and a window, and on the GPU machine a share the CPU
+    did not pay for ran 13-44% slower (docs/benchmarks.md), so tries are paid from a `budget`: the
+    batches of tries that lost stay within that fraction of the job's batches so far. A short job
+    (a few hundred batches, seconds on a GPU) then keeps every JPEG on the GPU, where a try could
+    not pay for itself; a long one tries its neighbours every few hundred batches, following a job
+    whose images change, at a cost of `budget` times a try's loss at most.
     The first `settle` batches after a change are not counted: the batches prepared ahead at the
     share before, and those the GPU runs back to back from the queues while the
     pipeline finds its new pace. The decoder asks `cpu_count(n)` of each batch; the model
@@ -45,17 +47,19 @@ class DecodeSplit:
     SHARES = (0.0, 0.125, 0.25, 0.5, 0.75)
 
     def __init__(
-        self, window: int = 12, settle: int = 8, recheck_every: int = 32, shares: tuple[float, ...] = SHARES,
+        self, window: int = 12, settle: int = 8, budget: float = 0.05, shares: tuple[float, ...] = SHARES,
         margin: float = 0.1,
     ) -> None:
         self.shares = shares
-        self._window, self._settle, self._recheck_every, self._margin = window, settle, recheck_every, margin
+        self._window, self._settle, self._budget, self._margin = window, settle, budget, margin
         self._index = 0  # the share in force
         self._home = 0  # the share held, which `_index` leaves while a neighbour is tried
         self._rates: dict[int, float] = {}
+        self._measured_at: dict[int, int] = {}  # when each share's rate was last measured, in batches seen
         self._settling = settle
-        self._settled_windows = 0
-        self._recheck_in = min(2, recheck_every)  # early rates include warm-up: recheck soon, then ever less often
+        self._seen = 0  # batches finished, all told
+        self._lost = 0  # batches spent on tries that lost
+        self._trying = 0  # batches spent on the try under way
         self._batches = self._images = 0
         self._since: float | None = None
         self._credit = 0.0
@@ -79,6 +83,8 @@ class DecodeSplit:
         the GPU finished it (`DeviceStreams.seconds_at`), or by default `time.perf_counter()`."""
         now = time.perf_counter() if now is None else now
         with self._lock:
+            self._seen += 1
+            self._trying += self._index != self._home
             if self._settling:
                 self._settling -= 1
                 self._since = now
@@ -88,6 +94,7 @@ class DecodeSplit:
             if self._batches < self._window:
                 return
             self._rates[self._index] = self._images / max(now - (self._since or now), 1e-9)
+            self._measured_at[self._index] = self._seen
             self._batches = self._images = 0
             self._since = now
             self._choose()
@@ -98,21 +105,17 @@ class DecodeSplit:
         # (docs/benchmarks.md), and a share taken on noise costs the job for as long as it holds.
         here = self._index
         best = max(self._rates, key=lambda i: self._rates[i] / (1 + self._margin) ** i)
-        if here != self._home and best == self._home and self._rates[here] * (1 + self._margin) < self._rates[best]:
-            self._recheck_in = min(2 * self._recheck_in, self._recheck_every)
-        if best != here:
-            self._move(best)
-        elif here + 1 < len(self.shares) and here + 1 not in self._rates:
-            self._move(here + 1, home=here)  # the best so far: see whether more on the CPU is faster still
-        else:
-            self._move(here)  # held now, if it was a try that won
-            self._settled_windows += 1
-            if self._settled_windows >= self._recheck_in:
-                self._settled_windows = 0
-                self._recheck_in = min(2 * self._recheck_in, self._recheck_every)
-                for neighbour in (here - 1, here + 1):
-                    self._rates.pop(neighbour, None)
-                self._move(here - 1 if here > 0 else min(here + 1, len(self.shares) - 1), home=here)
+        if here != self._home:  # a try ends
+            self._lost += self._trying if best != here else 0
+            self._trying = 0
+        self._move(best)
+        if best != here or self._lost + self._settle + self._window > self._budget * self._seen:
+            return
+        # The neighbour measured longest ago (one never measured first, the larger share first).
+        neighbours = [i for i in (here + 1, here - 1) if 0 <= i < len(self.shares)]
+        tried = min(neighbours, key=lambda i: self._measured_at.get(i, -1))
+        self._rates.pop(tried, None)  # measured again, not judged by a rate from another time
+        self._move(tried, home=here)
 
     def _move(self, index: int, home: int | None = None) -> None:
         """Put share `index` in force, holding share `home` (`index` itself unless `index` is tried)."""
