@@ -154,17 +154,29 @@ def open_nvimgcodec(
     return nvimgcodec, decoder, decode_params
 
 
+#: (height, width) of the JPEG the decoders are primed with at load: noise, which compresses worse
+#: than any photo, so that nvjpeg's buffers for each image of a batch start larger than those of
+#: most photos this size or smaller (COCO's are 640 wide). Unprimed, they grow over a job's first
+#: few hundred batches whenever a larger JPEG comes to an image's place, and each growth of pinned
+#: host memory waits for the whole GPU: the first 40 batches' nvjpeg calls took twice as long, and
+#: a process's first job ran 10% slower (docs/benchmarks.md). The cost: buffers for a 360 KB JPEG
+#: for each image of a batch, in pinned host memory (the device memory nvjpeg held on the H200 did
+#: not change).
+PRIMING_SIZE = (480, 640)
+
+
 def device_decoder(device: torch.device, batch: int = 1) -> JpegDecoder:
     """The best JPEG decoders the device has, falling back image by image: hardware engines,
-    then nvjpeg, then the CPU. On a GPU each has decoded a `batch` of blank images already:
-    their first call sets the library up (about 0.6 s each for nvjpeg and nvImageCodec on an
-    H200), and nvjpeg's first call at a larger batch takes about 0.2 s more, which the job's
+    then nvjpeg, then the CPU. On a GPU each has decoded a `batch` of `PRIMING_SIZE` JPEGs
+    already: their first call sets the library up (about 0.6 s each for nvjpeg and nvImageCodec
+    on an H200), and nvjpeg's first call at a larger batch takes about 0.2 s more, which the job's
     first batches then do not pay."""
     decoders = [d for d in (hardware_decoder(device), nvjpeg_decoder(device)) if d is not None]
     if device.type == "cuda":
-        blank = encode_jpeg(torch.zeros((3, 64, 64), dtype=torch.uint8))
+        noise = torch.randint(0, 256, (3, *PRIMING_SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        priming = encode_jpeg(noise, quality=95)
         for decoder in decoders:
-            decoder([blank] * batch)
+            decoder([priming] * batch)
         torch.cuda.current_stream(device).synchronize()
     return falling_back(decoders, device)
 
