@@ -148,7 +148,7 @@ class RecordedSplit(DecodeSplit):
 def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device, precision: str) -> dict:
     """The job in this process on the same files, its JPEG decoding set up as each of `args.variants` says:
     `<split>_<decoder>[_w<decode threads>][_p<preparing threads>][_t<CPU share's threads>][_si<GIL switch interval, ms>]
-    [_prime<width>][_simplejpeg][_graphs][_nofull][_trace]`,
+    [_tn<PyTorch's CPU threads>][_prime<width>][_simplejpeg][_graphs][_nofull][_trace]`,
     split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg` or `hardware`; the CPU's
     share decoded as the job does (nvImageCodec's CPU decoder where installed), or by simplejpeg threads;
     `_prime<width>`: the decoder first given a batch of width x 3/4 width noise JPEGs (nvjpeg's buffers
@@ -197,6 +197,8 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
         pipeline._JPEG_PREPARING_THREADS = int(settings.get("p", preparing_threads))
         interval = sys.getswitchinterval()
         sys.setswitchinterval(settings.get("si", interval * 1e3) / 1e3)
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(int(settings.get("tn", torch_threads)))
         gc_pauses: list[tuple] = []
         thresholds = gc.get_threshold()
         if "nofull" in settings:
@@ -213,6 +215,7 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
             for stage in stages:
                 delattr(model, stage)
             sys.setswitchinterval(interval)
+            torch.set_num_threads(torch_threads)
             gc.callbacks.pop()
             gc.set_threshold(*thresholds)
         if isinstance(trace, torch.profiler.profile):
