@@ -30,7 +30,9 @@ import logging
 import os
 import resource
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from batch_predict.models import load_model, separate_cuda_queues
 from batch_predict.models.decode_split import (
     DecodeSplit, nvimgcodec_host_decoder, simplejpeg_host_decoder, split_decoder,
 )
-from batch_predict.models.device_decode import hardware_decoder, nvjpeg_decoder
+from batch_predict.models.device_decode import JpegDecoder, hardware_decoder, nvjpeg_decoder
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
 
@@ -86,6 +88,28 @@ ALLOCATOR_COUNTS = ("num_device_alloc", "num_device_free", "num_alloc_retries", 
 #: The process's running counts kept at each batch: page faults served from memory and from disk,
 #: and its threads' voluntary and involuntary context switches.
 PROCESS_COUNTS = ("ru_minflt", "ru_majflt", "ru_nvcsw", "ru_nivcsw")
+
+
+def side_by_side(first: JpegDecoder, second: JpegDecoder, device: torch.device) -> JpegDecoder:
+    """Half of each call's JPEGs to `first`, the other half at the same time to `second`, on a thread
+    of the calling thread's own (so that each preparing thread's images stay its own) and on the
+    caller's stream: two decoding libraries, two locks, the GPU's JPEG engines shared."""
+    beside = threading.local()
+
+    def decode(jpegs):
+        pool = getattr(beside, "pool", None) or ThreadPoolExecutor(1)
+        beside.pool = pool
+        stream = torch.cuda.current_stream(device)
+
+        def on_stream(part):
+            with torch.cuda.stream(stream):
+                return second(part)
+
+        half = len(jpegs) // 2
+        task = pool.submit(on_stream, jpegs[half:])
+        return list(first(jpegs[:half])) + list(task.result())
+
+    return decode
 
 
 def timed_calls(fn, calls: list[tuple[float, float]]):
@@ -149,7 +173,8 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
     """The job in this process on the same files, its JPEG decoding set up as each of `args.variants` says:
     `<split>_<decoder>[_w<decode threads>][_p<preparing threads>][_t<CPU share's threads>][_si<GIL switch interval, ms>]
     [_tn<PyTorch's CPU threads>][_prime<width>][_simplejpeg][_graphs][_nofull][_trace]`,
-    split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg` or `hardware`; the CPU's
+    split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg`, `hardware` or `both` (half
+    of each batch to each, at once: `side_by_side`); the CPU's
     share decoded as the job does (nvImageCodec's CPU decoder where installed), or by simplejpeg threads;
     `_prime<width>`: the decoder first given a batch of width x 3/4 width noise JPEGs (nvjpeg's buffers
     then start large); `_graphs`: the model loaded with `--compile cuda_graphs` (else as the job loads
@@ -164,6 +189,9 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
 
     models: dict[str, Any] = {}
     decoders = {"nvjpeg": nvjpeg_decoder(device), "hardware": device_decoder(device)}
+    engines = hardware_decoder(device)
+    if engines is not None:
+        decoders["both"] = side_by_side(decoders["nvjpeg"], engines, device)
     found = {}
     for name in args.variants.split(","):
         split_name, decoder_name, *options = name.split("_")
@@ -309,7 +337,7 @@ def main() -> None:
     if cuda:
         runs += [("job_hardware_decoder_cuda_graphs", hardware, 1), ("job_nvjpeg_cuda_graphs", {}, 1),
                  # every kernel loaded when CUDA starts, not at its first launch: one suspect of a
-                 # process's first job running slower than the jobs after it (docs/benchmarks.md, 0)
+                 # process's first job running slower than the jobs after it (docs/benchmarks.md, 0a)
                  ("job_nvjpeg_eager_modules", {"CUDA_MODULE_LOADING": "EAGER"}, 1)]
     if gpus > 1:
         runs += [(f"job_hardware_decoder_x{gpus}", hardware, gpus), (f"job_nvjpeg_x{gpus}", {}, gpus)]
