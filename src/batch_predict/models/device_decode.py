@@ -1,10 +1,11 @@
 """JPEG batches decoded on the model's GPU.
 
-The GPU decodes with the hardware JPEG engines through nvImageCodec where it is installed
-(`pip install 'batch-predict[nvimgcodec]'`) and the GPU has them (A100, H100, H200, L4...):
-they leave the SMs to the model. Otherwise, and for any image the engines refuse
-(progressive, CMYK, unusual sampling), nvjpeg's CUDA decoder through torchvision; an image
-that fails there too is decoded on the CPU. Only an image that no decoder can read fails.
+The GPU decodes with torchvision's nvjpeg, which sends every baseline JPEG of a batch to the
+GPU's hardware JPEG engines where it has them (A100, H100, H200, L4...), leaving the SMs to the
+model, and decodes the others (progressive) with its CUDA decoder. nvImageCodec's decoder on the
+same engines, where it is installed (`pip install 'batch-predict[nvimgcodec]'`), tries what
+nvjpeg refused: first, it made the job slower (docs/benchmarks.md). An image that fails on the
+GPU is decoded on the CPU; only an image that no decoder can read fails.
 """
 
 from __future__ import annotations
@@ -166,12 +167,12 @@ PRIMING_SIZE = (480, 640)
 
 
 def device_decoder(device: torch.device, batch: int = 1) -> JpegDecoder:
-    """The best JPEG decoders the device has, falling back image by image: hardware engines,
-    then nvjpeg, then the CPU. On a GPU each has decoded a `batch` of `PRIMING_SIZE` JPEGs
+    """The best JPEG decoders the device has, falling back image by image: nvjpeg, then
+    nvImageCodec's hardware decoder, then the CPU. On a GPU each has decoded a `batch` of `PRIMING_SIZE` JPEGs
     already: their first call sets the library up (about 0.6 s each for nvjpeg and nvImageCodec
     on an H200), and nvjpeg's first call at a larger batch takes about 0.2 s more, which the job's
     first batches then do not pay."""
-    decoders = [d for d in (hardware_decoder(device), nvjpeg_decoder(device)) if d is not None]
+    decoders = [d for d in (nvjpeg_decoder(device), hardware_decoder(device)) if d is not None]
     if device.type == "cuda":
         noise = torch.randint(0, 256, (3, *PRIMING_SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         priming = encode_jpeg(noise, quality=95)
