@@ -9,9 +9,10 @@ TorchScript, fp16, batch 256:
 
 - the model alone on preloaded tensors, with TorchScript's optimizing executor and without
   it (as the job runs it);
-- the job through its CLI: with nvImageCodec's hardware decoder (`--nvimgcodec`, a folder
-  holding the nvidia-nvimgcodec and nvidia-nvjpeg wheels' contents) and without it (nvjpeg
-  on the SMs), each beside the CPU workers' share; on every GPU too, where there are two;
+- the job through its CLI: with nvImageCodec installed (`job_hardware_decoder`; `--nvimgcodec`, a
+  folder holding the nvidia-nvimgcodec and nvidia-nvjpeg wheels' contents; until 2026-11-30 19:30
+  its hardware decoder came first, since then nvjpeg does there too) and without it (nvjpeg),
+  each beside the CPU workers' share; on every GPU too, where there are two;
 - agreement with the CPU path, on the shared photos, for each decoder (CPU, nvjpeg, hardware);
 - the peers: a DataLoader script (16 worker processes decode and letterbox to uint8, fp16,
   batch 256) over all the files, and a per-image loop.
@@ -49,7 +50,7 @@ from batch_predict.models import load_model, separate_cuda_queues
 from batch_predict.models.decode_split import (
     DecodeSplit, nvimgcodec_host_decoder, simplejpeg_host_decoder, split_decoder,
 )
-from batch_predict.models.device_decode import JpegDecoder, hardware_decoder, nvjpeg_decoder
+from batch_predict.models.device_decode import JpegDecoder, falling_back, hardware_decoder, nvjpeg_decoder
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
 
@@ -173,8 +174,9 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
     """The job in this process on the same files, its JPEG decoding set up as each of `args.variants` says:
     `<split>_<decoder>[_w<decode threads>][_p<preparing threads>][_t<CPU share's threads>][_si<GIL switch interval, ms>]
     [_tn<PyTorch's CPU threads>][_prime<width>][_simplejpeg][_graphs][_nofull][_trace]`,
-    split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg`, `hardware` or `both` (half
-    of each batch to each, at once: `side_by_side`); the CPU's
+    split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg`, `hardware` (nvImageCodec's
+    hardware decoder, nvjpeg for what it refused) or `both` (half of each batch to each, at once:
+    `side_by_side`); the CPU's
     share decoded as the job does (nvImageCodec's CPU decoder where installed), or by simplejpeg threads;
     `_prime<width>`: the decoder first given a batch of width x 3/4 width noise JPEGs (nvjpeg's buffers
     then start large); `_graphs`: the model loaded with `--compile cuda_graphs` (else as the job loads
@@ -185,11 +187,11 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
     GPU decode call's time, each batch's time in the model's prepare, launch and collect, and the CUDA
     allocator's and the process's counts at each batch (`ALLOCATOR_COUNTS`, `PROCESS_COUNTS`)."""
     from batch_predict import JobSpec, pipeline, run
-    from batch_predict.models.device_decode import device_decoder
 
     models: dict[str, Any] = {}
-    decoders = {"nvjpeg": nvjpeg_decoder(device), "hardware": device_decoder(device)}
     engines = hardware_decoder(device)
+    decoders = {"nvjpeg": nvjpeg_decoder(device),
+                "hardware": falling_back([d for d in (engines, nvjpeg_decoder(device)) if d is not None], device)}
     if engines is not None:
         decoders["both"] = side_by_side(decoders["nvjpeg"], engines, device)
     found = {}

@@ -53,7 +53,8 @@ with warnings.catch_warnings():
 
 
 def nvjpeg_decoder(device: torch.device) -> JpegDecoder:
-    """torchvision's batched `decode_jpeg` (nvjpeg's CUDA decoder on the SMs)."""
+    """torchvision's batched `decode_jpeg`: nvjpeg, on the hardware JPEG engines where the GPU has
+    them, else (and for progressive JPEGs) its CUDA decoder on the SMs."""
 
     def decode(jpegs: Sequence[bytes]) -> Sequence[torch.Tensor | None]:
         try:
@@ -168,10 +169,10 @@ PRIMING_SIZE = (480, 640)
 
 def device_decoder(device: torch.device, batch: int = 1) -> JpegDecoder:
     """The best JPEG decoders the device has, falling back image by image: nvjpeg, then
-    nvImageCodec's hardware decoder, then the CPU. On a GPU each has decoded a `batch` of `PRIMING_SIZE` JPEGs
-    already: their first call sets the library up (about 0.6 s each for nvjpeg and nvImageCodec
-    on an H200), and nvjpeg's first call at a larger batch takes about 0.2 s more, which the job's
-    first batches then do not pay."""
+    nvImageCodec's hardware decoder, then the CPU. On a GPU each has decoded a `batch` of
+    `PRIMING_SIZE` JPEGs already: their first call sets the library up (about 0.6 s each for
+    nvjpeg and nvImageCodec on an H200), and nvjpeg's first call at a larger batch takes about
+    0.2 s more, which the job's first batches then do not pay."""
     decoders = [d for d in (nvjpeg_decoder(device), hardware_decoder(device)) if d is not None]
     if device.type == "cuda":
         noise = torch.randint(0, 256, (3, *PRIMING_SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
