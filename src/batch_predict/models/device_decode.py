@@ -159,11 +159,11 @@ def open_nvimgcodec(
 #: (height, width) of the JPEG the decoders are primed with at load: noise, which compresses worse
 #: than any photo, so that nvjpeg's buffers for each image of a batch start larger than those of
 #: most photos this size or smaller (COCO's are 640 wide). Unprimed, they grow over a job's first
-#: few hundred batches whenever a larger JPEG comes to an image's place, and each growth of pinned
-#: host memory waits for the whole GPU: the first 40 batches' nvjpeg calls took twice as long, and
-#: a process's first job ran 10% slower (docs/benchmarks.md). The cost: buffers for a 360 KB JPEG
-#: for each image of a batch, in pinned host memory (the device memory nvjpeg held on the H200 did
-#: not change).
+#: few hundred batches whenever a larger JPEG comes to an image's place: the first 40 batches'
+#: nvjpeg calls took twice as long, and a process's first job ran 10% slower (docs/benchmarks.md).
+#: What grows is most likely pinned host memory, whose every growth waits for the whole GPU: the
+#: device memory nvjpeg held did not change. The cost: buffers for a 360 KB JPEG for each image of
+#: a batch.
 PRIMING_SIZE = (480, 640)
 
 
