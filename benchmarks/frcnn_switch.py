@@ -3,7 +3,9 @@
 Faster R-CNN's forward is Python between GPU synchronizations (torchvision's detection code): the
 thread that runs it needs the interpreter back often, and each time another of the job's
 threads holds it, it may wait up to a switch interval. This measures whether that is where its
-job falls short of its model alone (docs/benchmarks.md):
+job falls short of its model alone (docs/benchmarks.md), and how long each of the job's batches
+spent in the model's prepare, launch (the forward, which synchronizes) and collect, against the
+model alone's time per batch:
 
     PYTHONPATH=src:benchmarks python benchmarks/frcnn_switch.py --photos ../shared/data/photos --out "$OUT"
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import torch
 
 import ceiling
 import end_to_end
+from gpu_job import timed_calls
 from run_all import encoded_images, make_inputs
 from batch_predict import JobSpec, run
 from batch_predict.models import load_model
@@ -51,8 +55,8 @@ def main() -> None:
         (args.out / "frcnn_switch.json").write_text(json.dumps(found, indent=1))
         print(name, value, flush=True)
 
-    record("model_alone", ceiling.fasterrcnn_model_only(
-        device, args.batch, precision, args.seconds, jpegs=encoded_images(paths, 2 * args.batch)))
+    alone = ceiling.fasterrcnn_model_only(device, args.batch, precision, args.seconds, jpegs=encoded_images(paths, 2 * args.batch))
+    record("model_alone", {**alone, "ms_per_batch": round(1e3 * args.batch / alone["items_per_s"], 2)})
     model = load_model(ModelSettings(model_dir=str(weights), device=args.device, precision=precision, batch_size=args.batch))
     default = sys.getswitchinterval()
     intervals = [float(ms) for ms in args.intervals.split(",")]
@@ -61,12 +65,20 @@ def main() -> None:
         spec = JobSpec(input_file_patterns=(str(paths[0]),), input_file_format="tfrecord", model_dir=str(weights),
                        output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors", batch_size=args.batch,
                        precision=precision, overwrite=True, num_output_shards=10)
+        stages: dict[str, list[tuple[float, float]]] = {stage: [] for stage in ("prepare", "launch", "collect")}
+        for stage, calls in stages.items():
+            setattr(model, stage, timed_calls(getattr(type(model), stage).__get__(model), calls))
         sys.setswitchinterval(interval / 1e3)
         try:
             run(spec, model=model)
         finally:
             sys.setswitchinterval(default)
-        record(f"job_round{round_}_si{interval}", end_to_end.steady_state(Path(f"{prefix}-job/committed"), 1))
+            for stage in stages:
+                delattr(model, stage)
+        record(f"job_round{round_}_si{interval}", {
+            **end_to_end.steady_state(Path(f"{prefix}-job/committed"), 1),
+            **{f"{stage}_ms_median": round(1e3 * statistics.median(s for _, s in calls), 2)
+               for stage, calls in stages.items() if calls}})
 
 
 if __name__ == "__main__":
