@@ -27,23 +27,16 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from run_all import encoded_images
-from batch_predict.models.device_decode import JpegDecoder, nvjpeg_decoder
-from batch_predict.models.vision_ops import encode_jpeg
+from batch_predict.models.device_decode import JpegDecoder, noise_jpeg, nvjpeg_decoder
 
 
 def outside_torch_mb(device: torch.device) -> float:
     """Device memory in use that PyTorch's allocator does not hold, in MiB."""
     free, total = torch.cuda.mem_get_info(device)
     return round((total - free - torch.cuda.memory_reserved(device)) / 2**20, 1)
-
-
-def noise_jpeg(width: int, height: int) -> bytes:
-    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, height, width), dtype=np.uint8))
-    return encode_jpeg(pixels, quality=95)
 
 
 def calls(decode: JpegDecoder, batches: list[list[bytes]], device: torch.device) -> list[tuple[float, float]]:
@@ -98,7 +91,7 @@ def one_case(args: argparse.Namespace) -> dict:
     try:
         if args.case.startswith("primed_"):
             width, height = map(int, args.case.split("_")[1].split("x"))
-            prime = noise_jpeg(width, height)
+            prime = noise_jpeg(height, width)
             began = time.perf_counter()
             decode([prime] * args.batch)
             found["prime"] = {"jpeg_bytes": len(prime), "seconds": round(time.perf_counter() - began, 3),

@@ -25,7 +25,7 @@ import torch
 
 import ceiling
 import end_to_end
-from gpu_job import timed_calls
+from gpu_job import timed_stages, untimed
 from run_all import encoded_images, make_inputs
 from batch_predict import JobSpec, run
 from batch_predict.models import load_model
@@ -65,16 +65,13 @@ def main() -> None:
         spec = JobSpec(input_file_patterns=(str(paths[0]),), input_file_format="tfrecord", model_dir=str(weights),
                        output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors", batch_size=args.batch,
                        precision=precision, overwrite=True, num_output_shards=10)
-        stages: dict[str, list[tuple[float, float]]] = {stage: [] for stage in ("prepare", "launch", "collect")}
-        for stage, calls in stages.items():
-            setattr(model, stage, timed_calls(getattr(type(model), stage).__get__(model), calls))
+        stages = timed_stages(model)
         sys.setswitchinterval(interval / 1e3)
         try:
             run(spec, model=model)
         finally:
             sys.setswitchinterval(default)
-            for stage in stages:
-                delattr(model, stage)
+            untimed(model, stages)
         record(f"job_round{round_}_si{interval}", {
             **end_to_end.steady_state(Path(f"{prefix}-job/committed"), 1),
             **{f"{stage}_ms_median": round(1e3 * statistics.median(s for _, s in calls), 2)

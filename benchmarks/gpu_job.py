@@ -43,14 +43,14 @@ import baselines
 import ceiling
 import end_to_end
 from run_all import Results, agreement, encoded_images, make_inputs
-from decode_warmup import noise_jpeg, outside_torch_mb
+from decode_warmup import outside_torch_mb
 from timing import collections_timer
 from batch_predict.decode import decode, usable_cpus
 from batch_predict.models import load_model, separate_cuda_queues
 from batch_predict.models.decode_split import (
     DecodeSplit, nvimgcodec_host_decoder, simplejpeg_host_decoder, split_decoder,
 )
-from batch_predict.models.device_decode import JpegDecoder, falling_back, hardware_decoder, nvjpeg_decoder
+from batch_predict.models.device_decode import JpegDecoder, falling_back, hardware_decoder, noise_jpeg, nvjpeg_decoder
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
 
@@ -123,6 +123,20 @@ def timed_calls(fn, calls: list[tuple[float, float]]):
         return found
 
     return timed
+
+
+def timed_stages(model: Any) -> dict[str, list[tuple[float, float]]]:
+    """The model's prepare, launch and collect timed from now on (`timed_calls`), each into its
+    list of the dict returned, until `untimed`."""
+    stages: dict[str, list[tuple[float, float]]] = {stage: [] for stage in ("prepare", "launch", "collect")}
+    for stage, calls in stages.items():
+        setattr(model, stage, timed_calls(getattr(type(model), stage).__get__(model), calls))
+    return stages
+
+
+def untimed(model: Any, stages: dict[str, list[tuple[float, float]]]) -> None:
+    for stage in stages:
+        delattr(model, stage)
 
 
 class RecordedSplit(DecodeSplit):
@@ -214,15 +228,13 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
             threads=int(settings["t"]) if "t" in settings else None)
         if "prime" in settings:  # a batch of large JPEGs first, so that nvjpeg's buffers start large
             width = int(settings["prime"])
-            decoders[decoder_name]([noise_jpeg(width, width * 3 // 4)] * args.batch)
+            decoders[decoder_name]([noise_jpeg(width * 3 // 4, width)] * args.batch)
         prefix = args.work / f"variant-{name}"
         spec = JobSpec(input_file_patterns=(pattern,), input_file_format="tfrecord", model_dir=args.yolox,
                        model_spec=args.spec, output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors",
                        batch_size=args.batch, precision=precision, overwrite=True,
                        num_decode_workers=int(settings.get("w", 0)))
-        stages: dict[str, list[tuple[float, float]]] = {stage: [] for stage in ("prepare", "launch", "collect")}
-        for stage, calls in stages.items():
-            setattr(model, stage, timed_calls(getattr(type(model), stage).__get__(model), calls))
+        stages = timed_stages(model)
         preparing_threads = pipeline._JPEG_PREPARING_THREADS
         pipeline._JPEG_PREPARING_THREADS = int(settings.get("p", preparing_threads))
         interval = sys.getswitchinterval()
@@ -242,8 +254,7 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
                 summary = run(spec, model=model)
         finally:
             pipeline._JPEG_PREPARING_THREADS = preparing_threads
-            for stage in stages:
-                delattr(model, stage)
+            untimed(model, stages)
             sys.setswitchinterval(interval)
             torch.set_num_threads(torch_threads)
             gc.callbacks.pop()

@@ -175,12 +175,17 @@ def device_decoder(device: torch.device, batch: int = 1) -> JpegDecoder:
     0.2 s more, which the job's first batches then do not pay."""
     decoders = [d for d in (nvjpeg_decoder(device), hardware_decoder(device)) if d is not None]
     if device.type == "cuda":
-        noise = torch.randint(0, 256, (3, *PRIMING_SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-        priming = encode_jpeg(noise, quality=95)
+        priming = noise_jpeg(*PRIMING_SIZE)
         for decoder in decoders:
             decoder([priming] * batch)
         torch.cuda.current_stream(device).synchronize()
     return falling_back(decoders, device)
+
+
+def noise_jpeg(height: int, width: int) -> bytes:
+    """A JPEG of random pixels (the same each time), at quality 95: larger than any photo its size."""
+    pixels = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return encode_jpeg(pixels, quality=95)
 
 
 def falling_back(decoders: Sequence[JpegDecoder], device: torch.device) -> JpegDecoder:
