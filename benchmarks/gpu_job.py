@@ -113,28 +113,30 @@ def side_by_side(first: JpegDecoder, second: JpegDecoder, device: torch.device) 
     return decode
 
 
-def timed_calls(fn, calls: list[tuple[float, float]]):
-    """`fn` (of one argument), appending (when it began on the host's clock, seconds it took) for each call."""
+def timed_calls(fn, calls: list[tuple[float, float, float]]):
+    """`fn` (of one argument), appending (when it began on the host's clock, seconds it took, seconds
+    of its thread's CPU time) for each call: a call whose thread waited (for the GIL, the GPU) took
+    longer than its CPU time."""
 
     def timed(argument):
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         found = fn(argument)
-        calls.append((began, time.perf_counter() - began))
+        calls.append((began, time.perf_counter() - began, time.thread_time() - cpu))
         return found
 
     return timed
 
 
-def timed_stages(model: Any) -> dict[str, list[tuple[float, float]]]:
+def timed_stages(model: Any) -> dict[str, list[tuple[float, float, float]]]:
     """The model's prepare, launch and collect timed from now on (`timed_calls`), each into its
     list of the dict returned, until `untimed`."""
-    stages: dict[str, list[tuple[float, float]]] = {stage: [] for stage in ("prepare", "launch", "collect")}
+    stages: dict[str, list[tuple[float, float, float]]] = {stage: [] for stage in ("prepare", "launch", "collect")}
     for stage, calls in stages.items():
         setattr(model, stage, timed_calls(getattr(type(model), stage).__get__(model), calls))
     return stages
 
 
-def untimed(model: Any, stages: dict[str, list[tuple[float, float]]]) -> None:
+def untimed(model: Any, stages: dict[str, list[tuple[float, float, float]]]) -> None:
     for stage in stages:
         delattr(model, stage)
 
@@ -222,7 +224,7 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
         split = RecordedSplit() if split_name == "climb" else RecordedSplit(shares=(float(split_name[len("share"):]),))
         model.decode_split = split
         on_host = simplejpeg_host_decoder(usable_cpus()) if "simplejpeg" in settings else None
-        decode_calls: list[tuple[float, float]] = []
+        decode_calls: list[tuple[float, float, float]] = []
         model._preprocessor.jpeg_decoder = split_decoder(
             timed_calls(decoders[decoder_name], decode_calls), split, device, on_host=on_host,
             threads=int(settings["t"]) if "t" in settings else None)
@@ -363,8 +365,10 @@ def main() -> None:
     # Faster R-CNN: its own resize inside the network, so the job only decodes, and the model dominates.
     frcnn_batch = 32 if cuda else 2
     frcnn_args = {} if cuda else {"min_size": 320, "max_size": 320, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 100}
+    # On the GPU, every image of the job's file; on the CPU (`--quick`), two batches of them.
+    frcnn_jpegs = encoded_images(paths[:1], args.images if cuda else 2 * frcnn_batch)
     measure(f"frcnn_model_{half}", lambda: ceiling.fasterrcnn_model_only(
-        device, frcnn_batch, half, args.seconds, jpegs=encoded_images(paths, 2 * frcnn_batch), **frcnn_args))
+        device, frcnn_batch, half, args.seconds, jpegs=frcnn_jpegs, **frcnn_args))
     measure(f"frcnn_model_{half}_random_pixels", lambda: ceiling.fasterrcnn_model_only(
         device, frcnn_batch, half, args.seconds, **frcnn_args))
     frcnn_cli = ["--input_file_patterns", str(paths[0]), "--input_file_format", "tfrecord",

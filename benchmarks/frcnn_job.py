@@ -1,0 +1,112 @@
+"""Faster R-CNN's job, its JPEGs decoded as each variant says, against its model alone on all of
+the same images, the two taken in turns.
+
+Faster R-CNN's forward keeps one CPU thread busy for all of its time (about 200 ms a batch of 32
+on an H200, nearly all of it its thread's CPU time), so its rate follows the host CPU's, which
+drifted by a tenth within a minute on the GPU machine (docs/benchmarks.md). So each job runs
+between two runs of the model alone, and is compared with their mean. This also measures what
+decoding on the GPU costs such a model against decoding a share or all of each batch on the CPU,
+how long each batch spent in the model's prepare, launch (the forward, which synchronizes) and
+collect, and how much of it was its thread's CPU time (the rest it waited: for the GIL, the GPU):
+
+    PYTHONPATH=src:benchmarks python benchmarks/frcnn_job.py --photos ../shared/data/photos --out "$OUT" \\
+        --variants cli,climb,share1.0,cli,climb
+
+A variant is `cli` (the command, in a process of its own) or `<split>[_si<GIL switch interval,
+ms>]`, split `climb` (the job's own `DecodeSplit`) or `share<fraction on the CPU>`, run in this
+process. Figures go to <out>/frcnn_job.json as they come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+import ceiling
+import end_to_end
+from gpu_job import RecordedSplit, timed_stages, untimed
+from run_all import encoded_images, make_inputs
+from batch_predict import JobSpec, run
+from batch_predict.models import load_model, separate_cuda_queues
+from batch_predict.models.decode_split import split_decoder
+from batch_predict.models.device_decode import device_decoder
+from batch_predict.spec import ModelSettings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/frcnn-job"))
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=15.0, help="the model alone's time, each run: a pass over the images or more")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--variants", default="cli,climb,share1.0,cli,climb")
+    args = parser.parse_args()
+    separate_cuda_queues()  # as the job does, before the GPU is first used
+    device = torch.device(args.device)
+    precision = "fp16" if device.type == "cuda" else "fp32"
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = make_inputs(args.photos, args.work / "inputs", args.images, 1)
+    weights = ceiling.fasterrcnn_model_file(args.work / "frcnn")
+    jpegs = encoded_images(paths, args.images)
+    found: dict[str, object] = {}
+
+    def record(name: str, value: object) -> None:
+        found[name] = value
+        (args.out / "frcnn_job.json").write_text(json.dumps(found, indent=1))
+        print(name, value, flush=True)
+
+    def alone(name: str) -> float:
+        result = ceiling.fasterrcnn_model_only(device, args.batch, precision, args.seconds, jpegs=jpegs)
+        record(name, {**result, "ms_per_batch": round(1e3 * args.batch / result["items_per_s"], 2)})
+        torch.cuda.empty_cache()
+        return result["items_per_s"]
+
+    model = load_model(ModelSettings(model_dir=str(weights), device=args.device, precision=precision, batch_size=args.batch))
+    on_device = device_decoder(device, args.batch)
+    default = sys.getswitchinterval()
+
+    def job(name: str, turn: int) -> dict:
+        prefix = args.work / f"job-{turn}-{name}"
+        if name == "cli":
+            return end_to_end.run_cli(
+                ["--input_file_patterns", str(paths[0]), "--input_file_format", "tfrecord", "--model_dir", str(weights),
+                 "--batch_size", str(args.batch), "--precision", precision, "--num_output_shards", "10"],
+                prefix, 1, args.out / "cli.log")
+        split_name, *options = name.split("_")
+        interval = next((float(o[2:]) / 1e3 for o in options if o.startswith("si")), default)
+        split = RecordedSplit() if split_name == "climb" else RecordedSplit(shares=(float(split_name[len("share"):]),))
+        model.decode_split = split
+        model._preprocessor.jpeg_decoder = split_decoder(on_device, split, device)
+        spec = JobSpec(input_file_patterns=(str(paths[0]),), input_file_format="tfrecord", model_dir=str(weights),
+                       output_result_prefix=str(prefix), output_error_prefix=f"{prefix}-errors", batch_size=args.batch,
+                       precision=precision, overwrite=True, num_output_shards=10)
+        stages = timed_stages(model)
+        sys.setswitchinterval(interval)
+        try:
+            run(spec, model=model)
+        finally:
+            sys.setswitchinterval(default)
+            untimed(model, stages)
+        return {**end_to_end.steady_state(Path(f"{prefix}-job/committed"), 1),
+                "split": split.describe(), "sent_to_cpu": split.sent_to_cpu, "rates_by_share": split.rates_by_share(),
+                **{f"{stage}_ms_median": [round(1e3 * statistics.median(c[i] for c in calls), 2) for i in (1, 2)]
+                   for stage, calls in stages.items() if calls}}
+
+    before = alone("model_alone_0")
+    for turn, name in enumerate(args.variants.split(","), 1):
+        found_job = job(name, turn)
+        after = alone(f"model_alone_{turn}")
+        steady = found_job.get("steady_per_s")
+        record(f"job_{turn}_{name}", {**found_job, "of_model_alone": steady and round(steady / ((before + after) / 2), 4)})
+        before = after
+
+if __name__ == "__main__":
+    main()
