@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batch_predict.decode import ImageDecodeError, ImageTooLarge, decode, encode_png, probe, usable_cpus
+from batch_predict.decode import (
+    ImageDecodeError, ImageTooLarge, check_jpeg_whole, decode, encode_png, jpeg_size, probe, usable_cpus,
+)
 from batch_predict.records import Record
 
 from conftest import REPO, shared_file
@@ -113,6 +115,36 @@ def test_truncated_image_fails_to_decode_but_its_header_still_probes(bus, fmt):
         decode(_record(cut), LIMIT)
     # Encoded-input models decode for themselves: theirs is the error (see test_faults).
     assert probe(_record(cut), LIMIT).width == bus.width
+
+
+def _with_thumbnail(jpeg: bytes, thumbnail: bytes) -> bytes:
+    """`jpeg` with a complete JPEG inside an APP1 segment after its start marker, as an EXIF
+    thumbnail is: its own start of scan and end-of-image marker come before the image's."""
+    payload = b"Exif\0\0" + thumbnail
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+@pytest.mark.parametrize("cut", ["2 bytes", "1 byte", "half", "at its start of scan"])
+def test_a_jpeg_cut_anywhere_after_its_frame_header_is_refused_as_truncated(bus, cut):
+    """nvjpeg on the GPU decodes a truncated JPEG without an error (benchmarks/gpu_jpeg_kinds.py):
+    the job refuses it before, as Pillow would."""
+    thumbnail = encode(bus.resize((64, 48)), "JPEG")
+    whole = _with_thumbnail(encode(bus, "JPEG"), thumbnail)
+    check_jpeg_whole(whole)
+    scan = whole.index(b"\xff\xda", len(thumbnail))
+    end = {"2 bytes": len(whole) - 2, "1 byte": len(whole) - 1, "half": len(whole) // 2, "at its start of scan": scan}[cut]
+    kept = whole[:end]
+    assert jpeg_size(kept) == bus.size  # the image's frame header, not the thumbnail's
+    with pytest.raises(ImageDecodeError, match="damaged image: the JPEG is truncated"):
+        check_jpeg_whole(kept)
+    with pytest.raises(ImageDecodeError, match="damaged image"):  # the CPU path's own decoders refuse it
+        decode(_record(kept), LIMIT)
+
+
+def test_bytes_after_a_jpegs_end_of_image_marker_do_not_make_it_truncated(bus):
+    whole = encode(bus, "JPEG") + b"\0" * 100 + b"a trailer some cameras append"
+    check_jpeg_whole(whole)
+    assert decode(_record(whole), LIMIT).array.shape == (bus.height, bus.width, 3)
 
 
 @pytest.mark.parametrize("step", [probe, decode])

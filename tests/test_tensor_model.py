@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from batch_predict import JobSpec, run
+from batch_predict.decode import jpeg_size
 from batch_predict.models import ModelLoadError, load_model
 from batch_predict.models.decode_split import DecodeSplit, split_decoder
 from batch_predict.models.device_decode import nvjpeg_decoder
@@ -230,20 +231,43 @@ def test_on_the_gpu_path_jpegs_decoded_on_the_cpu_give_the_detections_of_the_pix
         np.testing.assert_allclose(found.scores, wanted.scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("cpu_decoding", [None, "nvimgcodec", "simplejpeg"], ids=["gpu", "cpu-nvimgcodec", "cpu-simplejpeg"])
+def reads_truncated_jpegs(jpegs):
+    """A device decoder that, as nvjpeg on the GPU does (benchmarks/gpu_jpeg_kinds.py), gives an
+    image for a truncated JPEG: torchvision's where it can read it, grey for one without its
+    end-of-image marker, None for any other it cannot read."""
+    found = nvjpeg_decoder(torch.device("cpu"))(jpegs)
+    return [torch.full((3, *jpeg_size(j)[::-1]), 128, dtype=torch.uint8) if image is None and not j.endswith(b"\xff\xd9")
+            else image for image, j in zip(found, jpegs)]
+
+
+def _bogus_sampling(jpeg: bytes) -> bytes:
+    """A whole JPEG (header, image data, end marker) that no decoder reads: its first component's
+    sampling factors set to 0."""
+    at = jpeg.index(b"\xff\xc0")  # a baseline photo's frame header
+    return jpeg[: at + 11] + b"\0" + jpeg[at + 12 :]
+
+
+@pytest.mark.parametrize("cpu_decoding", [None, "nvimgcodec", "simplejpeg", "lenient-device"],
+                         ids=["gpu", "cpu-nvimgcodec", "cpu-simplejpeg", "device-reads-truncated"])
 def test_on_the_gpu_path_damaged_images_become_error_lines_and_their_batch_mates_are_predicted(
     jpeg_path, yolox_dir, photos_dir, tmp_path, cpu_decoding
 ):
     """With the JPEGs decoded on the device, or all of them on the CPU (the split decoder's share),
-    each way: a JPEG the CPU cannot read goes to the device's decoder, and fails there alone."""
-    model = jpeg_path if cpu_decoding is None else on_the_gpu_path(yolox_dir, jpeg_path.labels, cpu_decoding)
+    each way: a JPEG the CPU cannot read goes to the device's decoder, and fails there alone. A
+    truncated JPEG is refused before either sees it, also where the device's decoder would read it."""
+    if cpu_decoding == "lenient-device":
+        model = on_the_gpu_path(yolox_dir, jpeg_path.labels)
+        model._preprocessor.jpeg_decoder = reads_truncated_jpegs
+    else:
+        model = jpeg_path if cpu_decoding is None else on_the_gpu_path(yolox_dir, jpeg_path.labels, cpu_decoding)
     jpeg, png = (photos_dir / "bus.jpg").read_bytes(), (photos_dir / "skimage_chelsea.png").read_bytes()
     records = [
         Record("jpeg", "s", 0, encoded=jpeg),
         Record("truncated-png", "s", 1, encoded=png[: len(png) // 3]),
         Record("png", "s", 2, encoded=png),
-        Record("truncated-jpeg", "s", 3, encoded=jpeg[:2000]),  # its header still gives a size
+        Record("truncated-jpeg", "s", 3, encoded=jpeg[: len(jpeg) // 2]),  # its header still gives a size
         Record("not-an-image", "s", 4, encoded=b"plain text"),
+        Record("unreadable-jpeg", "s", 5, encoded=_bogus_sampling(jpeg)),
     ]
     outputs = one_unit_output(tmp_path, labels=model.labels)
     read = run_pipeline(records, model, outputs, batch_size=5, max_image_pixels=1 << 30, num_decode_workers=2,
@@ -251,12 +275,14 @@ def test_on_the_gpu_path_damaged_images_become_error_lines_and_their_batch_mates
     counts = outputs.commit(read)
     errors = {e["key"]: e for e in map(json.loads, (tmp_path / "e-00000-of-00001.jsonl").read_text().splitlines())}
     results = [json.loads(line)["key"] for line in (tmp_path / "r-00000-of-00001.jsonl").read_text().splitlines()]
-    assert (counts.records_read, counts.predicted, counts.failed) == (5, 2, 3) and sorted(results) == ["jpeg", "png"]
+    assert (counts.records_read, counts.predicted, counts.failed) == (6, 2, 4) and sorted(results) == ["jpeg", "png"]
     assert {k: (e["stage"], e["error_type"]) for k, e in errors.items()} == {
         "truncated-png": ("decode", "ImageDecodeError"),
-        "truncated-jpeg": ("predict", "DeviceDecodeError"),
+        "truncated-jpeg": ("decode", "ImageDecodeError"),
         "not-an-image": ("decode", "ImageDecodeError"),
+        "unreadable-jpeg": ("predict", "DeviceDecodeError"),
     }
+    assert "truncated" in errors["truncated-jpeg"]["message"]
     assert all(e["source"] == "s" and e["message"] for e in errors.values())
 
 

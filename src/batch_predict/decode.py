@@ -29,6 +29,7 @@ Image.MAX_IMAGE_PIXELS = None
 _JPEG_MAGIC = b"\xff\xd8"
 #: SOF0-SOF15 but DHT (C4), JPG (C8) and DAC (CC), which share the range.
 _START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_START_OF_SCAN = 0xDA
 
 _CHANNELS_TO_RGB = {1: lambda a: np.repeat(a, 3, axis=2), 3: lambda a: a, 4: lambda a: a[:, :, :3]}
 
@@ -91,21 +92,42 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     file with Pillow, which parses every header segment in Python while holding the GIL. At
     ten thousand images a second that difference is a third of a core.
     """
+    at = _segment(data, _START_OF_FRAME)
+    if at is None or at + 9 > len(data):
+        return None
+    height, width = struct.unpack_from(">HH", data, at + 5)
+    return (width, height) if width and height else None
+
+
+def check_jpeg_whole(data: bytes) -> None:
+    """Raise `ImageDecodeError` for a JPEG that ends before its image data does: no start of scan
+    after its header, or no end-of-image marker after that (bytes after the marker are allowed,
+    as by Pillow). Pillow and libjpeg refuse such a file, but nvjpeg and nvImageCodec's decoder
+    on the GPU decode what there is and fill in the rest (`benchmarks/gpu_jpeg_kinds.py`): the
+    job checks the JPEGs it leaves to the GPU, so that one is an error line there too."""
+    scan = _segment(data, frozenset({_START_OF_SCAN}))
+    if scan is None or data.rfind(b"\xff\xd9", scan) < 0:
+        raise ImageDecodeError("damaged image: the JPEG is truncated (no end-of-image marker after its image data)")
+
+
+def _segment(data: bytes, markers: frozenset[int]) -> int | None:
+    """Where a JPEG's first header segment with one of `markers` starts, or None if the header
+    breaks off or ends first. The segments are stepped over by their lengths, so the markers of a
+    JPEG inside one (an EXIF thumbnail's) are not taken for the image's."""
     if not is_jpeg(data):
         return None
     at, end = 2, len(data)
-    while at + 9 <= end:
+    while at + 4 <= end:
         if data[at] != 0xFF:
             return None
         marker = data[at + 1]
+        if marker in markers:
+            return at
         if marker == 0xFF:  # fill byte
             at += 1
-        elif marker in _START_OF_FRAME:
-            height, width = struct.unpack_from(">HH", data, at + 5)
-            return (width, height) if width and height else None
         elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             at += 2
-        elif marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+        elif marker in (0xD9, _START_OF_SCAN):  # end of image, or the image data, first
             return None
         else:
             at += 2 + struct.unpack_from(">H", data, at + 2)[0]

@@ -297,7 +297,9 @@ def prepare_for(model: Model, max_pixels: int, budget: PixelBudget | None = None
             return decode.probe(decode.encode_png(record), max_pixels)
     elif model.input_kind == "jpeg":
         def step(record: Record) -> Record:
-            if record.array is None and decode.is_jpeg(record.encoded or b""):
+            data = record.encoded or b""
+            if record.array is None and decode.is_jpeg(data):
+                decode.check_jpeg_whole(data)
                 return decode.probe(record, max_pixels)
             if budget is not None and record.array is None:
                 decode.probe(record, max_pixels)
