@@ -11,8 +11,9 @@ TorchScript, fp16, batch 256:
   it (as the job runs it);
 - the job through its CLI: with nvImageCodec installed (`job_hardware_decoder`; `--nvimgcodec`, a
   folder holding the nvidia-nvimgcodec and nvidia-nvjpeg wheels' contents; until 2026-11-30 19:30
-  its hardware decoder came first, since then nvjpeg does there too) and without it (nvjpeg),
-  each beside the CPU workers' share; on every GPU too, where there are two;
+  its hardware decoder came first, then second after nvjpeg, and since 2026-12-01 04:00 the job
+  does not use it: the extra decodes the CPU's share) and without it (nvjpeg), each beside the
+  CPU workers' share; on every GPU too, where there are two;
 - agreement with the CPU path, on the shared photos, for each decoder (CPU, nvjpeg, hardware);
 - the peers: a DataLoader script (16 worker processes decode and letterbox to uint8, fp16,
   batch 256) over all the files, and a per-image loop.
@@ -44,13 +45,14 @@ import ceiling
 import end_to_end
 from run_all import Results, agreement, encoded_images, make_inputs
 from decode_warmup import outside_torch_mb
+from engines import hardware_decoder
 from timing import collections_timer
 from batch_predict.decode import decode, usable_cpus
 from batch_predict.models import load_model, separate_cuda_queues
 from batch_predict.models.decode_split import (
     DecodeSplit, nvimgcodec_host_decoder, simplejpeg_host_decoder, split_decoder,
 )
-from batch_predict.models.device_decode import JpegDecoder, falling_back, hardware_decoder, noise_jpeg, nvjpeg_decoder
+from batch_predict.models.device_decode import JpegDecoder, falling_back, noise_jpeg, nvjpeg_decoder
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
 

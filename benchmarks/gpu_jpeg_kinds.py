@@ -6,9 +6,11 @@ This decodes one JPEG of each kind (sampling, progressive, grey, CMYK, restart m
 large sizes, truncated) with torchvision's nvjpeg and nvImageCodec's hardware decoder, each image
 on its own and all in one batch:
 
-    PYTHONPATH=src:benchmarks python benchmarks/gpu_jpeg_kinds.py --photo ../shared/data/photos/bus.jpg --out "$OUT"
+    PYTHONPATH=src:benchmarks python benchmarks/gpu_jpeg_kinds.py --photo ../shared/data/photos/bus.jpg --out "$OUT" \\
+        [--model ../shared/models/yolox_nano/yolox_nano_torchscript.pt --spec examples/specs/yolox_nano.yaml]
 
-Writes <out>/gpu_jpeg_kinds.json.
+With a model, the job also runs on the GPU over one TFRecord file of them all: which ended as
+results and which as error lines. Writes <out>/gpu_jpeg_kinds.json.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import simplejpeg
 import torch
 from PIL import Image
 
-from batch_predict.models.device_decode import hardware_decoder, nvjpeg_decoder
+from engines import hardware_decoder
+from batch_predict import JobSpec, run
+from batch_predict.inputs.tfrecord import write_record
+from batch_predict.models.device_decode import nvjpeg_decoder
 
 
 def kinds(photo: Image.Image) -> dict[str, bytes]:
@@ -65,10 +70,28 @@ def compare(decoded: torch.Tensor | None, data: bytes) -> dict:
     return {"read": True, "mean_abs_diff": round(float(diff.mean()), 2), "max_abs_diff": int(diff.max())}
 
 
+def job_over(jpegs: dict[str, bytes], model: str, spec: str | None, folder: Path) -> dict[str, str]:
+    """The job on the GPU over one TFRecord file of `jpegs`, in their order: for each kind,
+    "result" or its error line's type and message."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "kinds.tfrecord", "wb") as stream:
+        for data in jpegs.values():
+            write_record(stream, data)
+    run(JobSpec(input_file_patterns=(str(folder / "kinds.tfrecord"),), input_file_format="tfrecord", model_dir=model,
+                model_spec=spec, output_result_prefix=str(folder / "results"), output_error_prefix=str(folder / "errors"),
+                batch_size=len(jpegs), overwrite=True, max_error_rate=1.0))
+    lines = lambda kind: [json.loads(line) for p in folder.glob(f"{kind}-*.jsonl") for line in p.open()]  # noqa: E731
+    outcome = {line["record_index"]: "result" for line in lines("results")}
+    outcome |= {line["record_index"]: f"{line['error_type']}: {line['message']}" for line in lines("errors")}
+    return {kind: outcome.get(i, "missing") for i, kind in enumerate(jpegs)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photo", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", help="a model for the job over the JPEGs (its --model_dir)")
+    parser.add_argument("--spec", help="its --model_spec")
     args = parser.parse_args()
     device = torch.device("cuda")
     jpegs = kinds(Image.open(args.photo).convert("RGB"))
@@ -81,10 +104,12 @@ def main() -> None:
         alone = {kind: compare(decode([data])[0], data) for kind, data in jpegs.items()}
         batched = dict(zip(jpegs, decode(list(jpegs.values()))))
         found[name] = {kind: {**alone[kind], "read_in_a_batch": batched[kind] is not None} for kind in jpegs}
+    if args.model:
+        found["job"] = job_over(jpegs, args.model, args.spec, args.out / "job")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_jpeg_kinds.json").write_text(json.dumps(found, indent=1))
     for kind in jpegs:
-        print(f"{kind:18s}", "  ".join(f"{name}: {found[name].get(kind)}" for name in decoders))
+        print(f"{kind:18s}", "  ".join(f"{name}: {found[name].get(kind)}" for name in found))
 
 
 if __name__ == "__main__":

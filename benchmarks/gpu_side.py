@@ -46,7 +46,8 @@ from run_all import Results
 from decoders import _cycle, _images
 from batch_predict.models import load_model
 from batch_predict.models.decode_split import DecodeSplit, split_decoder
-from batch_predict.models.device_decode import JpegDecoder, hardware_decoder, nvimgcodec_decoder, nvjpeg_decoder
+from engines import hardware_decoder, nvimgcodec_decoder
+from batch_predict.models.device_decode import JpegDecoder, nvjpeg_decoder
 from batch_predict.models.preprocess import Prepared, Preprocessor
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings

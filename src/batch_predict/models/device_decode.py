@@ -2,18 +2,16 @@
 
 The GPU decodes with torchvision's nvjpeg, which sends every baseline JPEG of a batch to the
 GPU's hardware JPEG engines where it has them (A100, H100, H200, L4...), leaving the SMs to the
-model, and decodes the others (progressive) with its CUDA decoder. nvImageCodec's decoder on the
-same engines, where it is installed (`pip install 'batch-predict[nvimgcodec]'`), tries what
-nvjpeg refused: first, it made the job slower (docs/benchmarks.md). An image that fails on the
-GPU is decoded on the CPU; only an image that no decoder can read fails.
+model, and decodes the others (progressive) with its CUDA decoder. An image it refuses (CMYK) is
+decoded on the CPU; only an image that no decoder can read fails. nvImageCodec's decoder on the
+same engines was slower in the job and reads nothing that nvjpeg refuses (docs/benchmarks.md);
+where it is installed (`pip install 'batch-predict[nvimgcodec]'`), its CPU decoder decodes the
+CPU's share of JPEGs (`decode_split`).
 """
-
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,11 +25,6 @@ log = logging.getLogger("batch_predict")
 #: Decodes JPEG bytes into 3xHxW uint8 RGB tensors on the device; None where it could not.
 #: A Sequence, not a list: callers only read it, and a decoder that reads every image returns a list of tensors.
 JpegDecoder = Callable[[Sequence[bytes]], Sequence["torch.Tensor | None"]]
-
-
-#: Sets of output images the hardware decoder keeps handed out before it reuses the oldest: those
-#: the GPU may still be copying batches out of.
-_IMAGE_SETS = 2
 
 
 class DeviceDecodeError(RecordFailure, RuntimeError):
@@ -72,65 +65,6 @@ def _one(jpeg: bytes, device: torch.device) -> torch.Tensor | None:
         return None
 
 
-def hardware_decoder(device: torch.device) -> JpegDecoder | None:
-    """nvImageCodec's decoder on the GPU's JPEG engines, or None where nvImageCodec is not
-    installed or the GPU has no engines."""
-    return nvimgcodec_decoder(device, lambda nvimgcodec: [nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)])
-
-
-def nvimgcodec_decoder(
-    device: torch.device, backends: Callable[[Any], list], *, threads: int = 0, **params: Any
-) -> JpegDecoder | None:
-    """nvImageCodec's decoder with the `backends` (made from the nvimgcodec module), `threads` CPU
-    threads (0: one per core) and the `DecodeParams` fields given (planar RGB by default), or None
-    where nvImageCodec is not installed or cannot make that decoder on this device."""
-    if device.type != "cuda":
-        return None
-    # Planar RGB is the model's layout already.
-    opened = open_nvimgcodec(device.index or 0, backends, threads, **{"sample_format": "P_RGB", **params})
-    if opened is None:
-        return None
-    nvimgcodec, decoder, decode_params = opened
-
-    # Output images are reused, as nvImageCodec advises: allocating device memory for every image
-    # of every batch would hold the whole GPU up. A set of images handed to a thread is reused once
-    # that thread has called again (it has then queued its batch's preprocessing, the set's last
-    # reader, on its stream) and the work queued before that call is done (`consumed`); each
-    # preparing thread keeps its last set apart, so two threads never share one.
-    handed_out: deque[tuple[torch.cuda.Event, list]] = deque()
-    last = threading.local()
-    lock = threading.Lock()  # other threads decode meanwhile: preparing threads, a batch bisected
-
-    def decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
-        with lock:
-            return _decode(jpegs)
-
-    def _decode(jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
-        stream = torch.cuda.current_stream(device)
-        previous = getattr(last, "images", None)
-        if previous:
-            consumed = torch.cuda.Event()
-            consumed.record(stream)  # after that thread's previous batch's preprocessing, queued on this stream
-            handed_out.append((consumed, previous))
-        reuse = None
-        if len(handed_out) >= _IMAGE_SETS:
-            consumed, images = handed_out.popleft()
-            consumed.synchronize()
-            if len(images) >= len(jpegs) and all(image is not None for image in images):
-                reuse = images[: len(jpegs)]
-        try:
-            last.images = decoder.decode(
-                [nvimgcodec.CodeStream(j) for j in jpegs], images=reuse, params=decode_params, cuda_stream=stream.cuda_stream
-            )
-        except (RuntimeError, ValueError) as exc:  # a stream it cannot even parse: the next decoder tries each image
-            log.debug("nvImageCodec refused a batch of %d: %s", len(jpegs), exc)
-            last.images = []
-            return [None] * len(jpegs)
-        return [None if image is None else torch.as_tensor(image, device=device) for image in last.images]
-
-    return decode
-
-
 def open_nvimgcodec(
     device_id: int | None, backends: Callable[[Any], list], threads: int, *, sample_format: str, **params: Any
 ) -> tuple[Any, Any, Any] | None:
@@ -168,18 +102,15 @@ PRIMING_SIZE = (480, 640)
 
 
 def device_decoder(device: torch.device, batch: int = 1) -> JpegDecoder:
-    """The best JPEG decoders the device has, falling back image by image: nvjpeg, then
-    nvImageCodec's hardware decoder, then the CPU. On a GPU each has decoded a `batch` of
-    `PRIMING_SIZE` JPEGs already: their first call sets the library up (about 0.6 s each for
-    nvjpeg and nvImageCodec on an H200), and nvjpeg's first call at a larger batch takes about
-    0.2 s more, which the job's first batches then do not pay."""
-    decoders = [d for d in (nvjpeg_decoder(device), hardware_decoder(device)) if d is not None]
+    """The device's JPEG decoder: nvjpeg, falling back image by image to the CPU. On a GPU it has
+    decoded a `batch` of `PRIMING_SIZE` JPEGs already: its first call sets the library up (about
+    0.6 s on an H200), and its first call at a larger batch takes about 0.2 s more, which the job's
+    first batches then do not pay."""
+    decoder = nvjpeg_decoder(device)
     if device.type == "cuda":
-        priming = noise_jpeg(*PRIMING_SIZE)
-        for decoder in decoders:
-            decoder([priming] * batch)
+        decoder([noise_jpeg(*PRIMING_SIZE)] * batch)
         torch.cuda.current_stream(device).synchronize()
-    return falling_back(decoders, device)
+    return falling_back([decoder], device)
 
 
 def noise_jpeg(height: int, width: int) -> bytes:
