@@ -29,7 +29,6 @@ Image.MAX_IMAGE_PIXELS = None
 _JPEG_MAGIC = b"\xff\xd8"
 #: SOF0-SOF15 but DHT (C4), JPG (C8) and DAC (CC), which share the range.
 _START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_START_OF_SCAN = 0xDA
 
 _CHANNELS_TO_RGB = {1: lambda a: np.repeat(a, 3, axis=2), 3: lambda a: a, 4: lambda a: a[:, :, :3]}
 
@@ -100,13 +99,14 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def check_jpeg_whole(data: bytes) -> None:
-    """Raise `ImageDecodeError` for a JPEG that ends before its image data does: no start of scan
-    after its header, or no end-of-image marker after that (bytes after the marker are allowed,
-    as by Pillow). Pillow and libjpeg refuse such a file, but nvjpeg and nvImageCodec's decoder
-    on the GPU decode what there is and fill in the rest (`benchmarks/gpu_jpeg_kinds.py`): the
-    job checks the JPEGs it leaves to the GPU, so that one is an error line there too."""
-    scan = _segment(data, frozenset({_START_OF_SCAN}))
-    if scan is None or data.rfind(b"\xff\xd9", scan) < 0:
+    """Raise `ImageDecodeError` for a JPEG that ends before its image data does: no end-of-image
+    marker after its frame header (bytes after the marker are allowed, as by Pillow; an EXIF
+    thumbnail's marker comes before the header). Pillow and libjpeg refuse such a file, but nvjpeg
+    and nvImageCodec's decoder on the GPU decode what there is and fill in the rest
+    (`benchmarks/gpu_jpeg_kinds.py`): the job checks the JPEGs it leaves to the GPU, so that one
+    is an error line there too. One search from the end, which finds a whole JPEG's marker at once."""
+    frame = _segment(data, _START_OF_FRAME)
+    if frame is None or data.rfind(b"\xff\xd9", frame) < 0:
         raise ImageDecodeError("damaged image: the JPEG is truncated (no end-of-image marker after its image data)")
 
 
@@ -127,7 +127,7 @@ def _segment(data: bytes, markers: frozenset[int]) -> int | None:
             at += 1
         elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             at += 2
-        elif marker in (0xD9, _START_OF_SCAN):  # end of image, or the image data, first
+        elif marker in (0xD9, 0xDA):  # end of image, or start of scan, first
             return None
         else:
             at += 2 + struct.unpack_from(">H", data, at + 2)[0]
