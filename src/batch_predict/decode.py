@@ -91,7 +91,7 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     file with Pillow, which parses every header segment in Python while holding the GIL. At
     ten thousand images a second that difference is a third of a core.
     """
-    at = _segment(data, _START_OF_FRAME)
+    at = _frame_header(data)
     if at is None or at + 9 > len(data):
         return None
     height, width = struct.unpack_from(">HH", data, at + 5)
@@ -105,15 +105,15 @@ def check_jpeg_whole(data: bytes) -> None:
     and nvImageCodec's decoder on the GPU decode what there is and fill in the rest
     (`benchmarks/gpu_jpeg_kinds.py`): the job checks the JPEGs it leaves to the GPU, so that one
     is an error line there too. One search from the end, which finds a whole JPEG's marker at once."""
-    frame = _segment(data, _START_OF_FRAME)
+    frame = _frame_header(data)
     if frame is None or data.rfind(b"\xff\xd9", frame) < 0:
         raise ImageDecodeError("damaged image: the JPEG is truncated (no end-of-image marker after its image data)")
 
 
-def _segment(data: bytes, markers: frozenset[int]) -> int | None:
-    """Where a JPEG's first header segment with one of `markers` starts, or None if the header
-    breaks off or ends first. The segments are stepped over by their lengths, so the markers of a
-    JPEG inside one (an EXIF thumbnail's) are not taken for the image's."""
+def _frame_header(data: bytes) -> int | None:
+    """Where a JPEG's frame header (start of frame) starts, or None if the header breaks off or
+    ends first. The segments are stepped over by their lengths, so the markers of a JPEG inside
+    one (an EXIF thumbnail's) are not taken for the image's."""
     if not is_jpeg(data):
         return None
     at, end = 2, len(data)
@@ -121,7 +121,7 @@ def _segment(data: bytes, markers: frozenset[int]) -> int | None:
         if data[at] != 0xFF:
             return None
         marker = data[at + 1]
-        if marker in markers:
+        if marker in _START_OF_FRAME:
             return at
         if marker == 0xFF:  # fill byte
             at += 1

@@ -8,6 +8,7 @@ same engines was slower in the job and reads nothing that nvjpeg refuses (docs/b
 where it is installed (`pip install 'batch-predict[nvimgcodec]'`), its CPU decoder decodes the
 CPU's share of JPEGs (`decode_split`).
 """
+
 from __future__ import annotations
 
 import logging
