@@ -13,13 +13,14 @@ collect, and how much of it was its thread's CPU time (the rest it waited: for t
         --variants cli,climb,share1.0,cli,climb
 
 A variant is `cli` (the command, in a process of its own) or `<split>[_si<GIL switch interval,
-ms>]`, split `climb` (the job's own `DecodeSplit`) or `share<fraction on the CPU>`, run in this
-process. Figures go to <out>/frcnn_job.json as they come.
+ms>][_pin]`, split `climb` (the job's own `DecodeSplit`) or `share<fraction on the CPU>`, run in
+this process; `_pin` puts the thread that runs the forward on a core of its own (`own_core`). Figures go to <out>/frcnn_job.json as they come.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -29,7 +30,7 @@ import torch
 
 import ceiling
 import end_to_end
-from gpu_job import RecordedSplit, timed_stages, untimed
+from gpu_job import RecordedSplit, cpu_topology, own_core, timed_stages, untimed
 from run_all import encoded_images, make_inputs
 from batch_predict import JobSpec, run
 from batch_predict.models import load_model, separate_cuda_queues
@@ -56,7 +57,7 @@ def main() -> None:
     paths = make_inputs(args.photos, args.work / "inputs", args.images, 1)
     weights = ceiling.fasterrcnn_model_file(args.work / "frcnn")
     jpegs = encoded_images(paths, args.images)
-    found: dict[str, object] = {}
+    found: dict[str, object] = {"machine": cpu_topology()}
 
     def record(name: str, value: object) -> None:
         found[name] = value
@@ -91,7 +92,8 @@ def main() -> None:
         stages = timed_stages(model)
         sys.setswitchinterval(interval)
         try:
-            run(spec, model=model)
+            with own_core(model) if "pin" in options else contextlib.nullcontext():
+                run(spec, model=model)
         finally:
             sys.setswitchinterval(default)
             untimed(model, stages)

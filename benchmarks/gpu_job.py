@@ -143,6 +143,56 @@ def untimed(model: Any, stages: dict[str, list[tuple[float, float, float]]]) -> 
         delattr(model, stage)
 
 
+def core_siblings(cpu: int) -> set[int]:
+    """The logical CPUs that share `cpu`'s physical core (itself included), as Linux lists them."""
+    path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+    if not path.exists():
+        return {cpu}
+    found: set[int] = set()
+    for part in path.read_text().strip().split(","):
+        low, _, high = part.partition("-")
+        found |= set(range(int(low), int(high or low) + 1))
+    return found
+
+
+def cpu_topology() -> dict[str, object]:
+    """What the figures' machine gives the process: its CPUs and how many share each core."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return {"usable_cpus": len(allowed), "threads_per_core": len(core_siblings(allowed[0])),
+            "siblings_of_first": sorted(core_siblings(allowed[0]))}
+
+
+@contextlib.contextmanager
+def own_core(model: Any):
+    """The thread that launches the model's batches (Faster R-CNN's forward runs there) on a core
+    of its own, the core's other hardware threads left idle, and every other thread of the process,
+    those there now and those the job starts, on the remaining CPUs: whether the launching thread
+    loses to threads the scheduler puts beside it. Linux only."""
+    allowed = os.sched_getaffinity(0)
+    core = core_siblings(min(allowed)) & allowed
+    rest = allowed - core
+    for task in Path("/proc/self/task").iterdir():  # new threads inherit their creator's set
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), rest)
+    launch = model.launch
+    pinned: list[int] = []
+
+    def launch_on_own_core(prepared):
+        if not pinned:
+            os.sched_setaffinity(0, {min(core)})
+            pinned.append(threading.get_native_id())
+        return launch(prepared)
+
+    model.launch = launch_on_own_core
+    try:
+        yield
+    finally:
+        model.launch = launch
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), allowed)
+
+
 class RecordedSplit(DecodeSplit):
     """A `DecodeSplit` that keeps each finished batch's time, size and the share then in force,
     and counts the JPEGs it sent to the CPU: the rate at each share, batch by batch."""
@@ -191,7 +241,7 @@ class RecordedSplit(DecodeSplit):
 def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device, precision: str) -> dict:
     """The job in this process on the same files, its JPEG decoding set up as each of `args.variants` says:
     `<split>_<decoder>[_w<decode threads>][_p<preparing threads>][_t<CPU share's threads>][_si<GIL switch interval, ms>]
-    [_tn<PyTorch's CPU threads>][_prime<width>][_simplejpeg][_graphs][_nofull][_trace]`,
+    [_tn<PyTorch's CPU threads>][_prime<width>][_simplejpeg][_graphs][_nofull][_trace][_pin]`,
     split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg`, `hardware` (nvImageCodec's
     hardware decoder, nvjpeg for what it refused) or `both` (half of each batch to each, at once:
     `side_by_side`); the CPU's
@@ -199,7 +249,8 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
     `_prime<width>`: the decoder first given a batch of width x 3/4 width noise JPEGs (nvjpeg's buffers
     then start large); `_graphs`: the model loaded with `--compile cuda_graphs` (else as the job loads
     it, once for all);
-    `_nofull`: no automatic full collections; `_trace`: under PyTorch's profiler, written to
+    `_nofull`: no automatic full collections; `_pin`: the launching thread on a core of its own
+    (`own_core`); `_trace`: under PyTorch's profiler, written to
     trace-<name>.json (`trace_gaps.py` reads it). Each variant's full collections are recorded, with
     what the oldest generation held; host-<name>.json has when each batch and each collection came, each
     GPU decode call's time, each batch's time in the model's prepare, launch and collect, and the CUDA
@@ -251,10 +302,11 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
             gc.set_threshold(thresholds[0], thresholds[1], 10**9)
         gc.callbacks.append(collections_timer(gc_pauses, census=True))
         trace = torch.profiler.profile(activities=_traced(device)) if "trace" in settings else contextlib.nullcontext()
+        pinned = own_core(model) if "pin" in settings else contextlib.nullcontext()
         modules = set(sys.modules)
         started = time.perf_counter()
         try:
-            with trace:
+            with trace, pinned:
                 summary = run(spec, model=model)
         finally:
             pipeline._JPEG_PREPARING_THREADS = preparing_threads
@@ -319,7 +371,7 @@ def main() -> None:
     results = Results(args.out / "gpu_job.json", {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu", "gpus": gpus, "cpus": os.cpu_count(),
-        "python": sys.version.split()[0], "images": args.images, "files": args.files, "batch": args.batch,
+        "python": sys.version.split()[0], **cpu_topology(), "images": args.images, "files": args.files, "batch": args.batch,
     })
     wanted = set(filter(None, args.only.split(",")))
 
