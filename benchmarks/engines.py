@@ -83,4 +83,3 @@ def nvimgcodec_decoder(
         return [None if image is None else torch.as_tensor(image, device=device) for image in last.images]
 
     return decode
-

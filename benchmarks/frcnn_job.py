@@ -3,7 +3,7 @@ the same images, the two taken in turns.
 
 Faster R-CNN's forward keeps one CPU thread busy for all of its time (about 200 ms a batch of 32
 on an H200, nearly all of it its thread's CPU time), so its rate follows the host CPU's, which
-drifted by a tenth within a minute on the GPU machine (docs/benchmarks.md). So each job runs
+moved by up to a fifth within minutes on the GPU machine (docs/benchmarks.md, 0). So each job runs
 between two runs of the model alone, and is compared with their mean. This also measures what
 decoding on the GPU costs such a model against decoding a share or all of each batch on the CPU,
 how long each batch spent in the model's prepare, launch (the forward, which synchronizes) and
@@ -14,7 +14,8 @@ collect, and how much of it was its thread's CPU time (the rest it waited: for t
 
 A variant is `cli` (the command, in a process of its own) or `<split>[_si<GIL switch interval,
 ms>][_pin]`, split `climb` (the job's own `DecodeSplit`) or `share<fraction on the CPU>`, run in
-this process; `_pin` puts the thread that runs the forward on a core of its own (`own_core`). Figures go to <out>/frcnn_job.json as they come.
+this process; `_pin` puts the thread that runs the forward on a core of its own (`own_core`).
+Figures go to <out>/frcnn_job.json as they come.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def main() -> None:
                 prefix, 1, args.out / "cli.log")
         split_name, *options = name.split("_")
         interval = next((float(o[2:]) / 1e3 for o in options if o.startswith("si")), default)
-        split = RecordedSplit() if split_name == "climb" else RecordedSplit(shares=(float(split_name[len("share"):]),))
+        split = RecordedSplit.named(split_name)
         model.decode_split = split
         model._preprocessor.jpeg_decoder = split_decoder(on_device, split, device)
         spec = JobSpec(input_file_patterns=(str(paths[0]),), input_file_format="tfrecord", model_dir=str(weights),
@@ -109,6 +110,7 @@ def main() -> None:
         steady = found_job.get("steady_per_s")
         record(f"job_{turn}_{name}", {**found_job, "of_model_alone": steady and round(steady / ((before + after) / 2), 4)})
         before = after
+
 
 if __name__ == "__main__":
     main()

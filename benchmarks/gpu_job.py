@@ -221,6 +221,11 @@ class RecordedSplit(DecodeSplit):
             self.allocator.append([stats.get(key, 0) for key in ALLOCATOR_COUNTS] + [outside_torch_mb(torch.device("cuda"))])
         super().batch_done(images, now)
 
+    @classmethod
+    def named(cls, name: str) -> RecordedSplit:
+        """The split a variant names: `climb` (the job's own) or `share<fraction on the CPU>`, held."""
+        return cls() if name == "climb" else cls(shares=(float(name[len("share"):]),))
+
     def rates_by_share(self, skip: int = 8) -> dict[float, dict]:
         """Images per second over each run of batches at one share, its first `skip` batches left
         out (images decoded at the share before were still queued), summed by share."""
@@ -274,7 +279,7 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
                 model_dir=args.yolox, model_spec=args.spec, device=str(device), precision=precision,
                 batch_size=args.batch, compile=compile_mode))
         model = models[compile_mode]
-        split = RecordedSplit() if split_name == "climb" else RecordedSplit(shares=(float(split_name[len("share"):]),))
+        split = RecordedSplit.named(split_name)
         model.decode_split = split
         on_host = simplejpeg_host_decoder(usable_cpus()) if "simplejpeg" in settings else None
         decode_calls: list[tuple[float, float, float]] = []

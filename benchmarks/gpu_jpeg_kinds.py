@@ -1,8 +1,8 @@
 """Which kinds of JPEG each of the job's GPU decoders reads, and how close its pixels are to Pillow's.
 
-The job's GPU decoders fall back one to the next for each image (`device_decode.device_decoder`):
-a decoder after the first earns its place only by reading JPEGs that the one before it refuses.
-This decodes one JPEG of each kind (sampling, progressive, grey, CMYK, restart markers, odd and
+A second GPU decoder behind nvjpeg (the job's, `device_decode.device_decoder`) would earn its
+place only by reading JPEGs that nvjpeg refuses; nvImageCodec's hardware decoder read none
+(docs/benchmarks.md, 0), so the job has none. This decodes one JPEG of each kind (sampling, progressive, grey, CMYK, restart markers, odd and
 large sizes, truncated) with torchvision's nvjpeg and nvImageCodec's hardware decoder, each image
 on its own and all in one batch:
 
