@@ -101,14 +101,17 @@ def yolox_model_only(
 
 def fasterrcnn_model_only(
     device: torch.device, batch: int, precision: str, seconds: float, channels_last: bool = False,
-    size: tuple[int, int] = (480, 640), jpegs: list[bytes] | None = None, **kwargs,
+    size: tuple[int, int] = (480, 640), jpegs: list[bytes] | None = None, callers: int = 1, **kwargs,
 ) -> dict:
     """Faster R-CNN's forward (its own resize, normalization and post-processing included) on
     preloaded 0..1 images: every one of `jpegs` decoded (on `device`, 64 at a time), taken batch by
     batch in turn, else two batches of random pixels; fp16/bf16 through autocast, as torchvision
     supports. What it costs depends on the pictures (how many boxes pass its score threshold, then
     NMS): random pixels ran 17% faster than the job's photos (docs/benchmarks.md, 0e), so a job
-    is compared with it on all of the job's own images, not on the first few."""
+    is compared with it on all of the job's own images, not on the first few. With `callers` > 1,
+    that many threads call the one model at once, each on a CUDA stream of its own, as a serving
+    engine's model instances do: its forward waits on the GPU many times a batch (a box count read
+    back before each NMS), so one caller leaves the GPU idle in between."""
     model = fasterrcnn(device, **kwargs)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -135,9 +138,24 @@ def fasterrcnn_model_only(
         cpu.append(time.thread_time() - began)
         return len(chosen)
 
-    result = throughput(step, seconds, warmup=3)
-    return {**result, "batch": batch, "precision": precision, "channels_last": channels_last,
+    result = concurrent_throughput(step, seconds, callers, device) if callers > 1 else throughput(step, seconds, warmup=3)
+    return {**result, "batch": batch, "precision": precision, "channels_last": channels_last, "callers": callers,
             "images_held": sum(map(len, images)), "cpu_ms_median": round(1e3 * float(np.median(cpu)), 2)}
+
+
+def concurrent_throughput(step, seconds: float, callers: int, device: torch.device) -> dict[str, float]:
+    """`throughput` of `step` called by `callers` threads at once, each on a CUDA stream of its own:
+    their items over the longest of their times."""
+
+    def one(stream: torch.cuda.Stream) -> dict[str, float]:
+        with torch.cuda.stream(stream):
+            return throughput(step, seconds, warmup=3)
+
+    with ThreadPoolExecutor(callers) as pool:
+        results = list(pool.map(one, [torch.cuda.Stream(device) for _ in range(callers)]))
+    items, elapsed = sum(r["items"] for r in results), max(r["seconds"] for r in results)
+    return {"items_per_s": round(items / elapsed, 1), "items": items, "steps": sum(r["steps"] for r in results),
+            "seconds": elapsed}
 
 
 def nvjpeg_decode(encoded: list[bytes], device: torch.device, batch: int, seconds: float) -> dict:

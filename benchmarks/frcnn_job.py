@@ -13,9 +13,11 @@ collect, and how much of it was its thread's CPU time (the rest it waited: for t
         --variants cli,climb,share1.0,cli,climb
 
 A variant is `cli` (the command, in a process of its own) or `<split>[_si<GIL switch interval,
-ms>][_pin]`, split `climb` (the job's own `DecodeSplit`) or `share<fraction on the CPU>`, run in
-this process; `_pin` puts the thread that runs the forward on a core of its own (`own_core`).
-Figures go to <out>/frcnn_job.json as they come.
+ms>][_l<launching threads>][_pin]`, split `climb` (the job's own `DecodeSplit`) or `share<fraction
+on the CPU>`, run in this process; `_l` sets how many threads launch batches at once (else the
+model's own choice, `TensorModel.launch_threads`); `_pin` puts the thread that runs the forward on
+a core of its own (`own_core`). With `--alone_callers 1,2`, each run of the model alone is
+followed by one with two threads calling it at once. Figures go to <out>/frcnn_job.json as they come.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="the model alone's time, each run: a pass over the images or more")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--variants", default="cli,climb,share1.0,cli,climb")
+    parser.add_argument("--alone_callers", default="1", help="each run of the model alone, with these many threads calling it at once, in turn; jobs are compared with the first")
     args = parser.parse_args()
     separate_cuda_queues()  # as the job does, before the GPU is first used
     device = torch.device(args.device)
@@ -66,12 +69,17 @@ def main() -> None:
         print(name, value, flush=True)
 
     def alone(name: str) -> float:
-        result = ceiling.fasterrcnn_model_only(device, args.batch, precision, args.seconds, jpegs=jpegs)
-        record(name, {**result, "ms_per_batch": round(1e3 * args.batch / result["items_per_s"], 2)})
-        torch.cuda.empty_cache()
-        return result["items_per_s"]
+        rates = []
+        for callers in map(int, args.alone_callers.split(",")):
+            result = ceiling.fasterrcnn_model_only(device, args.batch, precision, args.seconds, jpegs=jpegs, callers=callers)
+            record(name if not rates else f"{name}_x{callers}", {**result, "ms_per_batch": round(1e3 * args.batch / result["items_per_s"], 2)})
+            torch.cuda.empty_cache()
+            rates.append(result["items_per_s"])
+        return rates[0]
 
     model = load_model(ModelSettings(model_dir=str(weights), device=args.device, precision=precision, batch_size=args.batch))
+    chosen_threads = model.launch_threads
+    record("model", model.describe())
     on_device = device_decoder(device, args.batch)
     default = sys.getswitchinterval()
 
@@ -84,6 +92,7 @@ def main() -> None:
                 prefix, 1, args.out / "cli.log")
         split_name, *options = name.split("_")
         interval = next((float(o[2:]) / 1e3 for o in options if o.startswith("si")), default)
+        model.launch_threads = next((int(o[1:]) for o in options if o.startswith("l")), chosen_threads)
         split = RecordedSplit.named(split_name)
         model.decode_split = split
         model._preprocessor.jpeg_decoder = split_decoder(on_device, split, device)

@@ -1,3 +1,4 @@
+import itertools
 import threading
 import time
 
@@ -242,6 +243,40 @@ def test_a_model_decoding_jpegs_on_its_device_prepares_two_batches_at_once_launc
     # Prepared while the first batch still was, where the model decodes JPEGs; after it otherwise.
     assert (second[2] < first[2]) == (input_kind == "jpeg")
     assert model.launch_order == [f"k{i}" for i in range(0, 40, 8)]
+
+
+class _HeldLaunches(StagedMeanColourModel):
+    """Each launch holds its thread for a while, as Faster R-CNN's forward waits on its GPU; the
+    pipeline launches from `launch_threads` threads."""
+
+    def __init__(self, launch_threads: int) -> None:
+        super().__init__(memory=4)
+        self.launch_threads = launch_threads
+        self.spans: list[tuple[float, float, str]] = []  # when each launch began and ended, and on which thread
+
+    def launch(self, prepared):
+        began = time.perf_counter()
+        time.sleep(0.03)
+        try:
+            return super().launch(prepared)
+        finally:
+            self.spans.append((began, time.perf_counter(), threading.current_thread().name))
+
+
+@pytest.mark.parametrize("launch_threads", [1, 2])
+def test_batches_launched_from_several_threads_at_once_give_the_outcomes_of_batches_predicted_in_turn(tmp_path, launch_threads):
+    records = [Record(f"k{i}", "src", i, encoded=encode(gradient(8 + i % 3, 8))) for i in range(60)]
+    records[9] = Record("poison-9", "src", 9, encoded=encode(gradient(8, 8)))
+    records[33] = Record("too-big-33", "src", 33, encoded=encode(gradient(8, 8)))
+    model = _HeldLaunches(launch_threads)
+    in_turn = _outcomes_of(MeanColourModel(memory=4), tmp_path, "turn", records)
+    launched = _outcomes_of(model, tmp_path, "launched", records)
+    assert launched == in_turn  # the same lines in the same order: each batch written in its place
+    assert in_turn[0].failed == 2 and in_turn[0].predicted == 58
+    overlapping = any(a[0] < b[1] and b[0] < a[1] for a, b in itertools.combinations(model.spans, 2))
+    assert overlapping == (launch_threads > 1)
+    threads = {span[2] for span in model.spans}
+    assert all(name.startswith("batch-predict-launch") for name in threads) == (launch_threads > 1)
 
 
 class _SlowFirstWrite:

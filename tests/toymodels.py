@@ -61,6 +61,8 @@ class StagedMeanColourModel(MeanColourModel):
     when a batch is launched (`fail_at="launch"`) or only when it is collected (`"collect"`).
     Records which stage each batch went through, and on which thread and when it was collected."""
 
+    launch_threads = 1
+
     def __init__(self, *args, fail_at: str = "launch", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fail_at = fail_at

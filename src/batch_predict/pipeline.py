@@ -1,7 +1,7 @@
 """The stages of a job, overlapped through bounded queues.
 
-    read (thread) -> decode (thread pool) -> batch -> [prepare (thread)] -> predict/launch (caller's thread)
-      -> [collect] (thread) -> write (thread)
+    read (thread) -> decode (thread pool) -> batch -> [prepare (threads)]
+      -> predict/launch (caller's thread, or [launch threads]) -> [collect] (thread) -> write (thread)
 
 Each queue holds a few items, so memory stays bounded however large the input, and the
 model never waits for I/O or decoding that could have been done ahead of it. A model that
@@ -90,8 +90,14 @@ class StagedModel(Model, Protocol):
     `prepare` (decode, preprocess) runs on a thread of its own; `launch` starts the model on a
     prepared batch and returns without waiting for it; `collect` waits for and returns its
     detections, on the collecting thread. Each may raise: the batch is then predicted again,
-    bisected, through `predict`.
+    bisected, through `predict`. `launch_threads` batches are launched at once, each from a
+    thread of its own: more than one where a launch holds its thread until the device is done
+    (a model that waits on its device inside its forward), so that the device runs one batch
+    while the next is being launched.
     """
+
+    @property
+    def launch_threads(self) -> int: ...
 
     def prepare(self, records: Sequence[Record]) -> Any: ...
 
@@ -437,6 +443,9 @@ class BatchLimit:
         self.size: int | None = None
         self._recovering = False
         self._largest_success = 0
+        #: Held while a batch is cut and bisected: where several threads launch, two batches are
+        #: never bisected at once, so what the limit learns from running out of memory is one batch's.
+        self.isolating = threading.Lock()
 
     def chunks(self, batch: Sequence[Record]) -> list[Sequence[Record]]:
         step = self.size or len(batch) or 1
@@ -468,9 +477,10 @@ def predict_isolating(model: Model, batch: Sequence[Record], limit: BatchLimit |
     """
     limit = limit or BatchLimit()
     outcomes: list[Outcome] = []
-    for chunk in limit.chunks(batch):
-        outcomes += _bisect(model, chunk, limit)
-        limit.settle()
+    with limit.isolating:
+        for chunk in limit.chunks(batch):
+            outcomes += _bisect(model, chunk, limit)
+            limit.settle()
     return outcomes
 
 
@@ -542,6 +552,14 @@ def launch_prepared(
         return [Prediction(record, detections) for record, detections in zip(batch, found, strict=True)]
 
     return collect
+
+
+def launch_on(
+    pool: ThreadPoolExecutor, model: StagedModel, batch: Batch, prepared: Any, limit: BatchLimit
+) -> Callable[[], list[Outcome]]:
+    """`launch_prepared` on one of `pool`'s threads: what it returns waits for the launch, then collects."""
+    launched = pool.submit(launch_prepared, model, batch, prepared, limit)
+    return lambda: launched.result()()
 
 
 def _segments_once_collected(batch: Batch, collect: Callable[[], list[Outcome]]) -> list[list[Outcome] | UnitEnd]:
@@ -674,7 +692,9 @@ def run_pipeline(
     budget = PixelBudget(max_decoded_bytes) if max_decoded_bytes else None
     # Where records wait for room, a chunk's records must not wait for one another: one a task.
     chunk = 1 if budget is not None and model.input_kind == "image" else _DECODE_CHUNK
-    writer = _Writer(sink, min(queue_depth, _LAUNCHED_AHEAD) if staged is not None else queue_depth, budget)
+    launch_threads = staged.launch_threads if staged is not None else 1
+    writer = _Writer(sink, max(min(queue_depth, _LAUNCHED_AHEAD), launch_threads) if staged is not None else queue_depth, budget)
+    launching = ThreadPoolExecutor(launch_threads, thread_name_prefix="batch-predict-launch") if launch_threads > 1 else None
     with ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-decode") as pool:
         chunks_deep = max(2, queue_depth * batch_size // chunk)
         source = background(_chunks(counted(records), chunk), chunks_deep)
@@ -696,15 +716,22 @@ def run_pipeline(
                 elif isinstance(item, FailedRecord):
                     writer.put([[item]])
                 elif staged is not None and ready is not None:
-                    collect = launch_prepared(staged, item, ready, limit)
+                    if launching is None:
+                        collect = launch_prepared(staged, item, ready, limit)
+                    else:
+                        collect = launch_on(launching, staged, item, ready, limit)
                     writer.put(partial(_segments_once_collected, item, collect), sum(r.charged for r in item))
                 else:
                     writer.put(item.segments(predict_isolating(model, item, limit)), sum(r.charged for r in item))
                 del ready  # frees the batch's device memory now, not when the next one arrives
         except BaseException:
+            if launching is not None:
+                launching.shutdown(wait=False, cancel_futures=True)
             writer.abort()
             raise
         finally:
+            if launching is not None:  # its threads end once the launches queued there are done
+                launching.shutdown(wait=False)
             # Stops the reading and decoding threads now, not when the exception is collected.
             if budget is not None:
                 budget.close()  # a decode waiting for room would hold the pool's shutdown

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -128,6 +130,7 @@ class TensorModel:
             self._check_fit()
             if decoder is not None and self.decode_split is not None:
                 self._preprocessor.jpeg_decoder = split_decoder(decoder.result(), self.decode_split, device)
+        self.launch_threads = 2 if self._launch_waits_for_device() else 1
 
     def _check_fit(self) -> None:
         """Run blank images through every stage, so a spec that does not fit the model fails at
@@ -159,6 +162,29 @@ class TensorModel:
         """The batch size the job runs at where the runner pads to a few sizes, else 1."""
         return self._runner.sizes[-1] if isinstance(self._runner, PaddingRunner) else 1
 
+    def _launch_waits_for_device(self) -> bool:
+        """Whether calling the model on a batch holds the calling thread about as long as the GPU
+        takes to run it: a model that waits on the GPU inside its forward (torchvision's detectors
+        read box counts back before each NMS, an ONNX session returns its outputs on the host) or
+        whose host work is as long as its GPU work. One thread launching such a model leaves the
+        GPU idle while it works towards the next batch's kernels; two at once, each on a CUDA stream
+        of its own, ran Faster R-CNN's forward 1.4x as fast on an H200 (docs/benchmarks.md, 0).
+        Timed on one more batch of blanks, once the fit check has paid for the first call's set-up."""
+        if self.device.type != "cuda":
+            return False
+        blank = torch.zeros((3, 64, 64), dtype=torch.uint8, device=self.device)
+        began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.inference_mode():
+            prepared = self._preprocessor.prepare([blank] * self._largest_batch())
+            torch.cuda.synchronize(self.device)
+            began.record()
+            started = time.perf_counter()
+            self._runner(prepared.inputs)
+            held = time.perf_counter() - started
+            ended.record()
+            ended.synchronize()
+        return held >= 0.9 * began.elapsed_time(ended) / 1e3
+
     def _run_blanks(self, count: int) -> None:
         blank = torch.zeros((3, 64, 64), dtype=torch.uint8, device=self.device)
         with torch.inference_mode():
@@ -175,16 +201,17 @@ class TensorModel:
     def launch(self, prepared: Prepared) -> Launched:
         """Start the model on a prepared batch, on the current stream, without waiting for it."""
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._streams.launching(own_stream=self.launch_threads > 1):
                 self._streams.receive(prepared)
                 outputs = self.infer(prepared)
+                done = self._streams.mark_done()
         except torch.cuda.OutOfMemoryError:
             # The allocator keeps the failed batch's blocks cached; free them, so that the
             # halves the pipeline retries with get that memory.
             del prepared
             torch.cuda.empty_cache()
             raise
-        return Launched(outputs, prepared, self._streams.mark_done())
+        return Launched(outputs, prepared, done)
 
     def collect(self, launched: Launched) -> list[Detections]:
         """Wait for a launched batch and decode its detections (one copy to the host), on a
@@ -223,6 +250,7 @@ class TensorModel:
                 "dtype": spec.input.dtype, "channels": spec.input.channels,
             },
             "decoder": self._decoder_name,
+            "launch_threads": self.launch_threads,
             "thresholds": vars(spec.thresholds),
             "labels": len(self.labels),
             "spec": spec.source,
@@ -239,11 +267,22 @@ class DeviceStreams:
         self._prepare = torch.cuda.Stream(device) if cuda else None
         self._collect = torch.cuda.Stream(device) if cuda else None
         self._epoch = torch.cuda.Event(enable_timing=True) if cuda else None
+        self._launching = threading.local()
         if self._epoch is not None:
             self._epoch.record(torch.cuda.current_stream(device))
 
     def preparing(self) -> contextlib.AbstractContextManager:
         return torch.cuda.stream(self._prepare) if self._prepare is not None else contextlib.nullcontext()
+
+    def launching(self, *, own_stream: bool) -> contextlib.AbstractContextManager:
+        """The stream a batch runs on: the calling thread's current one, or, with `own_stream`,
+        one kept for the calling thread, so that batches launched from several threads run side by side."""
+        if not own_stream or self._prepare is None:
+            return contextlib.nullcontext()
+        stream = getattr(self._launching, "stream", None)
+        if stream is None:
+            stream = self._launching.stream = torch.cuda.Stream(self._prepare.device)
+        return torch.cuda.stream(stream)
 
     def hand_over(self, prepared: Prepared) -> Prepared:
         if self._prepare is None:

@@ -140,6 +140,10 @@ class TimedStagedModel(TimedModel):
 
     _model: StagedModel
 
+    @property
+    def launch_threads(self) -> int:
+        return self._model.launch_threads
+
     def prepare(self, records: Sequence[Record]) -> tuple[Any, int]:
         return self._model.prepare(records), len(records)
 
