@@ -17,7 +17,8 @@ ms>][_l<launching threads>][_pin]`, split `climb` (the job's own `DecodeSplit`) 
 on the CPU>`, run in this process; `_l` sets how many threads launch batches at once (else the
 model's own choice, `TensorModel.launch_threads`); `_pin` puts the thread that runs the forward on
 a core of its own (`own_core`). With `--alone_callers 1,2`, each run of the model alone is
-followed by one with two threads calling it at once. Figures go to <out>/frcnn_job.json as they come.
+followed by one with two threads calling it at once. Each in-process job's detections are compared
+with the first's (`same_as_first`). Figures go to <out>/frcnn_job.json as they come.
 """
 
 from __future__ import annotations
@@ -28,17 +29,20 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 import ceiling
 import end_to_end
 from gpu_job import RecordedSplit, cpu_topology, own_core, timed_stages, untimed
-from run_all import encoded_images, make_inputs
+from run_all import agreement, encoded_images, make_inputs
 from batch_predict import JobSpec, run
 from batch_predict.models import load_model, separate_cuda_queues
 from batch_predict.models.decode_split import split_decoder
 from batch_predict.models.device_decode import device_decoder
+from batch_predict.outputs.reading import read_results, result_files
 from batch_predict.spec import ModelSettings
 
 
@@ -112,9 +116,28 @@ def main() -> None:
                 **{f"{stage}_ms_median": [round(1e3 * statistics.median(c[i] for c in calls), 2) for i in (1, 2)]
                    for stage, calls in stages.items() if calls}}
 
+    first_results: dict[str, list] = {}
+
+    def same_as_first(name: str, turn: int) -> dict:
+        """The job's detections against the first in-process job's, image by image: how many
+        images got the very same lines, and `agreement` (every detection matched at IoU >= 0.9)."""
+        prefix = str(args.work / f"job-{turn}-{name}")
+        found = {line["key"]: line["detections"] for line in read_results(result_files(prefix))}
+        if not first_results:
+            first_results.update(found)
+            return {"images": len(found)}
+        keys = sorted(first_results)
+        as_detections = lambda lines: [SimpleNamespace(  # noqa: E731
+            boxes=np.array([d["box"] for d in lines[k]]).reshape(-1, 4), scores=np.array([d["score"] for d in lines[k]]),
+            classes=np.array([d["class_id"] for d in lines[k]])) for k in keys]
+        return {"images": len(found), "identical": sum(found.get(k) == first_results[k] for k in keys),
+                **agreement(as_detections(first_results), as_detections(found), min_score=0.0, min_iou=0.9)}
+
     before = alone("model_alone_0")
     for turn, name in enumerate(args.variants.split(","), 1):
         found_job = job(name, turn)
+        if name != "cli":
+            found_job["same_as_first"] = same_as_first(name, turn)
         after = alone(f"model_alone_{turn}")
         steady = found_job.get("steady_per_s")
         record(f"job_{turn}_{name}", {**found_job, "of_model_alone": steady and round(steady / ((before + after) / 2), 4)})
