@@ -13,9 +13,9 @@ collect, and how much of it was its thread's CPU time (the rest it waited: for t
         --variants cli,climb,share1.0,cli,climb
 
 A variant is `cli` (the command, in a process of its own) or `<split>[_si<GIL switch interval,
-ms>][_l<launching threads>][_pin]`, split `climb` (the job's own `DecodeSplit`) or `share<fraction
+ms>][_l<launching threads>][_p<preparing threads>][_pin]`, split `climb` (the job's own `DecodeSplit`) or `share<fraction
 on the CPU>`, run in this process; `_l` sets how many threads launch batches at once (else the
-model's own choice, `TensorModel.launch_threads`); `_pin` puts the thread that runs the forward on
+model's own choice, `TensorModel.launch_threads`), `_p` how many prepare batches; `_pin` puts the thread that runs the forward on
 a core of its own (`own_core`). With `--alone_callers 1,2`, each run of the model alone is
 followed by one with two threads calling it at once. Each in-process job's detections are compared
 with the first's (`same_as_first`). Figures go to <out>/frcnn_job.json as they come.
@@ -38,7 +38,7 @@ import ceiling
 import end_to_end
 from gpu_job import RecordedSplit, cpu_topology, own_core, timed_stages, untimed
 from run_all import agreement, encoded_images, make_inputs
-from batch_predict import JobSpec, run
+from batch_predict import JobSpec, pipeline, run
 from batch_predict.models import load_model, separate_cuda_queues
 from batch_predict.models.decode_split import split_decoder
 from batch_predict.models.device_decode import device_decoder
@@ -105,12 +105,15 @@ def main() -> None:
                        precision=precision, overwrite=True, num_output_shards=10)
         stages = timed_stages(model)
         sys.setswitchinterval(interval)
+        preparing_threads = pipeline._JPEG_PREPARING_THREADS
+        pipeline._JPEG_PREPARING_THREADS = next((int(o[1:]) for o in options if o.startswith("p") and o != "pin"), preparing_threads)
         try:
             with own_core(model) if "pin" in options else contextlib.nullcontext():
                 run(spec, model=model)
         finally:
             sys.setswitchinterval(default)
             untimed(model, stages)
+            pipeline._JPEG_PREPARING_THREADS = preparing_threads
         return {**end_to_end.steady_state(Path(f"{prefix}-job/committed"), 1),
                 "split": split.describe(), "sent_to_cpu": split.sent_to_cpu, "rates_by_share": split.rates_by_share(),
                 **{f"{stage}_ms_median": [round(1e3 * statistics.median(c[i] for c in calls), 2) for i in (1, 2)]
@@ -130,7 +133,8 @@ def main() -> None:
         as_detections = lambda lines: [SimpleNamespace(  # noqa: E731
             boxes=np.array([d["box"] for d in lines[k]]).reshape(-1, 4), scores=np.array([d["score"] for d in lines[k]]),
             classes=np.array([d["class_id"] for d in lines[k]])) for k in keys]
-        return {"images": len(found), "identical": sum(found.get(k) == first_results[k] for k in keys),
+        differing = [k for k in keys if found.get(k) != first_results[k]]
+        return {"images": len(found), "identical": len(keys) - len(differing), "differing": differing[:40],
                 **agreement(as_detections(first_results), as_detections(found), min_score=0.0, min_iou=0.9)}
 
     before = alone("model_alone_0")
