@@ -89,8 +89,16 @@ def _cuts(ends: Sequence[int], most: int) -> list[int]:
 
 def decode_jpegs_on(device: torch.device, jpegs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """JPEGs (1-D uint8 tensors) to 3xHxW RGB tensors on `device`: on a GPU in one batched
-    nvjpeg call, on the CPU one by one (libjpeg-turbo)."""
+    nvjpeg call, on the CPU one by one (libjpeg-turbo).
+
+    torchvision's GPU decoder takes its output memory from the caching allocator as the caller's
+    stream's, but writes it from a stream of its own that does not wait for the caller's; the
+    allocator hands out a block as soon as it is freed on its stream, so kernels still queued there
+    could read the decoder's pixels instead of theirs (pytorch/vision#9606; on an H200, whole
+    batches predicted on other images' pixels: docs/benchmarks.md, 0). The caller's stream is
+    drained first, leaving nothing queued on memory the decoder may be given."""
     if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
         return list(torch.ops.image.decode_jpegs_cuda(list(jpegs), _RGB, device))
     return [torch.ops.image.decode_jpeg(jpeg, _RGB, False) for jpeg in jpegs]
 
