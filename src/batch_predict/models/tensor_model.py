@@ -169,13 +169,14 @@ class TensorModel:
         whose host work is as long as its GPU work. One thread launching such a model leaves the
         GPU idle while it works towards the next batch's kernels; two at once, each on a CUDA stream
         of its own, ran Faster R-CNN's forward 1.4x as fast on an H200 (docs/benchmarks.md, 0).
-        Timed on one more batch of blanks, once the fit check has paid for the first call's set-up."""
+        Timed on one more call, once the fit check has paid for the first call's set-up: one blank
+        image, which a runner that pads batches pads to the size the fit check ran (the job's)."""
         if self.device.type != "cuda":
             return False
         blank = torch.zeros((3, 64, 64), dtype=torch.uint8, device=self.device)
         began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         with torch.inference_mode():
-            prepared = self._preprocessor.prepare([blank] * self._largest_batch())
+            prepared = self._preprocessor.prepare([blank])
             torch.cuda.synchronize(self.device)
             began.record()
             started = time.perf_counter()
