@@ -29,20 +29,20 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 import ceiling
 import end_to_end
-from gpu_job import RecordedSplit, cpu_topology, own_core, timed_stages, untimed
+from gpu_job import RecordedSplit, cpu_topology, own_core, timed_stages, untimed, variant_options
 from run_all import agreement, encoded_images, make_inputs
 from batch_predict import JobSpec, pipeline, run
 from batch_predict.models import load_model, separate_cuda_queues
 from batch_predict.models.decode_split import split_decoder
 from batch_predict.models.device_decode import device_decoder
 from batch_predict.outputs.reading import read_results, result_files
+from batch_predict.records import Detections
 from batch_predict.spec import ModelSettings
 
 
@@ -95,8 +95,9 @@ def main() -> None:
                  "--batch_size", str(args.batch), "--precision", precision, "--num_output_shards", "10"],
                 prefix, 1, args.out / "cli.log")
         split_name, *options = name.split("_")
-        interval = next((float(o[2:]) / 1e3 for o in options if o.startswith("si")), default)
-        model.launch_threads = next((int(o[1:]) for o in options if o.startswith("l")), chosen_threads)
+        settings = variant_options(options)
+        interval = settings["si"] / 1e3 if "si" in settings else default
+        model.launch_threads = int(settings.get("l", chosen_threads))
         split = RecordedSplit.named(split_name)
         model.decode_split = split
         model._preprocessor.jpeg_decoder = split_decoder(on_device, split, device)
@@ -106,9 +107,9 @@ def main() -> None:
         stages = timed_stages(model)
         sys.setswitchinterval(interval)
         preparing_threads = pipeline._JPEG_PREPARING_THREADS
-        pipeline._JPEG_PREPARING_THREADS = next((int(o[1:]) for o in options if o.startswith("p") and o != "pin"), preparing_threads)
+        pipeline._JPEG_PREPARING_THREADS = int(settings.get("p", preparing_threads))
         try:
-            with own_core(model) if "pin" in options else contextlib.nullcontext():
+            with own_core(model) if "pin" in settings else contextlib.nullcontext():
                 run(spec, model=model)
         finally:
             sys.setswitchinterval(default)
@@ -130,7 +131,7 @@ def main() -> None:
             first_results.update(found)
             return {"images": len(found)}
         keys = sorted(first_results)
-        as_detections = lambda lines: [SimpleNamespace(  # noqa: E731
+        as_detections = lambda lines: [Detections(  # noqa: E731
             boxes=np.array([d["box"] for d in lines[k]]).reshape(-1, 4), scores=np.array([d["score"] for d in lines[k]]),
             classes=np.array([d["class_id"] for d in lines[k]])) for k in keys]
         differing = [k for k in keys if found.get(k) != first_results[k]]

@@ -243,6 +243,11 @@ class RecordedSplit(DecodeSplit):
         return {share: {"images_per_s": round(n / s) if s else None, "images": n} for share, (s, n) in sorted(found.items())}
 
 
+def variant_options(options: list[str]) -> dict[str, float]:
+    """A variant's options (`_si2`, `_l2`, `_pin`, ...) by name: the number after each, else 1."""
+    return {option.rstrip("0123456789."): float(option.lstrip("abcdefghijklmnopqrstuvwxyz") or 1) for option in options}
+
+
 def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device, precision: str) -> dict:
     """The job in this process on the same files, its JPEG decoding set up as each of `args.variants` says:
     `<split>_<decoder>[_w<decode threads>][_p<preparing threads>][_t<CPU share's threads>][_si<GIL switch interval, ms>]
@@ -271,8 +276,7 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
     found = {}
     for name in args.variants.split(","):
         split_name, decoder_name, *options = name.split("_")
-        settings = {option.rstrip("0123456789."): float(option.lstrip("abcdefghijklmnopqrstuvwxyz") or 1)
-                    for option in options}
+        settings = variant_options(options)
         compile_mode = "cuda_graphs" if "graphs" in settings else "none"
         if compile_mode not in models:
             models[compile_mode] = load_model(ModelSettings(

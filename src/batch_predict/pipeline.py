@@ -716,10 +716,8 @@ def run_pipeline(
                 elif isinstance(item, FailedRecord):
                     writer.put([[item]])
                 elif staged is not None and ready is not None:
-                    if launching is None:
-                        collect = launch_prepared(staged, item, ready, limit)
-                    else:
-                        collect = launch_on(launching, staged, item, ready, limit)
+                    collect = (launch_prepared(staged, item, ready, limit) if launching is None
+                               else launch_on(launching, staged, item, ready, limit))
                     writer.put(partial(_segments_once_collected, item, collect), sum(r.charged for r in item))
                 else:
                     writer.put(item.segments(predict_isolating(model, item, limit)), sum(r.charged for r in item))

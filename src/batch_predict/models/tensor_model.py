@@ -173,10 +173,9 @@ class TensorModel:
         image, which a runner that pads batches pads to the size the fit check ran (the job's)."""
         if self.device.type != "cuda":
             return False
-        blank = torch.zeros((3, 64, 64), dtype=torch.uint8, device=self.device)
         began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         with torch.inference_mode():
-            prepared = self._preprocessor.prepare([blank])
+            prepared = self._preprocessor.prepare(self._blanks(1))
             torch.cuda.synchronize(self.device)
             began.record()
             started = time.perf_counter()
@@ -186,10 +185,12 @@ class TensorModel:
             ended.synchronize()
         return held >= 0.9 * began.elapsed_time(ended) / 1e3
 
+    def _blanks(self, count: int) -> list[torch.Tensor]:
+        return [torch.zeros((3, 64, 64), dtype=torch.uint8, device=self.device)] * count
+
     def _run_blanks(self, count: int) -> None:
-        blank = torch.zeros((3, 64, 64), dtype=torch.uint8, device=self.device)
         with torch.inference_mode():
-            prepared = self._preprocessor.prepare([blank] * count)
+            prepared = self._preprocessor.prepare(self._blanks(count))
             self.decode(self._runner(prepared.inputs), prepared)
 
     def prepare(self, records: Sequence[Record]) -> Prepared:
