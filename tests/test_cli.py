@@ -180,7 +180,8 @@ def test_too_many_failures_exit_non_zero_after_writing_everything(tmp_path, phot
 def test_a_job_run_to_its_end_exits_without_the_interpreters_teardown_having_flushed_everything(tmp_path, photo_bytes):
     """The console entry point skips the seconds PyTorch's and TensorFlow's teardown take, once a
     job ran in its process: an `atexit` handler never runs, yet the outputs, the summary, the printed
-    counts and the exit status are all there. Bad setup exits as usual."""
+    counts and the exit status are all there. So does a job whose plan fails while its model loads
+    on a thread; bad flags, found before any job, exit as usual."""
     with open(tmp_path / "one.tfrecord", "wb") as f:
         write_record(f, photo_bytes["bus.jpg"])
         write_record(f, b"junk")
@@ -198,6 +199,9 @@ def test_a_job_run_to_its_end_exits_without_the_interpreters_teardown_having_flu
     assert json.loads((tmp_path / "done" / "results-summary.json").read_text())["predicted"] == 1
     failed = entry_point("failed")
     assert failed.returncode == 1 and "1 of 2 records failed" in failed.stderr and "interpreter teardown" not in failed.stderr
+    nothing = entry_point("nothing", "--input_file_patterns", str(tmp_path / "nothing-*.tfrecord"))
+    assert nothing.returncode == 2 and "no input file matches" in nothing.stderr
+    assert "Traceback" not in nothing.stderr and "interpreter teardown" not in nothing.stderr
     bad = entry_point("bad", "--batch_size", "0")
     assert bad.returncode == 2 and "--batch_size" in bad.stderr and "interpreter teardown" in bad.stderr
 

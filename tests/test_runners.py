@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import io
 import json
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from batch_predict import models
+from batch_predict.inputs.sources import NoInputError
 from batch_predict.inputs.units import Unit
+from batch_predict.models import ModelLoadError
 from batch_predict.observe.observers import JobObserver
 from batch_predict.outputs.sinks import OutputError, UnitCounts
 from batch_predict.pipeline import Stopped
+from batch_predict.runners import local
 from batch_predict.runners.local import run
 from batch_predict.runners.plan import UnitsFailed
 from batch_predict.records import Detections, Prediction, Record, UnitEnd
@@ -24,7 +30,7 @@ from batch_predict.runners.unit import UnitSinks
 from batch_predict.spec import JobSpec
 from batch_predict.inputs.tfrecord import write_record
 
-from conftest import shared_file
+from conftest import REPO, shared_file
 from toymodels import MeanColourModel
 
 
@@ -251,3 +257,38 @@ def test_a_commit_that_cannot_write_fails_the_run_at_the_next_unit_end_or_at_the
     with pytest.raises(OutputError, match="unit 0"):
         sinks.finish()
     assert ("discarded", 0) in disk.events and ("recorded", 0) not in disk.events
+
+
+def _with_yolox(job: JobSpec, **changes: object) -> JobSpec:
+    """`job` with the real YOLOX-Nano TorchScript model to load, on the CPU."""
+    return dataclasses.replace(job, model_dir=str(shared_file("models/yolox_nano/yolox_nano_torchscript.pt")),
+                               model_spec=str(REPO / "examples/specs/yolox_nano.yaml"), device="cpu", **changes)
+
+
+def test_the_model_loads_while_the_inputs_are_listed(job, monkeypatch):
+    """The plan waits for the model's load to begin: run in turn, as before, the two would never meet."""
+    began = threading.Event()
+    load_model, plan_run = models.load_model, local.plan_run
+
+    def load_watched(settings):
+        began.set()
+        return load_model(settings)
+
+    def plan_once_loading(*args):
+        assert began.wait(30), "the model had not begun to load while the inputs were listed"
+        return plan_run(*args)
+
+    monkeypatch.setattr(models, "load_model", load_watched)
+    monkeypatch.setattr(local, "plan_run", plan_once_loading)
+    summary = run(_with_yolox(job))
+    photos = list(shared_file("data/photos").iterdir())
+    assert summary.complete and summary.records_read == summary.predicted == len(photos)
+
+
+def test_a_plan_that_fails_is_raised_before_a_model_that_fails_to_load(job, tmp_path):
+    missing = dataclasses.replace(_with_yolox(job), model_dir=str(tmp_path / "no-model"))
+    with pytest.raises(NoInputError):
+        run(dataclasses.replace(missing, input_file_patterns=(str(tmp_path / "nothing-*.tfrecord"),)))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        run(missing)
+    assert not list(tmp_path.glob("out/results-*"))

@@ -204,15 +204,16 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
         spec = JobSpec(input_file_patterns=split_patterns(input_file_patterns), **settings)
         worker_index, worker_count = worker_from_environment(os.environ)
         watchers = run_watchers(metrics_port, metrics_address, progress_interval_seconds)
+        ending = click.get_current_context().find_object(ProcessEnding)
+        if ending is not None:
+            # A job run here, in threads, leaves nothing to shut down but the interpreter when it
+            # ends, its outputs committed and closed, or fails, maybe with its model still loading
+            # on a thread beside a plan that failed. Worker processes and Ray want theirs stopped as usual.
+            ending.fast = runner == "local" and spec.num_workers == 1
         # On a terminal, log lines go above the progress bar instead of through it.
         with logging_redirect_tqdm() if sys.stderr.isatty() else contextlib.nullcontext():
             summary = run(spec, runner=runner, ray_address=ray_address, ray_num_actors=ray_num_actors,
                           worker_index=worker_index, worker_count=worker_count, stopping=stopping, observer=watchers)
-        ending = click.get_current_context().find_object(ProcessEnding)
-        if ending is not None:
-            # Run here, in threads, its outputs committed and closed: nothing is left to shut down
-            # but the interpreter. Worker processes and Ray want theirs stopped as usual.
-            ending.fast = runner == "local" and spec.num_workers == 1
     except Stopped as exc:
         click.echo(f"batch-predict: {exc}", err=True)
         sys.exit(128 + (received[0] if received else signal.SIGTERM))
@@ -375,13 +376,13 @@ def report_command(output_result_prefix: str, output_error_prefix: str | None, o
 
 class ProcessEnding:
     """How the console entry point ends the process, as the command it ran asks: `fast` once a job
-    has run in this process to its end."""
+    has run in this process, to its end or to a failure."""
 
     fast = False
 
 
 def main() -> None:
-    """The console entry point. After a job ran here to its end it exits without the interpreter's
+    """The console entry point. After a job ran here it exits without the interpreter's
     teardown: with PyTorch or TensorFlow loaded, taking their modules apart took 0.4-2 s after
     the job's last output was written (docs/benchmarks.md), seconds every job paid for nothing."""
     ending = ProcessEnding()

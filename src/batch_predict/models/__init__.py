@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
+from concurrent.futures import Future
 
 import fsspec
 
@@ -20,6 +22,7 @@ from .model_spec import ModelSpec, ModelSpecError, load_spec
 
 __all__ = [
     "InputKind", "Model", "ModelLoadError", "ModelSpec", "ModelSpecError", "PredictError", "find_labels", "load_model",
+    "load_model_in_background",
 ]
 
 _LABEL_FILES = ("label_map.pbtxt", "labels.txt")
@@ -91,3 +94,20 @@ def load_model(settings: ModelSettings) -> Model:
             f"pip install 'batch-predict[{extra}]'"
         ) from None
     return backend.load(located, spec, labels, settings)
+
+
+def load_model_in_background(settings: ModelSettings) -> Future[Model]:
+    """`load_model(settings)` on a thread of its own, so that a job lists its inputs (seconds in a
+    bucket of many files) while the model loads (seconds on a GPU: importing PyTorch, the CUDA
+    context, the first call). The thread is a daemon: a job whose plan fails need not wait for it."""
+    loaded: Future[Model] = Future()
+
+    def load() -> None:
+        loaded.set_running_or_notify_cancel()
+        try:
+            loaded.set_result(load_model(settings))
+        except BaseException as exc:  # handed to whoever takes the model
+            loaded.set_exception(exc)
+
+    threading.Thread(target=load, name="batch-predict-load", daemon=True).start()
+    return loaded
