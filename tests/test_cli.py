@@ -180,8 +180,8 @@ def test_too_many_failures_exit_non_zero_after_writing_everything(tmp_path, phot
 def test_a_job_run_to_its_end_exits_without_the_interpreters_teardown_having_flushed_everything(tmp_path, photo_bytes):
     """The console entry point skips the seconds PyTorch's and TensorFlow's teardown take, once a
     job ran in its process: an `atexit` handler never runs, yet the outputs, the summary, the printed
-    counts and the exit status are all there. So does a job whose plan fails while its model loads
-    on a thread; bad flags, found before any job, exit as usual."""
+    counts and the exit status are all there. So does a job whose plan fails while its model's
+    framework loads on a thread; bad flags, found before any job, exit as usual."""
     with open(tmp_path / "one.tfrecord", "wb") as f:
         write_record(f, photo_bytes["bus.jpg"])
         write_record(f, b"junk")

@@ -207,8 +207,9 @@ def predict(input_file_patterns: tuple[str, ...], log_level: str, log_format: st
         ending = click.get_current_context().find_object(ProcessEnding)
         if ending is not None:
             # A job run here, in threads, leaves nothing to shut down but the interpreter when it
-            # ends, its outputs committed and closed, or fails, maybe with its model still loading
-            # on a thread beside a plan that failed. Worker processes and Ray want theirs stopped as usual.
+            # ends, its outputs committed and closed, or fails, maybe with its model's framework
+            # still loading on a thread beside a plan that failed (`local.run`). Worker processes
+            # and Ray want theirs stopped as usual.
             ending.fast = runner == "local" and spec.num_workers == 1
         # On a terminal, log lines go above the progress bar instead of through it.
         with logging_redirect_tqdm() if sys.stderr.isatty() else contextlib.nullcontext():

@@ -1,16 +1,18 @@
 """Model backends, chosen by what `--model_dir` holds; one module per backend.
 
 Adding a backend is one module with a `load(located, spec, labels, settings) -> Model` function
-and one entry in `_BACKENDS`. Each is imported only when used, so the TF path never imports
+and an `open_runtime(settings)` one (its framework imported, its device opened: what a job does
+while it lists its inputs), and one entry in `_BACKENDS`. Each is imported only when used, so the TF path never imports
 PyTorch and the PyTorch paths never import TensorFlow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import threading
-from concurrent.futures import Future
+from types import ModuleType
 
 import fsspec
 
@@ -22,7 +24,7 @@ from .model_spec import ModelSpec, ModelSpecError, load_spec
 
 __all__ = [
     "InputKind", "Model", "ModelLoadError", "ModelSpec", "ModelSpecError", "PredictError", "find_labels", "load_model",
-    "load_model_in_background",
+    "load_runtime", "load_runtime_in_background",
 ]
 
 _LABEL_FILES = ("label_map.pbtxt", "labels.txt")
@@ -76,38 +78,53 @@ def separate_cuda_queues() -> None:
 def load_model(settings: ModelSettings) -> Model:
     """Load the model `settings.model_dir` holds, with its spec, or raise `ModelLoadError` saying why not."""
     separate_cuda_queues()
-    spec = load_spec(settings.model_spec or find_spec_file(settings.model_dir), settings.model_options, settings.score_threshold)
-    located = locate(settings.model_dir, spec)
+    spec, located = _located(settings)
     labels = find_labels(settings, spec, located)
     if spec.class_ids == "label_order" and not labels:
         raise spec.error("class_ids", "label_order maps output k to the k-th label, but no labels were found")
-    module_name, extra = _BACKENDS[located.format]
     if located.format in _NO_SPEED_OPTIONS and (settings.precision, settings.channels_last, settings.compile) != ("fp32", False, "none"):
         raise ModelLoadError(
             f"--precision, --channels_last and --compile apply to PyTorch models; {located.path!r} is a {located.format} model"
         )
+    return _backend(located).load(located, spec, labels, settings)
+
+
+def load_runtime(settings: ModelSettings) -> None:
+    """Import the framework the model `settings.model_dir` holds needs, and open the GPU it runs on
+    where PyTorch runs it: the model-independent seconds of `load_model` (on an H200, importing
+    PyTorch took 3.4-4.6 s and its CUDA context 0.8 s; docs/benchmarks.md). The model itself is not
+    loaded: its first call, which plans the model's kernels, is kept for the thread that will run it,
+    since PyTorch keeps cuDNN's execution plans per thread."""
+    separate_cuda_queues()
+    _, located = _located(settings)
+    _backend(located).open_runtime(settings)
+
+
+def load_runtime_in_background(settings: ModelSettings) -> None:
+    """`load_runtime(settings)` on a daemon thread, so that a job lists its inputs (seconds in a
+    bucket of many files) while it runs. Only a head start: `load_model` takes each step again,
+    finding it done (or waiting for it), and raises what failed here; a job whose plan fails does
+    not wait for it."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            load_runtime(settings)
+
+    threading.Thread(target=load, name="batch-predict-runtime", daemon=True).start()
+
+
+def _located(settings: ModelSettings) -> tuple[ModelSpec, Located]:
+    spec = load_spec(settings.model_spec or find_spec_file(settings.model_dir), settings.model_options, settings.score_threshold)
+    return spec, locate(settings.model_dir, spec)
+
+
+def _backend(located: Located) -> ModuleType:
+    """The backend module for `located`'s format, imported with the framework it needs."""
+    module_name, extra = _BACKENDS[located.format]
     try:
-        backend = importlib.import_module(f"{__name__}.{module_name}")
+        return importlib.import_module(f"{__name__}.{module_name}")
     except ImportError as exc:
         raise ModelLoadError(
             f"--model_dir: {located.path!r} is a {located.format} model, but {exc.name} is not installed: "
             f"pip install 'batch-predict[{extra}]'"
         ) from None
-    return backend.load(located, spec, labels, settings)
-
-
-def load_model_in_background(settings: ModelSettings) -> Future[Model]:
-    """`load_model(settings)` on a thread of its own, so that a job lists its inputs (seconds in a
-    bucket of many files) while the model loads (seconds on a GPU: importing PyTorch, the CUDA
-    context, the first call). The thread is a daemon: a job whose plan fails need not wait for it."""
-    loaded: Future[Model] = Future()
-
-    def load() -> None:
-        loaded.set_running_or_notify_cancel()
-        try:
-            loaded.set_result(load_model(settings))
-        except BaseException as exc:  # handed to whoever takes the model
-            loaded.set_exception(exc)
-
-    threading.Thread(target=load, name="batch-predict-load", daemon=True).start()
-    return loaded

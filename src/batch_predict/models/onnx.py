@@ -27,6 +27,14 @@ def _import_onnxruntime():
     return onnxruntime
 
 
+def open_runtime(settings: ModelSettings) -> None:
+    """The backend's hook for `models.load_runtime`: onnxruntime imported, and the CUDA context
+    opened where the session will run on a GPU."""
+    _, device = _providers(_import_onnxruntime(), settings.device)
+    if device.type == "cuda":
+        torch.zeros(1, device=device)
+
+
 def _providers(ort, requested: str) -> tuple[list, torch.device]:
     """Execution providers and the torch device for pre- and post-processing."""
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()

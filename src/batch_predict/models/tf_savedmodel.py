@@ -44,6 +44,11 @@ def _import_tensorflow():
     return tf
 
 
+def open_runtime(settings: ModelSettings) -> None:
+    """The backend's hook for `models.load_runtime`: TensorFlow imported (seconds), its GPU left to the load."""
+    _import_tensorflow()
+
+
 def _tf_device(tf, device: str) -> str | None:
     """The TF device string for `--device`; `cpu` also hides GPUs, so TF allocates none."""
     if device == "cpu":

@@ -20,7 +20,11 @@ from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import DTYPES, ModelSpec
 from .speed import accelerate
-from .tensor_model import ModuleRunner, TensorModel, torch_device
+from .tensor_model import ModuleRunner, TensorModel, open_torch_runtime, torch_device
+
+
+#: The backend's hook for `models.load_runtime`: its CUDA context opened.
+open_runtime = open_torch_runtime
 
 
 def check_plain_archive(data: bytes, path: str) -> None:

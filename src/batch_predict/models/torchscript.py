@@ -18,9 +18,13 @@ from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
 from .speed import accelerate, input_dtype
-from .tensor_model import ModuleRunner, TensorModel, torch_device
+from .tensor_model import ModuleRunner, TensorModel, open_torch_runtime, torch_device
 
 log = logging.getLogger("batch_predict")
+
+
+#: The backend's hook for `models.load_runtime`: its CUDA context opened.
+open_runtime = open_torch_runtime
 
 
 def load_script(data: bytes, device: torch.device, path: str) -> torch.jit.ScriptModule:

@@ -18,9 +18,13 @@ from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
 from .speed import accelerate
-from .tensor_model import ModuleRunner, TensorModel, torch_device
+from .tensor_model import ModuleRunner, TensorModel, open_torch_runtime, torch_device
 
 _CHECKPOINT_KEYS = ("model", "state_dict")
+
+
+#: The backend's hook for `models.load_runtime`: its CUDA context opened.
+open_runtime = open_torch_runtime
 
 
 def detection_architectures() -> list[str]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future
 
 from ..outputs.jobstate import JobState
-from ..models import Model, load_model_in_background
+from ..models import Model, load_model, load_runtime_in_background
 from ..observe.observers import JobObserver
 from ..pipeline import BatchLimit, Stopped
 from ..outputs.sinks import JobSummary
@@ -51,19 +50,17 @@ def run(
     `observer` (progress, metrics) hears how the run goes, beside the job's own timeline
     and `--visualize` pictures; its `job_ended` comes only when the run gets to its summary.
     `begin` records the job's start once the model has loaded (a worker process leaves that to
-    its parent, `runners/workers.py`). The model loads on a thread while the inputs are listed
-    and the outputs checked; a plan that fails is raised at once, before a model that fails.
+    its parent, `runners/workers.py`). The model's framework is imported and its GPU opened on a
+    thread while the inputs are listed and the outputs checked (`load_runtime_in_background`);
+    a plan that fails is raised before a model that fails to load.
     """
     if model is None:
-        loading = load_model_in_background(spec.model_settings())
-    else:
-        loading = Future()
-        loading.set_result(model)
+        load_runtime_in_background(spec.model_settings())
     plan = plan_run(spec, worker_index, worker_count)
     watchers = job_observers(spec, observer)
     watchers.job_started(plan.pending)
     if plan.pending:
-        model = loading.result()
+        model = model or load_model(spec.model_settings())
         log.info("batch-predict: model %s", model.describe())
         watchers.model_loaded(model)
         begin(plan.state)
