@@ -415,7 +415,7 @@ def main() -> None:
     if cuda:
         runs += [("job_hardware_decoder_cuda_graphs", hardware, 1), ("job_nvjpeg_cuda_graphs", {}, 1),
                  # every kernel loaded when CUDA starts, not at its first launch: one suspect of a
-                 # process's first job running slower than the jobs after it (docs/benchmarks.md, 0c)
+                 # process's first job running slower than the jobs after it (docs/benchmarks.md, 0d)
                  ("job_nvjpeg_eager_modules", {"CUDA_MODULE_LOADING": "EAGER"}, 1)]
     if gpus > 1:
         runs += [(f"job_hardware_decoder_x{gpus}", hardware, gpus), (f"job_nvjpeg_x{gpus}", {}, gpus)]
