@@ -1,9 +1,9 @@
 """Model backends, chosen by what `--model_dir` holds; one module per backend.
 
-Adding a backend is one module with a `load(located, spec, labels, settings) -> Model` function
-and an `open_runtime(settings)` one (its framework imported, its device opened: what a job does
-while it lists its inputs), and one entry in `_BACKENDS`. Each is imported only when used, so the TF path never imports
-PyTorch and the PyTorch paths never import TensorFlow.
+Adding a backend is one module with a `load(located, spec, labels, settings) -> Model` function,
+an `open_runtime(settings)` one (its framework imported, its device opened: what a job does while
+it lists its inputs), and one entry in `_BACKENDS`. Each is imported only when used: the PyTorch
+paths never import TensorFlow, and the TF path needs no PyTorch.
 """
 
 from __future__ import annotations

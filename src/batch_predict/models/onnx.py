@@ -12,7 +12,7 @@ from ..spec import ModelSettings
 from .base import ModelLoadError
 from .formats import Located, read_bytes
 from .model_spec import ModelSpec
-from .tensor_model import TensorModel, at_few_batch_sizes, torch_device
+from .tensor_model import TensorModel, at_few_batch_sizes, open_device, torch_device
 
 _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
 
@@ -30,9 +30,7 @@ def _import_onnxruntime():
 def open_runtime(settings: ModelSettings) -> None:
     """The backend's hook for `models.load_runtime`: onnxruntime imported, and the CUDA context
     opened where the session will run on a GPU."""
-    _, device = _providers(_import_onnxruntime(), settings.device)
-    if device.type == "cuda":
-        torch.zeros(1, device=device)
+    open_device(_providers(_import_onnxruntime(), settings.device)[1])
 
 
 def _providers(ort, requested: str) -> tuple[list, torch.device]:

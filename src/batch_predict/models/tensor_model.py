@@ -79,12 +79,16 @@ def torch_device(requested: str) -> torch.device:
     return torch.device(f"cuda:{index}")
 
 
-def open_torch_runtime(settings: ModelSettings) -> None:
-    """Open the CUDA context of the GPU `settings.device` names, if any: 0.8 s on an H200, which a
-    job spends while it lists its inputs (`models.load_runtime`)."""
-    device = torch_device(settings.device)
+def open_device(device: torch.device) -> None:
+    """Open `device`'s CUDA context, if it is a GPU: 0.8 s on an H200, which a job spends while it
+    lists its inputs (`models.load_runtime`)."""
     if device.type == "cuda":
         torch.zeros(1, device=device)
+
+
+def open_torch_runtime(settings: ModelSettings) -> None:
+    """A PyTorch backend's hook for `models.load_runtime`: the GPU `settings.device` names opened."""
+    open_device(torch_device(settings.device))
 
 
 @dataclasses.dataclass(frozen=True)

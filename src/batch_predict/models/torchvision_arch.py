@@ -23,7 +23,6 @@ from .tensor_model import ModuleRunner, TensorModel, open_torch_runtime, torch_d
 _CHECKPOINT_KEYS = ("model", "state_dict")
 
 
-#: The backend's hook for `models.load_runtime`: its CUDA context opened.
 open_runtime = open_torch_runtime
 
 
