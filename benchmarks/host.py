@@ -41,6 +41,7 @@ from batch_predict.inputs.units import Unit
 from batch_predict.models.decode_split import DecodeSplit, nvimgcodec_host_decoder, simplejpeg_host_decoder, split_decoder
 from batch_predict.models.device_decode import open_nvimgcodec
 from batch_predict.observe.observers import JobObserver
+from batch_predict.pipeline import StagedModel
 from batch_predict.records import Detections, Prediction, Record
 from batch_predict.outputs.result_formats import result_lines, result_records
 from batch_predict.outputs.sinks import JobSummary, UnitCounts
@@ -112,6 +113,7 @@ class DeviceStandIn:
 
     input_kind = "jpeg"
     same_size_batches = False
+    launch_threads = 1
 
     def __init__(self, image_s: float, prepare_s: float) -> None:
         self.labels = LABELS
@@ -220,6 +222,8 @@ def _timed_job(pattern: str, out: Path, batch: int, model: StandInModel | Device
         output_result_prefix=str(out / "results"), output_error_prefix=str(out / "errors"), batch_size=batch,
         overwrite=True,
     )
+    if isinstance(model, DeviceStandIn) and not isinstance(model, StagedModel):
+        raise TypeError("DeviceStandIn no longer meets pipeline.StagedModel: the job would predict it unstaged")
     started = time.perf_counter()
     summary = run(spec, model=model, observer=observer)
     return summary, time.perf_counter() - started
