@@ -113,7 +113,6 @@ class DeviceStandIn:
 
     input_kind = "jpeg"
     same_size_batches = False
-    launch_threads = 1
 
     def __init__(self, image_s: float, prepare_s: float) -> None:
         self.labels = LABELS

@@ -73,8 +73,8 @@ def test_a_timed_staged_model_keeps_its_stages_so_the_job_prepares_ahead(tmp_pat
     assert isinstance(timed(model, JobObserver()), StagedModel)
     assert not isinstance(timed(MeanColourModel(), JobObserver()), StagedModel)
     several = StagedMeanColourModel(same_size_batches=False)
-    several.launch_threads = 2  # and it keeps how many threads launch its batches
-    assert timed(several, JobObserver()).launch_threads == 2
+    several.launch_threads = 2  # and it keeps how many threads launch its batches, one where none is said
+    assert timed(several, JobObserver()).launch_threads == 2 and timed(model, JobObserver()).launch_threads == 1
     heard = Recorder()
     summary = run(photo_job(tmp_path), model=model, observer=heard)
     assert summary.predicted == 11 and model.prepared and model.launched

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from batch_predict.pipeline import (
-    Batch, BatchLimit, PixelBudget, Stopped, _Writer, background, form_batches, is_out_of_memory, launch_prepared,
-    predict_isolating, prepare_for, run_pipeline,
+    Batch, BatchLimit, PixelBudget, StagedModel, Stopped, _Writer, background, form_batches, is_out_of_memory,
+    launch_prepared, launch_threads_of, predict_isolating, prepare_for, run_pipeline,
 )
 from batch_predict.records import Detections, Prediction, Record, FailedRecord, UnitEnd
 
@@ -200,6 +200,15 @@ def test_batches_prepared_ahead_give_the_outcomes_of_batches_predicted_in_turn(t
     assert ahead == in_turn
     assert in_turn[0].failed == 2 and in_turn[0].predicted == 58
     assert staged.prepared  # the prepare stage ran
+
+
+def test_a_staged_model_that_says_nothing_of_its_launching_threads_keeps_its_staged_path(tmp_path):
+    staged = StagedMeanColourModel()
+    assert not hasattr(staged, "launch_threads") and isinstance(staged, StagedModel)
+    records = [Record(f"k{i}", "src", i, encoded=encode(gradient(8, 8))) for i in range(24)]
+    counts, _ = _outcomes_of(staged, tmp_path, "plain", records)
+    assert counts.predicted == 24 and staged.prepared == [8, 8, 8] and staged.launched == [8, 8, 8]
+    assert launch_threads_of(staged) == 1
 
 
 def test_staged_batches_are_collected_on_a_thread_of_their_own_not_the_launching_one(tmp_path):

@@ -59,9 +59,8 @@ class StagedMeanColourModel(MeanColourModel):
     """`MeanColourModel` that runs in stages as `TensorModel` does, so that the pipeline prepares
     batches ahead and collects them on its collecting thread; failures and out-of-memory happen
     when a batch is launched (`fail_at="launch"`) or only when it is collected (`"collect"`).
-    Records which stage each batch went through, and on which thread and when it was collected."""
-
-    launch_threads = 1
+    Records which stage each batch went through, and on which thread and when it was collected.
+    It declares no `launch_threads`, as a staged model written before that attribute did not."""
 
     def __init__(self, *args, fail_at: str = "launch", **kwargs) -> None:
         super().__init__(*args, **kwargs)

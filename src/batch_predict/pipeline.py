@@ -90,20 +90,23 @@ class StagedModel(Model, Protocol):
     `prepare` (decode, preprocess) runs on a thread of its own; `launch` starts the model on a
     prepared batch and returns without waiting for it; `collect` waits for and returns its
     detections, on the collecting thread. Each may raise: the batch is then predicted again,
-    bisected, through `predict`. `launch_threads` batches are launched at once, each from a
-    thread of its own: more than one where a launch holds its thread until the device is done
-    (a model that waits on its device inside its forward), so that the device runs one batch
-    while the next is being launched.
+    bisected, through `predict`. A model may also say how many batches to launch at once, each
+    from a thread of its own, in a `launch_threads` attribute (`launch_threads_of`).
     """
-
-    @property
-    def launch_threads(self) -> int: ...
 
     def prepare(self, records: Sequence[Record]) -> Any: ...
 
     def launch(self, prepared: Any) -> Any: ...
 
     def collect(self, launched: Any) -> list[Detections]: ...
+
+
+def launch_threads_of(model: StagedModel) -> int:
+    """How many threads launch `model`'s batches at once: its `launch_threads`, else one. More than
+    one suits a model whose launch holds its thread until the device is done (one that waits on its
+    device inside its forward), so that the device runs one batch while the next is launched. Not
+    part of `StagedModel`: a staged model written without it must not lose its staged path."""
+    return getattr(model, "launch_threads", 1)
 
 
 Mark = Union[FailedRecord, UnitEnd]
@@ -692,7 +695,7 @@ def run_pipeline(
     budget = PixelBudget(max_decoded_bytes) if max_decoded_bytes else None
     # Where records wait for room, a chunk's records must not wait for one another: one a task.
     chunk = 1 if budget is not None and model.input_kind == "image" else _DECODE_CHUNK
-    launch_threads = staged.launch_threads if staged is not None else 1
+    launch_threads = launch_threads_of(staged) if staged is not None else 1
     writer = _Writer(sink, max(min(queue_depth, _LAUNCHED_AHEAD), launch_threads) if staged is not None else queue_depth, budget)
     launching = ThreadPoolExecutor(launch_threads, thread_name_prefix="batch-predict-launch") if launch_threads > 1 else None
     with ThreadPoolExecutor(workers, thread_name_prefix="batch-predict-decode") as pool:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..models import InputKind, Model
-from ..pipeline import StagedModel
+from ..pipeline import StagedModel, launch_threads_of
 from ..records import Outcome, Record, FailedRecord
 from ..outputs.sinks import JobSummary, UnitCounts
 from ..inputs.units import Unit
@@ -142,7 +142,7 @@ class TimedStagedModel(TimedModel):
 
     @property
     def launch_threads(self) -> int:
-        return self._model.launch_threads
+        return launch_threads_of(self._model)
 
     def prepare(self, records: Sequence[Record]) -> tuple[Any, int]:
         return self._model.prepare(records), len(records)
