@@ -18,7 +18,9 @@ from batch_predict.models.decode_split import DecodeSplit, split_decoder
 from batch_predict.models.device_decode import nvjpeg_decoder
 from batch_predict.models.model_spec import load_spec
 from batch_predict.models.speed import accelerate
-from batch_predict.models.tensor_model import ModuleRunner, PaddingRunner, TensorModel, at_few_batch_sizes, halvings
+from batch_predict.models.tensor_model import (
+    DeviceStreams, ModuleRunner, PaddingRunner, TensorModel, at_few_batch_sizes, halvings,
+)
 from batch_predict.models.torchscript import load_script
 from batch_predict.pipeline import prepare_for, run_pipeline
 from batch_predict.records import Record
@@ -320,3 +322,27 @@ def test_a_job_on_the_gpu_path_ends_by_logging_how_it_shared_jpeg_decoding(jpeg_
     with caplog.at_level(logging.INFO, logger="batch_predict"):
         assert run(spec, model=jpeg_path).predicted == 1
     assert any("JPEG decoding {'cpu_share'" in message for message in caplog.messages)
+
+
+def test_on_cuda_detections_are_collected_on_a_stream_above_the_models_priority(monkeypatch):
+    # No GPU in CI: the streams CUDA would make are recorded instead. On an H200 the collecting
+    # thread fell behind the GPU at the model's priority (docs/benchmarks.md, 0).
+    made: list[int] = []
+
+    class RecordedStream:
+        def __init__(self, device=None, priority=0):
+            made.append(priority)
+
+    class RecordedEvent:
+        def __init__(self, enable_timing=False):
+            pass
+
+        def record(self, stream=None):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", RecordedStream)
+    monkeypatch.setattr(torch.cuda, "Event", RecordedEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    streams = DeviceStreams(torch.device("cuda"))
+    assert made == [0, -1]  # preparing at the default priority, collecting above it
+    assert streams._collect is not None
