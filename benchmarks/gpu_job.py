@@ -193,6 +193,44 @@ def own_core(model: Any):
                 os.sched_setaffinity(int(task.name), allowed)
 
 
+@contextlib.contextmanager
+def stream_priorities(model: Any, model_high: bool, prepare_high: bool, collect_low: bool):
+    """The model's batches launched (`model_high`) or prepared on a stream of high priority, or
+    collected on a stream of the model's priority (`collect_low`; the job's is high); as the job
+    runs them otherwise. The GPU's block scheduler starts a high-priority stream's waiting blocks
+    first: whether the model's kernels should yield to the small ones that prepare and collect
+    batches (the preprocessing's copies and resize, the head's decode and NMS, 0e) or they to it."""
+    streams = model._streams
+    saved = streams._prepare, streams._collect, streams.launching
+    if streams._prepare is not None:
+        device = streams._prepare.device
+        if prepare_high:
+            streams._prepare = torch.cuda.Stream(device, priority=-1)
+        if collect_low:
+            streams._collect = torch.cuda.Stream(device)
+        if model_high:
+            high = torch.cuda.Stream(device, priority=-1)
+            streams.launching = lambda own_stream: torch.cuda.stream(high)
+    try:
+        yield
+    finally:
+        streams._prepare, streams._collect, streams.launching = saved
+
+
+def collect_finds_done(model: Any) -> list[bool]:
+    """Whether the GPU had finished each batch when the collecting thread came to it, from now on
+    (until `untimed`): True says the collecting thread was behind the GPU, False that it waited for it."""
+    found: list[bool] = []
+    collect = model.collect
+
+    def collect_noting(launched):
+        found.append(launched.done is not None and launched.done.query())
+        return collect(launched)
+
+    model.collect = collect_noting
+    return found
+
+
 class RecordedSplit(DecodeSplit):
     """A `DecodeSplit` that keeps each finished batch's time, size and the share then in force,
     and counts the JPEGs it sent to the CPU: the rate at each share, batch by batch."""
@@ -251,7 +289,7 @@ def variant_options(options: list[str]) -> dict[str, float]:
 def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device, precision: str) -> dict:
     """The job in this process on the same files, its JPEG decoding set up as each of `args.variants` says:
     `<split>_<decoder>[_w<decode threads>][_p<preparing threads>][_t<CPU share's threads>][_si<GIL switch interval, ms>]
-    [_tn<PyTorch's CPU threads>][_prime<width>][_simplejpeg][_graphs][_nofull][_trace][_pin]`,
+    [_tn<PyTorch's CPU threads>][_prime<width>][_grow<blocks>][_simplejpeg][_graphs][_nofull][_trace][_pin][_hm][_hp][_lc][_la<n>]`,
     split `climb` (the job's own) or `share<fraction on the CPU>`, decoder `nvjpeg`, `hardware` (nvImageCodec's
     hardware decoder, nvjpeg for what it refused) or `both` (half of each batch to each, at once:
     `side_by_side`); the CPU's
@@ -259,8 +297,11 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
     `_prime<width>`: the decoder first given a batch of width x 3/4 width noise JPEGs (nvjpeg's buffers
     then start large); `_graphs`: the model loaded with `--compile cuda_graphs` (else as the job loads
     it, once for all);
+    `_grow<n>`: n blocks of a decoded 640x480 image made and freed on the preparing stream first;
     `_nofull`: no automatic full collections; `_pin`: the launching thread on a core of its own
-    (`own_core`); `_trace`: under PyTorch's profiler, written to
+    (`own_core`); `_hm`, `_hp`: the model's stream or the preparing stream of high priority, `_lc`: the
+    collecting stream of the model's (`stream_priorities`); `_la<n>`: n batches launched and waiting
+    for the collecting thread at most (`pipeline._LAUNCHED_AHEAD`); `_trace`: under PyTorch's profiler, written to
     trace-<name>.json (`trace_gaps.py` reads it). Each variant's full collections are recorded, with
     what the oldest generation held; host-<name>.json has when each batch and each collection came, each
     GPU decode call's time, each batch's time in the model's prepare, launch and collect, and the CUDA
@@ -290,6 +331,13 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
         model._preprocessor.jpeg_decoder = split_decoder(
             timed_calls(decoders[decoder_name], decode_calls), split, device, on_host=on_host,
             threads=int(settings["t"]) if "t" in settings else None)
+        if "grow" in settings and model._streams._prepare is not None:
+            # PyTorch's caching allocator keeps a freed block for the stream it was made on: blocks the
+            # size of a decoded 640x480 image, made and freed on the preparing stream, which nvjpeg's
+            # outputs are allocated on, are there for the job's first batches instead of new segments.
+            with torch.cuda.stream(model._streams._prepare):
+                blocks = [torch.empty(480 * 640 * 3, dtype=torch.uint8, device=device) for _ in range(int(settings["grow"]))]
+            del blocks
         if "prime" in settings:  # a batch of large JPEGs first, so that nvjpeg's buffers start large
             width = int(settings["prime"])
             decoders[decoder_name]([noise_jpeg(width * 3 // 4, width)] * args.batch)
@@ -312,13 +360,18 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
         gc.callbacks.append(collections_timer(gc_pauses, census=True))
         trace = torch.profiler.profile(activities=_traced(device)) if "trace" in settings else contextlib.nullcontext()
         pinned = own_core(model) if "pin" in settings else contextlib.nullcontext()
+        priorities = stream_priorities(model, "hm" in settings, "hp" in settings, "lc" in settings)
+        found_done = collect_finds_done(model)
+        launched_ahead = pipeline._LAUNCHED_AHEAD
+        pipeline._LAUNCHED_AHEAD = int(settings.get("la", launched_ahead))
         modules = set(sys.modules)
         started = time.perf_counter()
         try:
-            with trace, pinned:
+            with trace, pinned, priorities:
                 summary = run(spec, model=model)
         finally:
             pipeline._JPEG_PREPARING_THREADS = preparing_threads
+            pipeline._LAUNCHED_AHEAD = launched_ahead
             untimed(model, stages)
             sys.setswitchinterval(interval)
             torch.set_num_threads(torch_threads)
@@ -335,6 +388,7 @@ def decode_variants(args: argparse.Namespace, pattern: str, device: torch.device
         (args.out / f"host-{name}.json").write_text(json.dumps({
             "batches_collected_at": split.collected_at, "collections": [p for p in gc_pauses if p[0] >= 0],
             "decode_calls": decode_calls, **{f"{stage}_calls": calls for stage, calls in stages.items()},
+            "collect_found_done": found_done,
             "allocator": split.allocator, "process": split.process}))
         (args.out / f"batches-{name}.json").write_text(json.dumps(split.batches))
         log.info("%s: %s", name, found[name])
