@@ -181,7 +181,7 @@ class TensorModel:
         read box counts back before each NMS, an ONNX session returns its outputs on the host) or
         whose host work is as long as its GPU work. One thread launching such a model leaves the
         GPU idle while it works towards the next batch's kernels; two at once, each on a CUDA stream
-        of its own, ran Faster R-CNN's forward 1.4x as fast on an H200 (docs/benchmarks.md, 0a).
+        of its own, ran Faster R-CNN's forward 1.4x as fast on an H200 (docs/benchmarks.md, 0b).
         Timed on one more call, once the fit check has paid for the first call's set-up: one blank
         image, which a runner that pads batches pads to the size the fit check ran (the job's)."""
         if self.device.type != "cuda":
