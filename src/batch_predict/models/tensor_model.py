@@ -280,7 +280,8 @@ class DeviceStreams:
     The collecting stream is of high priority: its kernels are few and small, and the host reads
     each one's result back before it queues the next, so at the model's priority each waited for
     the model's blocks to leave room, and on an H200 the collecting thread found every batch long
-    done on the GPU when it came to it; at high priority, the job ran 2-4% faster (docs/benchmarks.md, 0).
+    done on the GPU when it came to it; at high priority, YOLOX-Nano's job ran 2-10% faster there
+    (docs/benchmarks.md, 0).
     """
 
     def __init__(self, device: torch.device) -> None:
