@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from end_to_end import WARMUP_UNITS
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -71,9 +73,9 @@ def _kind(name: str) -> str:
     return re.sub(r"_\d+$", "", name)
 
 
-def report(samples: Path, committed: Path, warmup_units: int = 2) -> dict:
+def report(samples: Path, committed: Path) -> dict:
     commits = sorted(path.stat().st_mtime for path in committed.glob("*.json"))
-    begin, end = commits[warmup_units - 1], commits[-1]
+    begin, end = commits[WARMUP_UNITS - 1], commits[-1]
     lines = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
     # Inside the window: a thread's CPU is read only while it lives, and the pools end with the job.
     first = min((s for s in lines if s["t"] >= begin), key=lambda s: s["t"])
