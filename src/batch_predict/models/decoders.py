@@ -8,7 +8,8 @@ the result to the host once per batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +58,7 @@ def decode_yolox(outputs: Any, context: DecodeContext) -> PaddedDetections:
     head = pick_output(outputs, context.spec.output.name)
     if context.input_size is None:
         raise ValueError("decoder yolox needs a fixed input size (input.resize letterbox, stretch or keep_ratio)")
-    cells, strides = _yolox_grid(context.input_size, context.spec.output.strides, head.device)
+    cells, strides = _yolox_grid(tuple(context.input_size), tuple(context.spec.output.strides), head.device)
     if head.ndim != 3 or head.shape[1] != len(cells) or head.shape[2] < 6:
         raise ValueError(
             f"decoder yolox: output shape {list(head.shape)} does not fit input {list(context.input_size)} with "
@@ -82,8 +83,10 @@ def decode_yolox(outputs: Any, context: DecodeContext) -> PaddedDetections:
     return _pad_candidates(image[ranked], boxes, scores[ranked], label[ranked], context.count, thresholds, nms=True)
 
 
-def _yolox_grid(size: tuple[int, int], strides: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(anchors, 2) cell x, y and (anchors, 1) strides, for each stride's grid in row-major order."""
+@functools.lru_cache(maxsize=8)
+def _yolox_grid(size: tuple[int, int], strides: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anchors, 2) cell x, y and (anchors, 1) strides, for each stride's grid in row-major order;
+    made once per input size, not a dozen small kernels per batch."""
     cells, scales = [], []
     for stride in strides:
         rows, cols = size[0] // stride, size[1] // stride
@@ -106,8 +109,9 @@ def decode_boxes(outputs: Any, context: DecodeContext) -> PaddedDetections:
         image, rows = rows[:, 0].long(), rows[:, 1:]
     else:
         raise ValueError(f"decoder boxes: expected output [N, K, 6] or [M, 7]; got {list(rows.shape)}")
+    thresholds = context.spec.thresholds
     return _pad_candidates(
-        image, rows[:, :4], rows[:, 4], rows[:, 5].long(), context.count, context.spec.thresholds, context.spec.output.nms
+        *_above(thresholds.score, image, rows[:, :4], rows[:, 4], rows[:, 5].long()), context.count, thresholds, context.spec.output.nms
     )
 
 
@@ -120,10 +124,9 @@ def decode_torchvision(outputs: Any, context: DecodeContext) -> PaddedDetections
         raise ValueError("decoder torchvision: expected one dict with boxes, scores and labels per image")
     image = torch.cat([torch.full((len(o["scores"]),), i, dtype=torch.long) for i, o in enumerate(outputs)])
     found = {key: torch.cat([o[key] for o in outputs]) for key in ("boxes", "scores", "labels")}
-    return _pad_candidates(
-        image.to(found["scores"].device), found["boxes"].float(), found["scores"].float(), found["labels"].long(),
-        context.count, context.spec.thresholds, context.spec.output.nms,
-    )
+    thresholds = context.spec.thresholds
+    candidates = _above(thresholds.score, image.to(found["scores"].device), found["boxes"].float(), found["scores"].float(), found["labels"].long())
+    return _pad_candidates(*candidates, context.count, thresholds, context.spec.output.nms)
 
 
 def decode_tfod(outputs: Any, context: DecodeContext) -> PaddedDetections:
@@ -148,31 +151,46 @@ def _pad_candidates(
     thresholds: Thresholds,
     nms: bool,
 ) -> PaddedDetections:
-    """Flat candidates of a whole batch to padded (N, max_detections) rows, best first."""
-    keep = scores >= thresholds.score
-    image, boxes, scores, labels = image[keep], boxes[keep], scores[keep], labels[keep]
+    """Flat candidates of a whole batch, each scoring at least the threshold, to padded
+    (N, max_detections) rows, best first.
+
+    The host reads the GPU back once here, for the result: NMS aside, no step depends on how many
+    candidates there are. Every readback waits for the collecting stream's queue to run beside
+    the model, and a collection of twenty of them took longer than the model's batch on an H200,
+    so the collecting set the job's pace (docs/benchmarks.md, 0)."""
     if nms:
         order = batched_nms(boxes, scores, image, labels, thresholds.nms_iou)
     else:
         order = torch.argsort(scores, descending=True)
     order, rank, per_image = _ranked(image, order, count)
-    image = image[order]
-    fits = rank < thresholds.max_detections
     slots = thresholds.max_detections
-    rows = torch.zeros((count, slots, 6), dtype=torch.float32, device=boxes.device)
-    rows[image[fits], rank[fits]] = torch.cat(
-        [boxes[order][fits], scores[order][fits, None], labels[order][fits, None].float()], dim=1
-    )
-    host = rows.cpu().numpy()
-    counts = per_image.clamp(max=slots).cpu().numpy()
-    return PaddedDetections(host[:, :, :4], host[:, :, 4], host[:, :, 5].astype(np.int64), counts)
+    # Candidates past their image's slots all go to one spare row past the end, dropped with it:
+    # selecting those that fit would be a readback.
+    slot = torch.where(rank < slots, image[order] * slots + rank, count * slots)
+    rows = torch.zeros((count * slots + 1, 6), dtype=torch.float32, device=boxes.device)
+    rows.index_copy_(0, slot, torch.cat([boxes[order], scores[order, None], labels[order, None].float()], dim=1))
+    # Counts ride along in float32, exact to 2**24, so that one copy brings both.
+    host = torch.cat([rows[:-1].reshape(-1), per_image.clamp(max=slots).float()]).cpu().numpy()
+    rows_host = host[: count * slots * 6].reshape(count, slots, 6)
+    counts = host[count * slots * 6 :].astype(np.int64)
+    return PaddedDetections(rows_host[:, :, :4], rows_host[:, :, 4], rows_host[:, :, 5].astype(np.int64), counts)
+
+
+def _above(
+    threshold: float, image: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The candidates scoring at least `threshold`, found in one readback."""
+    keep = (scores >= threshold).nonzero().squeeze(1)
+    return image[keep], boxes[keep], scores[keep], labels[keep]
 
 
 def _ranked(image: torch.Tensor, order: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`order` (indices, best first) regrouped by image, best first within each; each one's rank in
-    its image; and how many each of the `count` images has."""
+    its image; and how many each of the `count` images has. No readback: `torch.bincount` on a
+    GPU reads its input's maximum back to size its output."""
     order = order[torch.sort(image[order], stable=True).indices]
-    per_image = torch.bincount(image[order], minlength=count)
+    grouped = image[order]
+    per_image = torch.zeros(count, dtype=torch.int64, device=image.device).index_add_(0, grouped, torch.ones_like(grouped))
     starts = torch.cumsum(per_image, 0) - per_image
-    rank = torch.arange(len(order), device=image.device) - starts[image[order]]
+    rank = torch.arange(len(order), device=image.device) - starts[grouped]
     return order, rank, per_image

@@ -60,15 +60,18 @@ def batched_nms(
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    groups = images * (int(labels.max()) + 1) + labels
-    moved = boxes.double() + (groups.double() * (float(boxes.max()) + 1))[:, None]
+    # The shift is computed where the boxes are: reading their maximum back would wait for the GPU.
+    groups = images * (labels.max() + 1) + labels
+    moved = boxes.double() + (groups.double() * (boxes.max().double() + 1))[:, None]
     scores = scores.double()  # NMS takes boxes and scores of one type
     if len(boxes) <= _BOXES_PER_CALL:
         return torch.ops.torchvision.nms(moved, scores, iou_threshold)
     order = torch.argsort(images, stable=True)
-    moved, scores = moved[order], scores[order]
+    moved, scores, images = moved[order], scores[order], images[order]
+    # Where each image's boxes end, in one readback.
+    ends = torch.cat([(images[1:] != images[:-1]).nonzero().squeeze(1) + 1, images.new_tensor([len(images)])])
     kept, start = [], 0
-    for end in _cuts(torch.cumsum(torch.bincount(images), 0).tolist(), _BOXES_PER_CALL):
+    for end in _cuts(ends.tolist(), _BOXES_PER_CALL):
         kept.append(torch.ops.torchvision.nms(moved[start:end], scores[start:end], iou_threshold) + start)
         start = end
     return order[torch.cat(kept)]
