@@ -357,6 +357,8 @@ def main() -> None:
     measure("staged_from_pinned_host", lambda: staged(model, [from_pinned_host(model, device, take())], take, args.seconds))
     for name, make in decoders.items():
         decoder, stream = make(device), torch.cuda.Stream(device)
+        if decoder is None:  # the hardware decoder, where nvImageCodec is not installed
+            continue
         preprocessor = Preprocessor(model._preprocessor.spec, device, dtype=model._preprocessor.dtype)
 
         def decode_only(records: Sequence[Record], d=decoder) -> Prepared:
