@@ -140,18 +140,21 @@ class Preprocessor:
 
         Each pass over a batch's pixels is memory traffic taken from the model running beside it
         (preprocessing cost YOLOX-Nano a tenth of its speed on an H200, docs/benchmarks.md), so the
-        passes are few: the images are stacked as they come (uint8), converted to the working dtype
-        with their channels reordered in the same copy, resized, and copied onto the canvas.
+        passes are few: the images are copied into one batch in the working dtype by one
+        multi-tensor copy (where stacking them as they came and converting the stack were two
+        passes, and stacking into the dtype was one copy kernel per image), resized, and copied
+        onto the canvas channel by channel in the model's order, once the resize has made them smaller.
         """
         (source_h, source_w), (new_h, new_w), (top, left) = key
-        stacked = torch.stack(list(images))
-        group = torch.empty(stacked.shape, dtype=self._work, device=self.device)
-        for channel, source in enumerate(self._channels):
-            group[:, channel] = stacked[:, source]
-        del stacked
+        group = torch.empty((len(images), 3, source_h, source_w), dtype=self._work, device=self.device)
+        torch._foreach_copy_(list(group.unbind(0)), list(images))
         if (new_h, new_w) != (source_h, source_w):
             group = F.interpolate(group, size=(new_h, new_w), mode="bilinear", align_corners=False)
-        batch[rows, :, top : top + new_h, left : left + new_w] = group
+        if self._channels == (0, 1, 2):
+            batch[rows, :, top : top + new_h, left : left + new_w] = group
+            return
+        for channel, source in enumerate(self._channels):
+            batch[rows, channel, top : top + new_h, left : left + new_w] = group[:, source]
 
     def _finish(self, batch: torch.Tensor) -> torch.Tensor:
         """Value range and normalization, dtype and layout of a 0..255 batch."""
