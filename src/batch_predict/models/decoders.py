@@ -156,8 +156,8 @@ def _pad_candidates(
 
     The host reads the GPU back once here, for the result: NMS aside, no step depends on how many
     candidates there are. Every readback waits for the collecting stream's queue to run beside
-    the model, and a collection of twenty of them took longer than the model's batch on an H200,
-    so the collecting set the job's pace (docs/benchmarks.md, 0)."""
+    the model, then for the interpreter; with 17 of them a batch, the collecting thread set the
+    job's pace on an H200 (docs/benchmarks.md, 0a and 0)."""
     if nms:
         order = batched_nms(boxes, scores, image, labels, thresholds.nms_iou)
     else:
@@ -168,7 +168,7 @@ def _pad_candidates(
     # selecting those that fit would be a readback.
     slot = torch.where(rank < slots, image[order] * slots + rank, count * slots)
     rows = torch.zeros((count * slots + 1, 6), dtype=torch.float32, device=boxes.device)
-    rows.index_copy_(0, slot, torch.cat([boxes[order], scores[order, None], labels[order, None].float()], dim=1))
+    rows[slot] = torch.cat([boxes[order], scores[order, None], labels[order, None].float()], dim=1)
     # Counts ride along in float32, exact to 2**24, so that one copy brings both.
     host = torch.cat([rows[:-1].reshape(-1), per_image.clamp(max=slots).float()]).cpu().numpy()
     rows_host = host[: count * slots * 6].reshape(count, slots, 6)
