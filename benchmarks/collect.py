@@ -11,12 +11,10 @@ The job's pace is set by the slower of the model's batch and the collection of o
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import torch
 
@@ -24,7 +22,7 @@ from batch_predict.models import load_model
 from batch_predict.models.detections import to_detections
 from batch_predict.records import Record
 from batch_predict.spec import ModelSettings
-from decoders import _images
+from decoders import _images, yolox_parser
 
 
 def timed(fn, count: int) -> dict:
@@ -81,12 +79,7 @@ def model_rate(beside: ModelBeside, seconds: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", type=Path, required=True)
-    parser.add_argument("--yolox", required=True)
-    parser.add_argument("--spec", required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--batch", type=int, default=256)
+    parser = yolox_parser(__doc__)
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--name", default="collect")
     args = parser.parse_args()

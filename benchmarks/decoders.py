@@ -35,6 +35,18 @@ from timing import throughput
 from batch_predict.inputs.tfrecord import read_records
 
 
+def yolox_parser(description: str | None) -> argparse.ArgumentParser:
+    """The flags every YOLOX-Nano GPU benchmark takes: photos to cut inputs from, the model, its
+    spec, and where results go."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=Path, required=True)
+    parser.add_argument("--yolox", required=True)
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch", type=int, default=256)
+    return parser
+
+
 def _images(photos: Path, work: Path, count: int) -> list[bytes]:
     path = work / "decoders.tfrecord"
     make_file(photos, path, count, 0)

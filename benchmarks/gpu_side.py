@@ -26,7 +26,6 @@ job sets) to see how the streams' sharing of hardware queues holds the decoders 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import logging
@@ -43,7 +42,7 @@ import torch
 
 import ceiling
 from run_all import Results
-from decoders import _cycle, _images
+from decoders import _cycle, _images, yolox_parser
 from batch_predict.models import load_model
 from batch_predict.models.decode_split import DecodeSplit, split_decoder
 from engines import hardware_decoder, nvimgcodec_decoder
@@ -284,13 +283,8 @@ def green_launch(model, device: torch.device, sms: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", type=Path, required=True)
-    parser.add_argument("--yolox", required=True)
-    parser.add_argument("--spec", required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = yolox_parser(__doc__)
     parser.add_argument("--images", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--only", default="", help="comma-separated names of measurements to run (default: all)")
     args = parser.parse_args()
