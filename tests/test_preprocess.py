@@ -13,6 +13,7 @@ from PIL import Image
 from batch_predict.models.model_spec import InputSpec
 from batch_predict.models.device_decode import device_decoder
 from batch_predict.models.preprocess import Preprocessor, device_images, placements, working_dtype
+from batch_predict.models.vision_ops import decode_image
 
 CPU = torch.device("cpu")
 
@@ -125,3 +126,12 @@ def test_a_damaged_image_fails_its_batch(photos_dir, damage):
     bad = good[:20000] if damage == "truncated jpeg" else b"not an image at all"
     with pytest.raises(RuntimeError):
         device_images([good, bad], CPU, device_decoder(CPU))
+
+
+def test_one_size_group_of_decoded_jpegs_and_channels_last_arrays_prepares_each_alike(photos_dir):
+    # The GPU decoders hand over 3xHxW images and the CPU's share HxWx3 views of one buffer: one
+    # group of a batch can hold both, copied into the batch together.
+    jpeg = (photos_dir / "bus.jpg").read_bytes()
+    pixels = decode_image(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8)).permute(1, 2, 0).numpy()
+    batch = Preprocessor(_spec(pad_value=114, channels="BGR"), CPU).from_images([jpeg, pixels, jpeg])
+    assert torch.equal(batch.inputs[0], batch.inputs[1]) and torch.equal(batch.inputs[1], batch.inputs[2])
