@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from batch_predict.decode import (
-    ImageDecodeError, ImageTooLarge, check_jpeg_whole, decode, encode_png, jpeg_size, probe, usable_cpus,
+    ImageDecodeError, ImageTooLarge, decode, encode_png, jpeg_size, probe, usable_cpus,
 )
 from batch_predict.records import Record
 
@@ -130,20 +130,20 @@ def test_a_jpeg_cut_anywhere_after_its_frame_header_is_refused_as_truncated(bus,
     the job refuses it before, as Pillow would."""
     thumbnail = encode(bus.resize((64, 48)), "JPEG")
     whole = _with_thumbnail(encode(bus, "JPEG"), thumbnail)
-    check_jpeg_whole(whole)
+    probe(_record(whole), LIMIT, whole_jpeg=True)
     scan = whole.index(b"\xff\xda", whole.index(thumbnail) + len(thumbnail))
     end = {"2 bytes": len(whole) - 2, "1 byte": len(whole) - 1, "half": len(whole) // 2, "at its start of scan": scan}[cut]
     kept = whole[:end]
     assert jpeg_size(kept) == bus.size  # the image's frame header, not the thumbnail's
     with pytest.raises(ImageDecodeError, match="damaged image: the JPEG is truncated"):
-        check_jpeg_whole(kept)
+        probe(_record(kept), LIMIT, whole_jpeg=True)
     with pytest.raises(ImageDecodeError, match="damaged image"):  # the CPU path's own decoders refuse it
         decode(_record(kept), LIMIT)
 
 
 def test_bytes_after_a_jpegs_end_of_image_marker_do_not_make_it_truncated(bus):
     whole = encode(bus, "JPEG") + b"\0" * 100 + b"a trailer some cameras append"
-    check_jpeg_whole(whole)
+    probe(_record(whole), LIMIT, whole_jpeg=True)
     assert decode(_record(whole), LIMIT).array.shape == (bus.height, bus.width, 3)
 
 

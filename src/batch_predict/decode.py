@@ -69,12 +69,21 @@ def open_image(data: bytes) -> Image.Image:
         raise ImageDecodeError(f"not a decodable image: {exc}") from None
 
 
-def probe(record: Record, max_pixels: int) -> Record:
-    """Fill in the size from the image header alone, for models that decode for themselves."""
+def probe(record: Record, max_pixels: int, *, whole_jpeg: bool = False) -> Record:
+    """Fill in the size from the image header alone, for models that decode for themselves.
+
+    With `whole_jpeg`, a JPEG that ends before its image data does raises `ImageDecodeError`: Pillow
+    and libjpeg refuse such a file, but nvjpeg and nvImageCodec's decoder on the GPU decode what
+    there is and fill in the rest (`benchmarks/gpu_jpeg_kinds.py`), so the job checks the JPEGs it
+    leaves to the GPU, and one is an error line there too. Its frame header is found once for both.
+    """
     if record.array is not None:
         return record
     data = record.encoded or b""
-    size = jpeg_size(data)
+    frame = _frame_header(data)
+    if whole_jpeg and is_jpeg(data):
+        _check_whole(data, frame)
+    size = _size_at(data, frame)
     record.width, record.height = size if size is not None else open_image(data).size
     check_size(record.width, record.height, max_pixels)
     return record
@@ -91,21 +100,20 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     file with Pillow, which parses every header segment in Python while holding the GIL. At
     ten thousand images a second that difference is a third of a core.
     """
-    at = _frame_header(data)
-    if at is None or at + 9 > len(data):
+    return _size_at(data, _frame_header(data))
+
+
+def _size_at(data: bytes, frame: int | None) -> tuple[int, int] | None:
+    if frame is None or frame + 9 > len(data):
         return None
-    height, width = struct.unpack_from(">HH", data, at + 5)
+    height, width = struct.unpack_from(">HH", data, frame + 5)
     return (width, height) if width and height else None
 
 
-def check_jpeg_whole(data: bytes) -> None:
-    """Raise `ImageDecodeError` for a JPEG that ends before its image data does: no end-of-image
-    marker after its frame header (bytes after the marker are allowed, as by Pillow; an EXIF
-    thumbnail's marker comes before the header). Pillow and libjpeg refuse such a file, but nvjpeg
-    and nvImageCodec's decoder on the GPU decode what there is and fill in the rest
-    (`benchmarks/gpu_jpeg_kinds.py`): the job checks the JPEGs it leaves to the GPU, so that one
-    is an error line there too. One search from the end, which finds a whole JPEG's marker at once."""
-    frame = _frame_header(data)
+def _check_whole(data: bytes, frame: int | None) -> None:
+    """A JPEG is whole if an end-of-image marker follows its frame header (bytes after the marker
+    are allowed, as by Pillow; an EXIF thumbnail's marker comes before the header). One search from
+    the end, which finds a whole JPEG's marker at once."""
     if frame is None or data.rfind(b"\xff\xd9", frame) < 0:
         raise ImageDecodeError("damaged image: the JPEG is truncated (no end-of-image marker after its image data)")
 

@@ -308,8 +308,7 @@ def prepare_for(model: Model, max_pixels: int, budget: PixelBudget | None = None
         def step(record: Record) -> Record:
             data = record.encoded or b""
             if record.array is None and decode.is_jpeg(data):
-                decode.check_jpeg_whole(data)
-                return decode.probe(record, max_pixels)
+                return decode.probe(record, max_pixels, whole_jpeg=True)
             if budget is not None and record.array is None:
                 decode.probe(record, max_pixels)
                 if not budget.try_acquire(record.width * record.height * 3):
