@@ -1,6 +1,6 @@
 """The collecting stage alone: one batch's detections decoded on the GPU and read back, as the
 job's collecting thread does it (`TensorModel.collect`), with the GPU idle and with the model
-running beside it on another stream, as in the job; and what it costs the model.
+running beside it on another stream, as in the job; and a profile of the collections beside the model.
 
 The job's pace is set by the slower of the model's batch and the collection of one (docs/benchmarks.md,
 0a): this measures the collection on its own, on a real batch of YOLOX-Nano outputs.
@@ -40,12 +40,11 @@ def timed(fn, count: int) -> dict:
 
 class ModelBeside:
     """The network run over and over on a stream of its own, two batches queued, as the job's
-    launching thread keeps it; counts the batches it finished."""
+    launching thread keeps it."""
 
     def __init__(self, model, prepared) -> None:
         self._model, self._prepared = model, prepared
         self._stop = threading.Event()
-        self.batches = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -59,7 +58,6 @@ class ModelBeside:
                 queued.append(done)
                 if len(queued) > 2:
                     queued.pop(0).synchronize()
-                    self.batches += 1
             stream.synchronize()
 
     def __enter__(self) -> "ModelBeside":
@@ -70,12 +68,6 @@ class ModelBeside:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def model_rate(beside: ModelBeside, seconds: float) -> float:
-    start, at = beside.batches, time.perf_counter()
-    time.sleep(seconds)
-    return (beside.batches - start) / (time.perf_counter() - at)
 
 
 def main() -> None:
@@ -107,22 +99,9 @@ def main() -> None:
         model.collect(launched)
     found["idle"] = {"collect": timed(lambda: model.collect(launched), args.calls),
                      "decode": timed(decode_only, args.calls), "to_detections": timed(host_only, args.calls)}
-    with ModelBeside(model, prepared) as beside:
-        found["model_alone_batches_per_s"] = round(model_rate(beside, 2.0), 2)
+    with ModelBeside(model, prepared):
         found["beside_the_model"] = {"collect": timed(lambda: model.collect(launched), args.calls),
                                      "decode": timed(decode_only, args.calls)}
-        # The model's rate while collections run back to back beside it: what collecting costs it.
-        stop = threading.Event()
-
-        def collecting() -> None:
-            while not stop.is_set():
-                model.collect(launched)
-
-        thread = threading.Thread(target=collecting)
-        thread.start()
-        found["model_beside_collections_batches_per_s"] = round(model_rate(beside, 2.0), 2)
-        stop.set()
-        thread.join()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
             for _ in range(10):
                 model.collect(launched)
