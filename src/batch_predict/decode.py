@@ -72,16 +72,17 @@ def open_image(data: bytes) -> Image.Image:
 def probe(record: Record, max_pixels: int, *, whole_jpeg: bool = False) -> Record:
     """Fill in the size from the image header alone, for models that decode for themselves.
 
-    With `whole_jpeg`, a JPEG that ends before its image data does raises `ImageDecodeError`: Pillow
-    and libjpeg refuse such a file, but nvjpeg and nvImageCodec's decoder on the GPU decode what
-    there is and fill in the rest (`benchmarks/gpu_jpeg_kinds.py`), so the job checks the JPEGs it
-    leaves to the GPU, and one is an error line there too. Its frame header is found once for both.
+    With `whole_jpeg`, for a JPEG the GPU will decode: one that ends before its image data does
+    raises `ImageDecodeError`. Pillow and libjpeg refuse such a file, but nvjpeg and nvImageCodec's
+    decoder on the GPU decode what there is and fill in the rest (`benchmarks/gpu_jpeg_kinds.py`),
+    so the job checks the JPEGs it leaves to the GPU, and one is an error line there too. Its frame
+    header is found once for both.
     """
     if record.array is not None:
         return record
     data = record.encoded or b""
     frame = _frame_header(data)
-    if whole_jpeg and is_jpeg(data):
+    if whole_jpeg:
         _check_whole(data, frame)
     size = _size_at(data, frame)
     record.width, record.height = size if size is not None else open_image(data).size

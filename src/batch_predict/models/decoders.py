@@ -110,9 +110,8 @@ def decode_boxes(outputs: Any, context: DecodeContext) -> PaddedDetections:
     else:
         raise ValueError(f"decoder boxes: expected output [N, K, 6] or [M, 7]; got {list(rows.shape)}")
     thresholds = context.spec.thresholds
-    return _pad_candidates(
-        *_above(thresholds.score, image, rows[:, :4], rows[:, 4], rows[:, 5].long()), context.count, thresholds, context.spec.output.nms
-    )
+    candidates = _above(thresholds.score, image, rows[:, :4], rows[:, 4], rows[:, 5].long())
+    return _pad_candidates(*candidates, context.count, thresholds, context.spec.output.nms)
 
 
 def decode_torchvision(outputs: Any, context: DecodeContext) -> PaddedDetections:
@@ -125,7 +124,10 @@ def decode_torchvision(outputs: Any, context: DecodeContext) -> PaddedDetections
     image = torch.cat([torch.full((len(o["scores"]),), i, dtype=torch.long) for i, o in enumerate(outputs)])
     found = {key: torch.cat([o[key] for o in outputs]) for key in ("boxes", "scores", "labels")}
     thresholds = context.spec.thresholds
-    candidates = _above(thresholds.score, image.to(found["scores"].device), found["boxes"].float(), found["scores"].float(), found["labels"].long())
+    candidates = _above(
+        thresholds.score, image.to(found["scores"].device), found["boxes"].float(), found["scores"].float(),
+        found["labels"].long(),
+    )
     return _pad_candidates(*candidates, context.count, thresholds, context.spec.output.nms)
 
 
@@ -190,7 +192,8 @@ def _ranked(image: torch.Tensor, order: torch.Tensor, count: int) -> tuple[torch
     GPU reads its input's maximum back to size its output."""
     order = order[torch.sort(image[order], stable=True).indices]
     grouped = image[order]
-    per_image = torch.zeros(count, dtype=torch.int64, device=image.device).index_add_(0, grouped, torch.ones_like(grouped))
+    per_image = torch.zeros(count, dtype=torch.int64, device=image.device)
+    per_image.index_add_(0, grouped, torch.ones_like(grouped))
     starts = torch.cumsum(per_image, 0) - per_image
     rank = torch.arange(len(order), device=image.device) - starts[grouped]
     return order, rank, per_image
