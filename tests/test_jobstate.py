@@ -168,7 +168,8 @@ def test_the_completed_job_leaves_no_temporary_file_of_a_killed_writer(job):
     out = Path(spec.output_result_prefix).parent
     leftovers = [out / "results-summary.json.0a1b2c.partial", out / "results-job" / "job.json.0a1b2c.partial",
                  out / "results-job" / "committed" / "00000-of-00003.json.0a1b2c.partial",
-                 out / "results-job" / "timeline" / "00001-of-00003.jsonl.0a1b2c.partial"]
+                 out / "results-job" / "timeline" / "00001-of-00003.jsonl.0a1b2c.partial",
+                 out / "results.probe-0a1b2c3d4e5f.partial", out / "errors.probe-0a1b2c3d4e5f.partial"]
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("half")

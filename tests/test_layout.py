@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batch_predict.outputs.layout import OutputLayout, find_shards, partial, shard
+from batch_predict.outputs.layout import OutputLayout, find_shards, partial, probe, shard
 
 
 def test_shards_are_named_like_beam_and_vertex_ai():
@@ -24,6 +24,13 @@ def test_the_job_folder_and_the_files_beside_the_shards():
 def test_a_file_being_written_matches_no_output_glob():
     name = partial("out/r-00000-of-00001.jsonl", "0a1b")
     assert not name.endswith((".jsonl", ".json", ".parquet"))
+
+
+def test_a_writability_probe_a_kill_left_is_the_jobs_own_file():
+    layout = OutputLayout("out/r", "out/e")
+    left = probe("out/e", "0a1b2c3d4e5f")
+    assert left.startswith(probe("out/e")) and left.endswith(".partial")
+    assert layout.owns(left) and not layout.owns("out/e.probe-notes.txt")
 
 
 def test_finding_shards_matches_only_this_prefixs_shards(tmp_path):

@@ -22,7 +22,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..inputs.units import Unit
 from ..records import FailedRecord, Prediction
-from .layout import OutputLayout, find_shards, partial
+from .layout import OutputLayout, find_shards, partial, probe
 from .result_formats import ResultWriter, json_line
 from .sinks import CountingOutput, OutputError, UnitCounts
 from .verify import files_fingerprint
@@ -135,14 +135,14 @@ def ensure_writable(prefix: str) -> None:
     location it cannot write.
     """
     fs, root = fsspec.core.url_to_fs(prefix)
-    probe = partial(root, f"probe-{uuid.uuid4().hex[:12]}")
+    written = probe(root, uuid.uuid4().hex[:12])
     try:
         parent = posixpath.dirname(root)
         if parent:
             fs.makedirs(parent, exist_ok=True)
-        with fs.open(probe, "wb") as f:
+        with fs.open(written, "wb") as f:
             f.write(b"")
-        fs.rm_file(probe)
+        fs.rm_file(written)
     except OSError as exc:
         raise OutputError(f"cannot write output files under {prefix!r}: {exc}") from None
 
@@ -191,6 +191,8 @@ class FileSink:
     def tidy(self) -> None:
         for path in self._shards(partial_only=True):
             remove(path)
+        for prefix in filter(None, (self.layout.result_prefix, self.layout.error_prefix)):
+            remove_partials(*posixpath.split(probe(prefix)))
 
     def _shards(self, partial_only: bool) -> list[str]:
         return [path for prefix in (self.layout.result_prefix, self.layout.error_prefix) if prefix

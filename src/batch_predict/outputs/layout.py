@@ -11,6 +11,7 @@
     <result prefix>-job/committed/NNNNN-of-NNNNN.json   one commit record per unit
     <result prefix>-job/timeline/NNNNN-of-NNNNN.jsonl   each committed unit's timeline
     <any of the files>.<token>.partial          the file being written; renamed into place when whole
+    <either prefix>.probe-<token>.partial       written and removed at start: the prefix is writable
 
 Shards are named as by Beam, the Kubeflow job and Vertex AI: unit index and unit count, five
 digits each.
@@ -38,6 +39,12 @@ def partial(path: str, token: str) -> str:
     """The temporary name `path` is written under. It ends in neither .jsonl nor .json, so globs
     for outputs never pick it up."""
     return f"{path}.{token}.partial"
+
+
+def probe(prefix: str, token: str = "") -> str:
+    """The empty file written under `prefix` to learn, before any input is read, that the job can
+    write there. Without a token, the start of every such name, for finding those a kill left."""
+    return partial(prefix, f"probe-{token}") if token else f"{prefix}.probe-"
 
 
 def canonical(url: str) -> str:
@@ -73,7 +80,7 @@ def find_shards(prefix: str, extensions: tuple[str, ...] = SHARD_EXTENSIONS, *, 
 #: summary, the job folder...): how an input that is one of the job's own outputs is recognised.
 _OWNED = re.compile(
     r"(-\d{5,}-of-\d{5,}\.[a-z]+|-summary\.json|-timeline\.jsonl|-report\.html|\.sqlite)(\.[0-9a-z-]+\.partial)?"
-    r"|(-job|-visualized)/.*|\.sqlite-(journal|wal|shm)"
+    r"|(-job|-visualized)/.*|\.sqlite-(journal|wal|shm)|\.probe-[0-9a-f]+\.partial"
 )
 
 
