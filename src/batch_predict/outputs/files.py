@@ -191,12 +191,11 @@ class FileSink:
     def tidy(self) -> None:
         for path in self._shards(partial_only=True):
             remove(path)
-        for prefix in filter(None, (self.layout.result_prefix, self.layout.error_prefix)):
+        for prefix in self.layout.prefixes:
             remove_partials(*posixpath.split(probe(prefix)))
 
     def _shards(self, partial_only: bool) -> list[str]:
-        return [path for prefix in (self.layout.result_prefix, self.layout.error_prefix) if prefix
-                for path in find_shards(prefix, partial_only=partial_only)]
+        return [path for prefix in self.layout.prefixes for path in find_shards(prefix, partial_only=partial_only)]
 
 
 class FileUnitOutput(CountingOutput):

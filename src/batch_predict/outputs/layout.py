@@ -102,10 +102,15 @@ class OutputLayout:
     error_prefix: str | None = None
     result_extension: str = "jsonl"
 
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """The result prefix, and the error prefix where there is one."""
+        return tuple(filter(None, (self.result_prefix, self.error_prefix)))
+
     def owns(self, path: str) -> bool:
         """Whether `path` is named as one of this job's outputs, under either prefix."""
         path = canonical(path)
-        for prefix in filter(None, (self.result_prefix, self.error_prefix)):
+        for prefix in self.prefixes:
             prefix = canonical(prefix)
             if path.startswith(prefix) and _OWNED.fullmatch(path[len(prefix):]):
                 return True
