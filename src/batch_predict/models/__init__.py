@@ -19,6 +19,7 @@ import fsspec
 from .labels import load_label_map
 from ..spec import ModelSettings
 from .base import InputKind, Model, ModelLoadError, PredictError
+from .cuda_driver import PrimaryContext, cuda_ordinal
 from .formats import Located, find_spec_file, locate
 from .model_spec import ModelSpec, ModelSpecError, load_spec
 
@@ -40,6 +41,11 @@ _BACKENDS = {
 
 #: Hardware work queues the CUDA driver gives the process: its most (it defaults to 8).
 CUDA_QUEUES = "32"
+
+#: Formats run by a framework that opens its GPU as a CUDA runtime does, in the primary context
+#: (PyTorch; onnxruntime's session beside PyTorch). TensorFlow is left out: it sets the context's
+#: flags itself, which it cannot once the context is open.
+_PRIMARY_CONTEXT_FORMATS = ("torchscript", "torch_export", "onnx", "state_dict")
 
 #: Formats whose runtimes choose their own kernels: the PyTorch speed options do not reach them.
 _NO_SPEED_OPTIONS = ("savedmodel", "onnx")
@@ -94,10 +100,17 @@ def load_runtime(settings: ModelSettings) -> None:
     where PyTorch runs it: the model-independent seconds of `load_model` (on an H200, importing
     PyTorch took 3.4-4.6 s and its CUDA context 0.8 s; docs/benchmarks.md, 0b). The model itself is not
     loaded: its first call, which plans the model's kernels, is kept for the thread that will run it,
-    since PyTorch keeps cuDNN's execution plans per thread."""
+    since PyTorch keeps cuDNN's execution plans per thread. The GPU's context is opened through the
+    driver while the framework imports (`cuda_driver`)."""
     separate_cuda_queues()
     _, located = _located(settings)
-    _backend(located).open_runtime(settings)
+    ordinal = cuda_ordinal(settings.device) if located.format in _PRIMARY_CONTEXT_FORMATS else None
+    context = PrimaryContext(ordinal) if ordinal is not None else None
+    try:
+        _backend(located).open_runtime(settings)
+    finally:
+        if context is not None:
+            context.hand_over()
 
 
 def load_runtime_in_background(settings: ModelSettings) -> None:
