@@ -8,6 +8,8 @@ import json
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from batch_predict.observe.progress import Tally
 from batch_predict.inputs.units import Unit
 from batch_predict.observe.observers import JobObserver
 from batch_predict.records import Detections, FailedRecord, Prediction, Record
-from batch_predict.runners.workers import Relay, local_worker_count, replay, worker_device
+from batch_predict.runners.workers import Relay, local_gpu_count, local_worker_count, replay, worker_device
 from batch_predict.spec import JobSpec
 
 from backend_helpers import REPO, write_tfrecord
@@ -104,33 +106,45 @@ def test_a_worker_failing_at_setup_fails_the_run_with_its_error(tmp_path, photos
 
 
 def test_workers_take_one_gpu_each_unless_a_device_is_named():
-    assert worker_device("cpu", 1) == "cpu"
-    assert worker_device("cuda:3", 1) == "cuda:3"
+    assert worker_device("cpu", 1, gpus=2) == "cpu"
+    assert worker_device("cuda:3", 1, gpus=2) == "cuda:3"
+    assert worker_device("auto", 1, gpus=0) == "auto"
     spec = JobSpec(input_file_patterns=("x",), input_file_format="tfrecord", model_dir="m",
                    output_result_prefix="r", output_error_prefix="e", device="cpu", num_workers=0)
-    assert local_worker_count(spec) == 1
+    assert local_gpu_count(spec) == 0
+    assert local_worker_count(spec, 0) == 1
+    assert local_worker_count(dataclasses.replace(spec, device="auto"), 2) == 2
+    assert local_worker_count(dataclasses.replace(spec, num_workers=3), 2) == 3
 
 
 @pytest.mark.parametrize("visible, index, seen", [(None, 1, "1"), (None, 2, "0"), ("4,6", 1, "6"), ("4,6", 0, "4")])
-def test_a_worker_process_sees_only_its_own_gpu(monkeypatch, visible, index, seen):
-    """Mocked GPUs (CI has none): a worker on two GPUs makes its own the only one CUDA will see."""
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+@pytest.mark.parametrize("requested, device", [("auto", "auto"), ("cuda", "cuda:0")])
+def test_a_worker_process_sees_only_its_own_gpu(monkeypatch, visible, index, seen, requested, device):
+    """Two GPUs counted by the parent (CI has none): a worker makes its own the only one CUDA will
+    see, and keeps `auto` so that a PyTorch without CUDA still runs it on the CPU."""
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # a spawned worker, before it imports PyTorch
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible or "")  # restored afterwards, whatever the worker sets
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert worker_device("auto", index) == "cuda:0"
+    assert worker_device(requested, index, gpus=2) == device
     assert os.environ["CUDA_VISIBLE_DEVICES"] == seen
 
 
 def test_a_worker_in_a_process_whose_cuda_started_keeps_every_gpu_and_picks_its_own(monkeypatch):
     import torch
 
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    assert worker_device("cuda", 3) == "cuda:1"
+    assert worker_device("cuda", 3, gpus=2) == "cuda:1"
+
+
+def test_counting_the_gpus_for_the_workers_imports_no_framework():
+    """The parent of the workers counts GPUs through the CUDA driver: it never imports PyTorch."""
+    code = ("import sys; from batch_predict.runners.workers import local_gpu_count; from batch_predict.spec import JobSpec; "
+            "spec = JobSpec(input_file_patterns=('x',), input_file_format='tfrecord', model_dir='m', "
+            "output_result_prefix='r', output_error_prefix='e', num_workers=0); "
+            "print(local_gpu_count(spec) >= 0, 'torch' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert shown.stdout.split() == ["True", "False"], shown.stderr
 
 
 @pytest.mark.parametrize("workers", [1, 2])

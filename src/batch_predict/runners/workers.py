@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models.cuda_driver import device_count
 from ..outputs.jobstate import JobState
 from ..observe.observers import JobObserver
 from ..pipeline import Stopped
@@ -36,37 +38,36 @@ from .stopping import Stopping
 log = logging.getLogger("batch_predict")
 
 
-def local_worker_count(spec: JobSpec) -> int:
-    """`--num_workers`, with 0 meaning one per visible GPU (one when there is none)."""
-    if spec.num_workers:
-        return spec.num_workers
-    import torch
-
-    return max(1, torch.cuda.device_count()) if spec.device in ("auto", "cuda") else 1
+def local_gpu_count(spec: JobSpec) -> int:
+    """The GPUs this machine's workers share: those the CUDA driver shows this process, where
+    `--device` names none in particular; else 0. Counted through the driver rather than PyTorch,
+    whose import took the parent 1-4 s before any worker started (docs/benchmarks.md)."""
+    return device_count() if spec.device in ("auto", "cuda") else 0
 
 
-def worker_device(requested: str, local_index: int) -> str:
-    """The device of the `local_index`-th worker, set up in its process before CUDA starts there:
-    its own GPU when `--device` names no particular one, made the only GPU the process sees.
+def local_worker_count(spec: JobSpec, gpus: int) -> int:
+    """`--num_workers`, with 0 meaning one per GPU of the `gpus` (one when there is none)."""
+    return spec.num_workers or max(1, gpus)
+
+
+def worker_device(requested: str, local_index: int, gpus: int) -> str:
+    """The device of the `local_index`-th worker of `gpus` GPUs, set up in its process before CUDA
+    starts there: where `--device` names no particular GPU, its own GPU made the only one the
+    process sees (`auto` stays `auto`, so a PyTorch without CUDA still runs on the CPU).
 
     A process that sees every GPU makes a CUDA context on the first one for any thread that has
     not chosen a device: two H200 workers ran at 1.6x one GPU, the second holding a context of
     518 MiB on the first worker's GPU, where two processes that each saw one GPU ran at 1.9-2.0x
-    (docs/benchmarks.md). PyTorch counts GPUs through NVML until CUDA starts, and reads
-    CUDA_VISIBLE_DEVICES when it does.
+    (docs/benchmarks.md). CUDA reads CUDA_VISIBLE_DEVICES when it starts in the process.
     """
-    if requested not in ("auto", "cuda"):
+    if requested not in ("auto", "cuda") or gpus == 0:
         return requested
-    import torch
-
-    count = torch.cuda.device_count()
-    if count == 0:
-        return requested
-    if torch.cuda.is_initialized():  # too late to narrow its view (a caller's process, not a spawned worker)
-        return f"cuda:{local_index % count}"
-    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()] or [str(i) for i in range(count)]
-    os.environ["CUDA_VISIBLE_DEVICES"] = visible[local_index % min(count, len(visible))]
-    return "cuda:0"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # too late to narrow its view (a caller's process)
+        return f"cuda:{local_index % gpus}"
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()] or [str(i) for i in range(gpus)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[local_index % min(gpus, len(visible))]
+    return "cuda:0" if requested == "cuda" else requested
 
 
 class Relay(JobObserver):
@@ -146,11 +147,11 @@ def replay(events: list[tuple], units: Mapping[int, Unit], observer: JobObserver
             getattr(observer, name)(units[args[0]], *args[1:])
 
 
-def _work(spec: JobSpec, local_index: int, index: int, count: int, messages: Any, go: Any) -> None:
+def _work(spec: JobSpec, local_index: int, gpus: int, index: int, count: int, messages: Any, go: Any) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [worker {index}] %(message)s")
     # The parent evaluates against the ground truth once, when all workers are done.
-    device = worker_device(spec.device, local_index)
-    if device != spec.device:
+    device = worker_device(spec.device, local_index, gpus)
+    if gpus:
         log.info("batch-predict: worker %d on %s (CUDA_VISIBLE_DEVICES=%s)", index, device, os.environ.get("CUDA_VISIBLE_DEVICES"))
     worker_spec = dataclasses.replace(spec, num_workers=1, device=device, ground_truth=None)
     relay = Relay(messages)
@@ -185,7 +186,7 @@ def run_workers(
     stopping: Stopping | None = None,
     observer: JobObserver | None = None,
 ) -> JobSummary:
-    """Run the job's share of (`worker_index`, `worker_count`) in `local_worker_count(spec)` processes.
+    """Run the job's share of (`worker_index`, `worker_count`) in `local_worker_count` processes.
 
     Worker i of this machine is worker `worker_index * n + i` of `worker_count * n` overall,
     so machines of several GPUs in an Indexed Job divide the units as one list of workers.
@@ -194,7 +195,8 @@ def run_workers(
     uncommitted for a rerun. `observer` hears the run start and end here, and every unit's
     events as the workers relay them; the workers write the job's timeline and pictures.
     """
-    count = local_worker_count(spec)
+    gpus = local_gpu_count(spec)
+    count = local_worker_count(spec, gpus)
     plan = plan_run(spec, worker_index, worker_count)
     watchers = observer or JobObserver()
     watchers.job_started(plan.pending)
@@ -209,7 +211,7 @@ def run_workers(
     processes = [
         context.Process(
             target=_work,
-            args=(spec, i, worker_index * count + i, worker_count * count, messages, go),
+            args=(spec, i, gpus, worker_index * count + i, worker_count * count, messages, go),
             name=f"batch-predict-worker-{i}",
         )
         for i in range(count)
