@@ -107,7 +107,7 @@ def fasterrcnn_model_only(
     preloaded 0..1 images: every one of `jpegs` decoded (on `device`, 64 at a time), taken batch by
     batch in turn, else two batches of random pixels; fp16/bf16 through autocast, as torchvision
     supports. What it costs depends on the pictures (how many boxes pass its score threshold, then
-    NMS): random pixels ran 17% faster than the job's photos (docs/benchmarks.md, 0i), so a job
+    NMS): random pixels ran 17% faster than the job's photos (docs/benchmarks.md, 0j), so a job
     is compared with it on all of the job's own images, not on the first few. With `callers` > 1,
     that many threads call the one model at once, each on a CUDA stream of its own, as a serving
     engine's model instances do: its forward waits on the GPU many times a batch (a box count read

@@ -3,7 +3,7 @@ job's collecting thread does it (`TensorModel.collect`), with the GPU idle and w
 running beside it on another stream, as in the job; and a profile of the collections beside the model.
 
 The job's pace is set by the slower of the model's batch and the collection of one (docs/benchmarks.md,
-0a): this measures the collection on its own, on a real batch of YOLOX-Nano outputs.
+0b): this measures the collection on its own, on a real batch of YOLOX-Nano outputs.
 
     PYTHONPATH=src:benchmarks python benchmarks/collect.py --photos ../shared/data/photos \\
         --yolox ../shared/models/yolox_nano/yolox_nano_torchscript.pt --spec examples/specs/yolox_nano.yaml --out /tmp/c

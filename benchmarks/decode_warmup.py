@@ -1,6 +1,6 @@
 """Whether nvjpeg's batched decode warms up over a process's first calls, and what primes it.
 
-A process's first job reaches its pace only after 60-100 batches of 256 (docs/benchmarks.md, 0f).
+A process's first job reaches its pace only after 60-100 batches of 256 (docs/benchmarks.md, 0g).
 One suspect is nvjpeg itself: torchvision opens it without an allocator of its own, so nvjpeg
 grows its buffers with cudaMalloc and cudaFree as larger images come, and cudaFree waits for
 every kernel queued on the device, the model's too. Each case runs in a fresh process over the

@@ -3,7 +3,7 @@ the same images, the two taken in turns.
 
 Faster R-CNN's forward keeps one CPU thread busy for all of its time (about 200 ms a batch of 32
 on an H200, nearly all of it its thread's CPU time), so its rate follows the host CPU's, which
-moved by up to a fifth within minutes on the GPU machine (docs/benchmarks.md, 0d). So each job runs
+moved by up to a fifth within minutes on the GPU machine (docs/benchmarks.md, 0e). So each job runs
 between two runs of the model alone, and is compared with their mean. This also measures what
 decoding on the GPU costs such a model against decoding a share or all of each batch on the CPU,
 how long each batch spent in the model's prepare, launch (the forward, which synchronizes) and

@@ -199,7 +199,7 @@ def stream_priorities(model: Any, model_high: bool, prepare_high: bool, collect_
     collected on a stream of the model's priority (`collect_low`; the job's is high); as the job
     runs them otherwise. The GPU's block scheduler starts a high-priority stream's waiting blocks
     first: whether the model's kernels should yield to the small ones that prepare and collect
-    batches (the preprocessing's copies and resize, the head's decode and NMS, 0g) or they to it."""
+    batches (the preprocessing's copies and resize, the head's decode and NMS, 0h) or they to it."""
     streams = model._streams
     saved = streams._prepare, streams._collect, streams.launching
     if streams._prepare is not None:
@@ -469,7 +469,7 @@ def main() -> None:
     if cuda:
         runs += [("job_hardware_decoder_cuda_graphs", hardware, 1), ("job_nvjpeg_cuda_graphs", {}, 1),
                  # every kernel loaded when CUDA starts, not at its first launch: one suspect of a
-                 # process's first job running slower than the jobs after it (docs/benchmarks.md, 0f)
+                 # process's first job running slower than the jobs after it (docs/benchmarks.md, 0g)
                  ("job_nvjpeg_eager_modules", {"CUDA_MODULE_LOADING": "EAGER"}, 1)]
     if gpus > 1:
         runs += [(f"job_hardware_decoder_x{gpus}", hardware, gpus), (f"job_nvjpeg_x{gpus}", {}, gpus)]

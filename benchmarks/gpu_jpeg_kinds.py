@@ -2,7 +2,7 @@
 
 A second GPU decoder behind nvjpeg (the job's, `device_decode.device_decoder`) would earn its
 place only by reading JPEGs that nvjpeg refuses; nvImageCodec's hardware decoder read none
-(docs/benchmarks.md, 0d), so the job has none. This decodes one JPEG of each kind (sampling, progressive, grey, CMYK, restart markers, odd and
+(docs/benchmarks.md, 0e), so the job has none. This decodes one JPEG of each kind (sampling, progressive, grey, CMYK, restart markers, odd and
 large sizes, truncated) with torchvision's nvjpeg and nvImageCodec's hardware decoder, each image
 on its own and all in one batch:
 

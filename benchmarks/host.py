@@ -202,7 +202,7 @@ def first_jobs(pattern: str, out: Path, jobs: int = 3, batch_ms: float = 27, pre
     """Jobs one after another in this process, each with a fresh device stand-in of `batch_ms` a batch of
     256 (`DeviceStandIn`): the mean time between batches over each window of 20, and how busy the
     device was. On the GPU a process's first job takes 60-100 batches to reach the pace of the jobs
-    after it (docs/benchmarks.md, 0f); the same here would put that warm-up in the host's plumbing."""
+    after it (docs/benchmarks.md, 0g); the same here would put that warm-up in the host's plumbing."""
     found = []
     for job in range(jobs):
         device = DeviceStandIn(batch_ms / 1e3 / 256, prepare_ms / 1e3)
@@ -356,7 +356,7 @@ def main() -> None:
         results["plumbing"] = [plumbing(args.inputs, args.out / f"plumbing-{n}", n, args.batch_size) for n in (0, 30)]
         # 256 images in 60 ms: about YOLOX-Nano's fp16 speed with nvjpeg decoding on one H200.
         results["model_busy"] = [model_busy(args.inputs, args.out / f"busy-{b}", b, 0.06 * b / 256) for b in (256, 64)]
-        # 27 ms a batch of 256: YOLOX-Nano's pace in the job on one H200 between pauses (docs/benchmarks.md, 0h).
+        # 27 ms a batch of 256: YOLOX-Nano's pace in the job on one H200 between pauses (docs/benchmarks.md, 0i).
         results["device_idle"] = [device_idle(args.inputs, args.out / f"idle-{sync}", 256, 27, 20, sync) for sync in (0, 30)]
         results["first_jobs"] = first_jobs(args.inputs, args.out / "first-jobs")
         results["png_round_trip"] = png_round_trip(args.inputs)

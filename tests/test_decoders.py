@@ -167,7 +167,7 @@ class _Readbacks(TorchDispatchMode):
 
 def test_yolox_reads_the_gpu_back_a_few_times_a_batch_however_many_candidates():
     """Each readback waits for the collecting stream's queue to run beside the model; the
-    collection's count of them once made it slower than the model (docs/benchmarks.md, 0)."""
+    collection's count of them once made it slower than the model (docs/benchmarks.md, 0a)."""
     rng = torch.Generator().manual_seed(1)
     counts = []
     for images in (2, 16):

@@ -326,7 +326,7 @@ def test_a_job_on_the_gpu_path_ends_by_logging_how_it_shared_jpeg_decoding(jpeg_
 
 def test_on_cuda_detections_are_collected_on_a_stream_above_the_models_priority(monkeypatch):
     # No GPU in CI: the streams CUDA would make are recorded instead. On an H200 the collecting
-    # thread fell behind the GPU at the model's priority (docs/benchmarks.md, 0a).
+    # thread fell behind the GPU at the model's priority (docs/benchmarks.md, 0b).
     made: list[int] = []
 
     class RecordedStream:

@@ -98,7 +98,7 @@ def load_model(settings: ModelSettings) -> Model:
 def load_runtime(settings: ModelSettings) -> None:
     """Import the framework the model `settings.model_dir` holds needs, and open the GPU it runs on
     where PyTorch runs it: the model-independent seconds of `load_model` (on an H200, importing
-    PyTorch took 3.4-4.6 s and its CUDA context 0.8 s; docs/benchmarks.md, 0b). The model itself is not
+    PyTorch took 3.4-4.6 s and its CUDA context 0.8 s; docs/benchmarks.md, 0c). The model itself is not
     loaded: its first call, which plans the model's kernels, is kept for the thread that will run it,
     since PyTorch keeps cuDNN's execution plans per thread. The GPU's context is opened through the
     driver while the framework imports (`cuda_driver`)."""

@@ -1,6 +1,6 @@
 """A GPU's CUDA context opened through the driver alone, while the framework still imports.
 
-Making a CUDA context is the driver's work (0.8 s of a job's start on an H200, docs/benchmarks.md)
+Making a CUDA context is the driver's work (0.7-0.9 s of a job's start on an H200, docs/benchmarks.md, 0)
 and needs no framework. Called through ctypes, which lets go of the GIL for the call, it runs on
 a thread beside `import torch` instead of after it. PyTorch, like any user of the CUDA runtime,
 works in the device's primary context, so it finds the context made and takes it over.
@@ -32,7 +32,8 @@ def _load() -> Any:
 def device_count(load_driver: Callable[[], Any] = _load) -> int:
     """How many GPUs the CUDA driver shows this process (after CUDA_VISIBLE_DEVICES), without
     importing a framework: 0 where there is no driver or no GPU. The driver reads
-    CUDA_VISIBLE_DEVICES once, here, so a process that will narrow it must not call this first."""
+    CUDA_VISIBLE_DEVICES when it starts, here, so a process that will narrow it must not call this
+    before it has."""
     try:
         driver = load_driver()
     except OSError:

@@ -159,7 +159,7 @@ def _pad_candidates(
     The host reads the GPU back once here, for the result: NMS aside, no step depends on how many
     candidates there are. Every readback waits for the collecting stream's queue to run beside
     the model, then for the interpreter; with 17 of them a batch, the collecting thread set the
-    job's pace on an H200 (docs/benchmarks.md, 0a and 0)."""
+    job's pace on an H200 (docs/benchmarks.md, 0b and 0a)."""
     if nms:
         order = batched_nms(boxes, scores, image, labels, thresholds.nms_iou)
     else:

@@ -73,7 +73,7 @@ def to_detections(
     keep = within & (padded.scores >= score_threshold)
     # The kept rows of the whole batch at once, then a view per image: image by image, a
     # collection of 256 images took 3.7 ms of the interpreter on the GPU machine, whose collecting
-    # thread sets the job's pace (docs/benchmarks.md, 0).
+    # thread sets the job's pace (docs/benchmarks.md, 0a).
     image = np.nonzero(keep)[0]
     scale = np.tile(geometry.scale.astype(np.float32), 2)[image]
     offset = np.tile(geometry.offset.astype(np.float32), 2)[image]

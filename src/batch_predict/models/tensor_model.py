@@ -181,7 +181,7 @@ class TensorModel:
         read box counts back before each NMS, an ONNX session returns its outputs on the host) or
         whose host work is as long as its GPU work. One thread launching such a model leaves the
         GPU idle while it works towards the next batch's kernels; two at once, each on a CUDA stream
-        of its own, ran Faster R-CNN's forward 1.4x as fast on an H200 (docs/benchmarks.md, 0c).
+        of its own, ran Faster R-CNN's forward 1.4x as fast on an H200 (docs/benchmarks.md, 0d).
         Timed on one more call, once the fit check has paid for the first call's set-up: one blank
         image, which a runner that pads batches pads to the size the fit check ran (the job's)."""
         if self.device.type != "cuda":
@@ -281,7 +281,7 @@ class DeviceStreams:
     each one's result back before it queues the next, so at the model's priority each waited for
     the model's blocks to leave room, and on an H200 the collecting thread found every batch long
     done on the GPU when it came to it; at high priority, YOLOX-Nano's job ran 2-10% faster there
-    (docs/benchmarks.md, 0a).
+    (docs/benchmarks.md, 0b).
     """
 
     def __init__(self, device: torch.device) -> None:

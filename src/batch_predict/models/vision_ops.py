@@ -98,7 +98,7 @@ def decode_jpegs_on(device: torch.device, jpegs: Sequence[torch.Tensor]) -> list
     stream's, but writes it from a stream of its own that does not wait for the caller's; the
     allocator hands out a block as soon as it is freed on its stream, so kernels still queued there
     could read the decoder's pixels instead of theirs (pytorch/vision#9606; on an H200, whole
-    batches predicted on other images' pixels: docs/benchmarks.md, 0c). The caller's stream is
+    batches predicted on other images' pixels: docs/benchmarks.md, 0d). The caller's stream is
     drained first, leaving nothing queued on memory the decoder may be given."""
     if device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()

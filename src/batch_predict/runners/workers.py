@@ -41,7 +41,7 @@ log = logging.getLogger("batch_predict")
 def local_gpu_count(spec: JobSpec) -> int:
     """The GPUs this machine's workers share: those the CUDA driver shows this process, where
     `--device` names none in particular; else 0. Counted through the driver rather than PyTorch,
-    whose import took the parent 1-4 s before any worker started (docs/benchmarks.md)."""
+    whose import kept every worker waiting seconds (docs/benchmarks.md, 0)."""
     return device_count() if spec.device in ("auto", "cuda") else 0
 
 
