@@ -71,7 +71,8 @@ def child(args: argparse.Namespace) -> None:
         times["small_convolution_s"] = small_convolution()
     beside: list[float] = []
     opener = threading.Thread(target=lambda: beside.append(small_convolution()))
-    if args.variant == "cudnn_opened_beside":
+    opening = args.variant == "cudnn_opened_beside"
+    if opening:
         opener.start()
     critical = started = time.perf_counter()
     loaded = ModuleRunner(load_script(Path(args.model).read_bytes(), device, args.model), {})
@@ -90,7 +91,7 @@ def child(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
         return round(time.perf_counter() - started, 3)
 
-    if opener.is_alive() or beside:
+    if opening:
         opener.join()
         times["small_convolution_s"] = beside[0]
     if args.variant == "batch1_first":

@@ -29,17 +29,22 @@ def _load() -> Any:
     return ctypes.CDLL(DRIVER)
 
 
+def _started(load_driver: Callable[[], Any]) -> Any:
+    """The driver library, started (`cuInit`); None where there is no driver or no GPU."""
+    try:
+        driver = load_driver()
+    except OSError:
+        return None
+    return None if driver.cuInit(0) else driver
+
+
 def device_count(load_driver: Callable[[], Any] = _load) -> int:
     """How many GPUs the CUDA driver shows this process (after CUDA_VISIBLE_DEVICES), without
     importing a framework: 0 where there is no driver or no GPU. The driver reads
     CUDA_VISIBLE_DEVICES when it starts, here, so a process that will narrow it must not call this
     before it has."""
-    try:
-        driver = load_driver()
-    except OSError:
-        return 0
-    count = ctypes.c_int()
-    if driver.cuInit(0) or driver.cuDeviceGetCount(ctypes.byref(count)):
+    driver, count = _started(load_driver), ctypes.c_int()
+    if driver is None or driver.cuDeviceGetCount(ctypes.byref(count)):
         return 0
     return count.value
 
@@ -63,12 +68,8 @@ class PrimaryContext:
         self._thread.start()
 
     def _open(self) -> None:
-        try:
-            driver = self._load_driver()
-        except OSError:  # no NVIDIA driver here
-            return
-        device, context = ctypes.c_int(), ctypes.c_void_p()
-        if driver.cuInit(0) or driver.cuDeviceGet(ctypes.byref(device), self.ordinal):
+        driver, device, context = _started(self._load_driver), ctypes.c_int(), ctypes.c_void_p()
+        if driver is None or driver.cuDeviceGet(ctypes.byref(device), self.ordinal):
             return
         if driver.cuDevicePrimaryCtxRetain(ctypes.byref(context), device) == 0:
             self._held = (driver, device)
